@@ -1,0 +1,64 @@
+// The v86 adapter: starts a V86 and turns it into two byte channels for pyapptron.
+// Every emulator adapter exports the same `start(options, sinks)`; Python (through
+// pyapptron/_browser) is its only caller. Output reaches Python in batches, one per
+// emulator tick, never byte by byte.
+
+function batcher(sink) {
+  let parts = [];
+  let size = 0;
+  const flush = () => {
+    const data = parts.length === 1 ? parts[0] : new Uint8Array(size);
+    if (parts.length > 1) {
+      let offset = 0;
+      for (const p of parts) { data.set(p, offset); offset += p.length; }
+    }
+    parts = [];
+    size = 0;
+    sink(data);
+  };
+  return (chunk) => {
+    if (size === 0) queueMicrotask(flush);
+    parts.push(chunk);
+    size += chunk.length;
+  };
+}
+
+function byteBatcher(sink) {
+  let buf = new Uint8Array(256);
+  let size = 0;
+  const flush = () => { const out = buf.slice(0, size); size = 0; sink(out); };
+  return (byte) => {
+    if (size === 0) queueMicrotask(flush);
+    if (size === buf.length) { const bigger = new Uint8Array(buf.length * 2); bigger.set(buf); buf = bigger; }
+    buf[size++] = byte;
+  };
+}
+
+export async function start(options, sinks) {
+  const { libv86_url, ...v86options } = options;
+  const { V86 } = await import(libv86_url);
+  const emulator = new V86(v86options);
+  const toConsole = byteBatcher(sinks.console);
+  const toAgent = batcher(sinks.agent);
+  emulator.add_listener("serial0-output-byte", toConsole);
+  emulator.add_listener("virtio-console0-output-bytes", toAgent);
+  await new Promise((resolve, reject) => {
+    emulator.add_listener("emulator-loaded", resolve);
+    emulator.add_listener("download-error", (e) => reject(new Error(`could not download ${e.file_name || "an asset"}`)));
+  });
+  let stopped = false;
+  return {
+    emulator,
+    send(channel, data) {
+      if (stopped) return;
+      if (channel === "agent") emulator.bus.send("virtio-console0-input-bytes", data);
+      else if (channel === "console") emulator.serial_send_bytes(0, data);
+      else throw new Error(`unknown channel ${channel}`);
+    },
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      await emulator.destroy();
+    },
+  };
+}

@@ -1,0 +1,120 @@
+"""The browser seam inside Pyodide: fetch, start a JS emulator adapter, attach xterm.js."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import js  # type: ignore[import-not-found]
+from pyodide.code import run_js  # type: ignore[import-not-found]
+from pyodide.ffi import create_proxy, to_js  # type: ignore[import-not-found]
+
+from ..errors import AssetsMissing, BootError
+
+_import = run_js("(url) => import(url)")
+
+
+def _js_object(value):
+    return to_js(value, dict_converter=js.Object.fromEntries)
+
+
+def default_assets_url() -> str | None:
+    """The page's choice (set by web/pyapptron.js), else /assets/ on this origin."""
+    configured = getattr(js.globalThis, "pyapptronAssetsUrl", None)
+    if configured:
+        return str(configured)
+    location = getattr(js.globalThis, "location", None)
+    if location is None:
+        return None
+    return str(js.URL.new("/assets/", location.href).href)
+
+
+async def fetch_json(url: str) -> dict:
+    response = await js.fetch(url)
+    if not response.ok:
+        raise AssetsMissing(
+            f"{url} answered HTTP {response.status}: build the assets with "
+            "`python emulators/build.py` and serve them (`python -m pyapptron serve`)"
+        )
+    return json.loads(await response.text())
+
+
+class EmulatorHandle:
+    """A running JS emulator adapter: bytes in, bytes out, stop."""
+
+    def __init__(self, adapter, proxies):
+        self._adapter = adapter
+        self._proxies = proxies
+
+    def send(self, channel: str, data: bytes) -> None:
+        self._adapter.send(channel, to_js(data))
+
+    def call(self, method: str, *args):
+        return getattr(self._adapter, method)(*[_js_object(a) for a in args])
+
+    async def stop(self) -> None:
+        try:
+            await self._adapter.stop()
+        finally:
+            for proxy in self._proxies:
+                proxy.destroy()
+            self._proxies = []
+
+
+def _bytes_sink(callback: Callable[[bytes], None]):
+    def sink(chunk) -> None:
+        callback(chunk.to_bytes())
+
+    return create_proxy(sink)
+
+
+async def start_emulator(adapter_url: str, options: dict, on_console, on_agent) -> EmulatorHandle:
+    """Import the emulator's JS adapter and start it; output arrives in batches, not bytes."""
+    try:
+        module = await _import(adapter_url)
+    except Exception as exc:  # a JsException: network or syntax
+        raise AssetsMissing(f"cannot load the emulator adapter {adapter_url}: {exc}") from exc
+    proxies = [_bytes_sink(on_console), _bytes_sink(on_agent)]
+    sinks = js.Object.new()
+    sinks.console = proxies[0]
+    sinks.agent = proxies[1]
+    try:
+        adapter = await module.start(_js_object(options), sinks)
+    except Exception as exc:
+        for proxy in proxies:
+            proxy.destroy()
+        raise BootError(f"the emulator did not start: {exc}") from exc
+    return EmulatorHandle(adapter, proxies)
+
+
+def attach_terminal(console, terminal, *, on_resize=None):
+    """Connect an xterm.js Terminal to a Console: output, typing, paste, resize.
+
+    Returns a function that detaches it.
+    """
+
+    def write(data: bytes) -> None:
+        terminal.write(to_js(data))
+
+    def typed(text) -> None:
+        console.send(str(text))
+
+    def resized(size) -> None:
+        if on_resize is not None:
+            on_resize(int(size.cols), int(size.rows))
+
+    unsubscribe = console.subscribe(write, replay=True)
+    typed_proxy = create_proxy(typed)
+    resized_proxy = create_proxy(resized)
+    disposables = [terminal.onData(typed_proxy), terminal.onResize(resized_proxy)]
+    if on_resize is not None:
+        on_resize(int(terminal.cols), int(terminal.rows))
+
+    def detach() -> None:
+        unsubscribe()
+        for d in disposables:
+            d.dispose()
+        typed_proxy.destroy()
+        resized_proxy.destroy()
+
+    return detach

@@ -1,0 +1,81 @@
+"""Emulator backends behind one interface, and the registry boot() picks from.
+
+A backend knows how to start its emulator, how to carry bytes to the console and to
+the guest agent, and what it can do (Capabilities). Everything else (exec, files,
+the console stream) lives in Machine and works the same on every backend.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+from ..errors import UnknownEmulator
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a booted machine can do; callers check these instead of guessing."""
+
+    arch: str  # guest CPU architecture as `uname -m` says it: "i686", "x86_64"
+    exec: bool  # vm.run through the guest agent
+    files: bool  # vm.read_file / write_file / list_dir
+    console: bool  # an interactive console stream
+    snapshot: bool  # save / restore machine state
+    network: bool  # the guest has a network device
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Sink = Callable[[bytes], None]
+
+
+class Backend(abc.ABC):
+    """One emulator. Subclasses set `name` and implement start/stop/write_*."""
+
+    name: ClassVar[str]
+    #: Extra keyword options boot() accepts for this backend, with their types.
+    options: ClassVar[dict[str, type | tuple[type, ...]]] = {}
+
+    capabilities: Capabilities
+
+    @abc.abstractmethod
+    async def start(self, on_console: Sink, on_agent: Sink) -> None:
+        """Start the emulator; output goes to the two sinks in chunks."""
+
+    @abc.abstractmethod
+    def write_console(self, data: bytes) -> None:
+        """Bytes typed into the interactive console."""
+
+    @abc.abstractmethod
+    def write_agent(self, chunk: bytes) -> None:
+        """One transport write to the guest agent's channel (at most agent_chunk_size)."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Stop the emulator and release its memory. Idempotent."""
+
+
+# name -> "module:Class". Only backends that work are listed.
+_REGISTRY = {
+    "v86": "pyapptron.backends.v86:V86Backend",
+}
+
+
+def available_emulators() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def backend_class(name: str) -> type[Backend]:
+    try:
+        target = _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise UnknownEmulator(
+            f"unknown emulator {name!r}; available: {', '.join(available_emulators())}"
+        ) from None
+    module_name, _, class_name = target.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)

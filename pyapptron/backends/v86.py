@@ -1,0 +1,89 @@
+"""v86: 32-bit x86 in WebAssembly. Everything v86-specific lives here.
+
+Quirks this backend owns:
+- The guest agent's channel is virtio-console port 0 (`/dev/hvc0`). v86 puts each host
+  write into one guest buffer of 4096 bytes and drops writes when the guest has none
+  free; the agent protocol's window keeps within that (emulators/agent/PROTOCOL.md).
+- The human's console is the first UART (ttyS0); v86 reports it byte by byte, so the JS
+  adapter batches it per emulator tick before it reaches Python.
+- v86 loads the initrd at 64 MiB: guests need at least 128 MiB.
+"""
+
+from __future__ import annotations
+
+from .. import _browser
+from ..assets import Assets
+from ..errors import InvalidOption
+from . import Backend, Capabilities, Sink
+
+MIN_MEMORY_MIB = 128
+MAX_MEMORY_MIB = 2048
+
+
+class V86Backend(Backend):
+    name = "v86"
+    options = {"cmdline_extra": str, "network": bool}
+    agent_chunk_size = 4096
+
+    def __init__(self, assets: Assets, image: dict, memory_mib: int | None = None,
+                 cmdline_extra: str = "", network: bool = False):
+        memory = image.get("memory_mib", MIN_MEMORY_MIB) if memory_mib is None else memory_mib
+        if not MIN_MEMORY_MIB <= memory <= MAX_MEMORY_MIB:
+            raise InvalidOption(
+                f"memory_mib={memory} is out of range for v86: use {MIN_MEMORY_MIB} to "
+                f"{MAX_MEMORY_MIB} (v86 loads the initrd at 64 MiB)"
+            )
+        self.assets = assets
+        self.image = image
+        self.memory_mib = memory
+        self.cmdline = " ".join(filter(None, [image.get("cmdline", ""), cmdline_extra]))
+        self.network = network
+        self.capabilities = Capabilities(
+            arch=image.get("arch", "i686"), exec=bool(image.get("agent")), files=bool(image.get("agent")),
+            console=True, snapshot=False, network=network,
+        )
+        self._handle: _browser.EmulatorHandle | None = None
+
+    def emulator_options(self) -> dict:
+        """The V86 constructor options (plain data; the JS adapter adds the callbacks)."""
+        a = self.assets
+        image_dir = f"images/{self.image['name']}/"
+        options = {
+            "libv86_url": a.require("v86/libv86.mjs"),
+            "wasm_path": a.require("v86/v86.wasm"),
+            "memory_size": self.memory_mib * 1024 * 1024,
+            "vga_memory_size": 2 * 1024 * 1024,
+            "bios": {"url": a.require("bios/seabios.bin")},
+            "vga_bios": {"url": a.require("bios/vgabios.bin")},
+            "bzimage": {"url": a.require(image_dir + self.image.get("kernel", "bzImage"))},
+            "cmdline": self.cmdline,
+            "virtio_console": True,
+            "filesystem": {},
+            "autostart": True,
+            "disable_keyboard": True,
+            "disable_mouse": True,
+            "disable_speaker": True,
+        }
+        if self.image.get("initrd"):
+            options["initrd"] = {"url": a.require(image_dir + self.image["initrd"])}
+        if self.network:
+            options["net_device"] = {"type": "virtio", "relay_url": "fetch"}
+        return options
+
+    async def start(self, on_console: Sink, on_agent: Sink) -> None:
+        self._handle = await _browser.start_emulator(
+            self.assets.require("v86/adapter.mjs"), self.emulator_options(), on_console, on_agent
+        )
+
+    def write_console(self, data: bytes) -> None:
+        if self._handle is not None:
+            self._handle.send("console", data)
+
+    def write_agent(self, chunk: bytes) -> None:
+        if self._handle is not None:
+            self._handle.send("agent", chunk)
+
+    async def stop(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            await handle.stop()

@@ -1,0 +1,6 @@
+"""Host-side (CPython) tools: the page server, the headless-browser driver, the CLI."""
+
+from .browser import Browser, BrowserConfig, RemoteMachine, RemoteSession
+from .server import PageServer
+
+__all__ = ["Browser", "BrowserConfig", "PageServer", "RemoteMachine", "RemoteSession"]

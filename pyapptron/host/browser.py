@@ -1,0 +1,268 @@
+"""Drive the pyapptron page in a real headless Chromium from CPython.
+
+`RemoteSession` opens the page (served by PageServer) and sends JSON requests to
+pyapptron.remote inside it; `RemoteMachine` is a CPython proxy for a VM in that page
+with the same methods as Machine (run, read_file, write_file, list_dir, console),
+synchronous because CPython callers (the CLI, pytest) are.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import errors
+from ..agent import DirEntry
+from ..errors import BrowserError
+
+CHROMIUM_FLAGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage", "--disable-renderer-backgrounding", "--disable-background-timer-throttling",
+    "--disable-backgrounding-occluded-windows", "--window-size=1200,800",
+]
+
+
+def _find(names: list[str], env: str) -> str | None:
+    if os.environ.get(env):
+        return os.environ[env]
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@dataclass
+class BrowserConfig:
+    binary: str | None = None  # chromium executable
+    driver: str | None = None  # chromedriver executable
+    profile_dir: str | None = None  # keep the profile (and IndexedDB) here; default: a temp dir
+    remote_url: str | None = None  # a remote WebDriver / Selenium Grid instead of a local browser
+    headless: bool = True
+
+
+class Browser:
+    """A Chromium under Selenium, with the repo's flags and no network beyond loopback."""
+
+    def __init__(self, config: BrowserConfig | None = None):
+        try:
+            from selenium import webdriver
+            from selenium.webdriver.chrome.service import Service
+        except ImportError as exc:
+            raise BrowserError("selenium is not installed: pip install 'pyapptron[host]'") from exc
+        self.config = config = config or BrowserConfig()
+        os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager download a driver
+        options = webdriver.ChromeOptions()
+        for flag in CHROMIUM_FLAGS:
+            if flag.startswith("--headless") and not config.headless:
+                continue
+            options.add_argument(flag)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        self._tmp_profile = None
+        if config.remote_url:
+            self.driver = webdriver.Remote(command_executor=config.remote_url, options=options)
+        else:
+            binary = config.binary or _find(["chromium", "chromium-browser", "google-chrome"], "PYAPPTRON_CHROMIUM")
+            driver = config.driver or _find(["chromedriver"], "PYAPPTRON_CHROMEDRIVER")
+            if not binary or not driver:
+                raise BrowserError(
+                    "Chromium or chromedriver not found: `apt-get install -y chromium chromium-driver` "
+                    "(or run `bash emulators/setup.sh`), or set PYAPPTRON_CHROMIUM / PYAPPTRON_CHROMEDRIVER"
+                )
+            options.binary_location = binary
+            profile = config.profile_dir
+            if profile is None:
+                self._tmp_profile = tempfile.mkdtemp(prefix="pyapptron-profile-")
+                profile = self._tmp_profile
+            options.add_argument(f"--user-data-dir={profile}")
+            service = Service(executable_path=driver, log_output=subprocess.DEVNULL)
+            try:
+                self.driver = webdriver.Chrome(service=service, options=options)
+            except Exception as exc:
+                raise BrowserError(f"Chromium did not start: {exc}") from exc
+        self.driver.set_script_timeout(3600)
+
+    def console_log(self) -> list[str]:
+        try:
+            return [entry["message"] for entry in self.driver.get_log("browser")]
+        except Exception:
+            return []
+
+    def close(self) -> None:
+        try:
+            self.driver.quit()
+        finally:
+            if self._tmp_profile:
+                shutil.rmtree(self._tmp_profile, ignore_errors=True)
+
+    def __enter__(self) -> Browser:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_WAIT_READY = """
+const done = arguments[arguments.length - 1];
+const started = Date.now();
+(function poll() {
+  // The page sets pyapptronReady in its first module script; until then, look again.
+  if (window.pyapptronReady) {
+    window.pyapptronReady.then(() => done({ok: true}), e => done({error: String(e && e.stack || e)}));
+  } else if (window.pyapptronError) {
+    done({error: window.pyapptronError});
+  } else if (Date.now() - started > 120000) {
+    done({error: "the page did not start pyapptron within 120 s"});
+  } else {
+    setTimeout(poll, 20);
+  }
+})();
+"""
+
+_REMOTE = """
+const done = arguments[arguments.length - 1];
+globalThis.pyapptron.remote(arguments[0]).then(done, e => done(JSON.stringify({error: {type: "BrowserError", message: String(e && e.stack || e), attrs: {}}})));
+"""
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"b64"}:
+            return base64.b64decode(value["b64"])
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"b64": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _raise(error: dict) -> None:
+    """Re-raise a page-side exception as the same pyapptron (or builtin) type."""
+    name, message = error.get("type", "BrowserError"), error.get("message", "")
+    attrs = _decode(error.get("attrs") or {})
+    cls = getattr(errors, name, None)
+    if name == "TimeoutExpired":
+        raise errors.TimeoutExpired(attrs.get("cmd"), attrs.get("timeout"), attrs.get("output"), attrs.get("stderr"))
+    if name == "CalledProcessError":
+        raise errors.CalledProcessError(attrs.get("returncode"), attrs.get("cmd"), attrs.get("output"), attrs.get("stderr"))
+    if name == "WaitTimeout":
+        raise errors.WaitTimeout(message, attrs.get("buffer") or b"")
+    builtin = {
+        "FileNotFoundError": FileNotFoundError, "PermissionError": PermissionError,
+        "IsADirectoryError": IsADirectoryError, "NotADirectoryError": NotADirectoryError,
+        "FileExistsError": FileExistsError, "ValueError": ValueError, "TypeError": TypeError, "OSError": OSError,
+    }.get(name)
+    if builtin is not None:
+        if issubclass(builtin, OSError):
+            raise builtin(attrs.get("errno"), message, attrs.get("filename"))
+        raise builtin(message)
+    if isinstance(cls, type) and issubclass(cls, errors.PyapptronError):
+        raise cls(message)
+    raise BrowserError(f"{name}: {message}\n{error.get('traceback', '')}")
+
+
+class RemoteSession:
+    """The page open in a Browser, ready for requests. One per browser tab."""
+
+    def __init__(self, browser: Browser, page_url: str):
+        self.browser = browser
+        self.page_url = page_url
+        url = page_url + ("&" if "?" in page_url else "?") + "autoboot=0"
+        browser.driver.get(url)
+        result = browser.driver.execute_async_script(_WAIT_READY)
+        if "error" in result:
+            raise BrowserError(f"the page did not load pyapptron: {result['error']}")
+
+    def request(self, op: str, vm: int | None = None, **args) -> Any:
+        payload = json.dumps({"op": op, "vm": vm, "args": _encode(args)})
+        answer = json.loads(self.browser.driver.execute_async_script(_REMOTE, payload))
+        if "error" in answer:
+            _raise(answer["error"])
+        return _decode(answer["ok"])
+
+    def python(self, code: str) -> Any:
+        """Run Python (top-level await allowed) in the page; returns its `result` variable."""
+        return self.request("python", code=code)
+
+    def boot(self, emulator: str = "v86", image: str = "minimal", **options) -> RemoteMachine:
+        info = self.request("boot", emulator=emulator, image=image, **options)
+        return RemoteMachine(self, info["vm"], info)
+
+
+class RemoteConsole:
+    def __init__(self, machine: RemoteMachine):
+        self._m = machine
+
+    def wait_for(self, pattern: str | bytes, timeout: float | None = 30) -> bytes:
+        """Wait for a regex on the console; returns the matched bytes."""
+        pattern = pattern.decode() if isinstance(pattern, bytes) else pattern
+        answer = self._m._call("wait_for", pattern=pattern, timeout=timeout)
+        self.before = answer["before"]
+        return answer["match"]
+
+    def send(self, data: str | bytes) -> None:
+        self._m._call("send", data=data.encode() if isinstance(data, str) else data)
+
+    def sendline(self, line: str = "") -> None:
+        self.send(line + "\r")
+
+    @property
+    def transcript(self) -> bytes:
+        return self._m._call("transcript")
+
+
+class RemoteMachine:
+    """A VM in the page, driven from CPython with Machine's method names (synchronous)."""
+
+    def __init__(self, session: RemoteSession, vm_id: int, info: dict):
+        self.session = session
+        self.id = vm_id
+        self.boot_seconds = info.get("boot_seconds")
+        self.capabilities = info.get("capabilities", {})
+        self.console = RemoteConsole(self)
+
+    def _call(self, op: str, **args) -> Any:
+        return self.session.request(op, vm=self.id, **args)
+
+    def run(self, args, *, timeout=None, input=None, cwd=None, env=None, text=False, check=False):
+        answer = self._call("run", args=args, timeout=timeout, input=input, cwd=cwd, env=env, text=text, check=check)
+        return subprocess.CompletedProcess(answer["args"], answer["returncode"], answer["stdout"], answer["stderr"])
+
+    def read_file(self, path: str) -> bytes:
+        return self._call("read_file", path=path)
+
+    def write_file(self, path: str, data: bytes | str, mode: int = 0o644) -> None:
+        self._call("write_file", path=path, data=data, mode=mode)
+
+    def list_dir(self, path: str = "/") -> list[DirEntry]:
+        return [DirEntry(**e) for e in self._call("list_dir", path=path)]
+
+    def shutdown(self) -> None:
+        self._call("shutdown")
+
+    def __enter__(self) -> RemoteMachine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+
+def write_screenshot(browser: Browser, path: str | Path) -> None:
+    browser.driver.save_screenshot(str(path))

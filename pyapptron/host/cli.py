@@ -1,0 +1,128 @@
+"""`python -m pyapptron serve | run | demo` (CPython)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+
+from ..errors import PyapptronError, TimeoutExpired
+
+
+def _browser_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--emulator", default="v86", help="emulator backend (default: v86)")
+    parser.add_argument("--image", default="minimal", help="guest image (default: minimal)")
+    parser.add_argument("--memory", type=int, default=None, metavar="MIB", help="guest RAM in MiB")
+    parser.add_argument("--browser-binary", default=None, help="Chromium executable")
+    parser.add_argument("--remote", default=None, metavar="URL", help="remote WebDriver URL instead of a local Chromium")
+    parser.add_argument("--profile", default=None, metavar="DIR", help="keep the browser profile in DIR")
+
+
+@contextlib.contextmanager
+def booted(args):
+    """A served page in a headless browser with one VM booted: yields (session, vm)."""
+    from .browser import Browser, BrowserConfig, RemoteSession
+    from .server import PageServer
+
+    with PageServer() as server, Browser(BrowserConfig(
+        binary=args.browser_binary, remote_url=args.remote, profile_dir=args.profile,
+    )) as browser:
+        session = RemoteSession(browser, server.url)
+        options = {"memory_mib": args.memory} if args.memory else {}
+        vm = session.boot(args.emulator, args.image, **options)
+        try:
+            yield session, vm
+        finally:
+            with contextlib.suppress(Exception):
+                vm.shutdown()
+
+
+def cmd_serve(args) -> int:
+    from .server import PageServer
+
+    server = PageServer(args.port, isolated=not args.no_isolation)
+    print(f"pyapptron: serving on {server.url}  (open it in a browser; Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_run(args) -> int:
+    command = args.command
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        print("pyapptron run: give a command after --, e.g. `python -m pyapptron run -- uname -a`", file=sys.stderr)
+        return 2
+    stdin = None
+    if args.input_file:
+        with open(args.input_file, "rb") as f:
+            stdin = f.read()
+    try:
+        with booted(args) as (_, vm):
+            try:
+                r = vm.run(command, timeout=args.timeout, input=stdin)
+            except TimeoutExpired as exc:
+                sys.stdout.buffer.write(exc.stdout or b"")
+                sys.stderr.buffer.write(exc.stderr or b"")
+                sys.stdout.flush()
+                sys.stderr.flush()
+                return 124
+    except FileNotFoundError as exc:
+        print(f"pyapptron run: {exc}", file=sys.stderr)
+        return 127
+    except PyapptronError as exc:
+        print(f"pyapptron run: {exc}", file=sys.stderr)
+        return 125
+    sys.stdout.buffer.write(r.stdout)
+    sys.stderr.buffer.write(r.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return r.returncode if r.returncode >= 0 else 128 - r.returncode
+
+
+def cmd_demo(args) -> int:
+    """Boot a VM in headless Chromium and show it working."""
+    started = time.monotonic()
+    try:
+        with booted(args) as (_, vm):
+            print(f"booted {args.emulator}/{args.image} in {vm.boot_seconds:.1f} s "
+                  f"(capabilities: {vm.capabilities})")
+            r = vm.run("uname -a")
+            print(f"$ uname -a\n{r.stdout.decode()}", end="")
+            vm.write_file("/root/hello.txt", b"hello from the host\n")
+            print("$ cat /root/hello.txt   (written from Python)")
+            print(vm.run(["cat", "/root/hello.txt"]).stdout.decode(), end="")
+            vm.run("echo 'written in the guest' > /root/reply.txt")
+            print(f"read back from the guest: {vm.read_file('/root/reply.txt')!r}")
+            r = vm.run("echo out; echo err >&2; exit 7")
+            print(f"$ echo out; echo err >&2; exit 7\n  stdout={r.stdout!r} stderr={r.stderr!r} returncode={r.returncode}")
+    except PyapptronError as exc:
+        print(f"pyapptron demo: {exc}", file=sys.stderr)
+        return 1
+    print(f"demo finished in {time.monotonic() - started:.1f} s. "
+          "Open the terminal page with `python -m pyapptron serve`.")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pyapptron", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("serve", help="serve the terminal page and the assets on localhost")
+    p.add_argument("--port", type=int, default=8086)
+    p.add_argument("--no-isolation", action="store_true", help="do not send COOP/COEP headers")
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("run", help="boot a VM in headless Chromium and run one command in it")
+    _browser_args(p)
+    p.add_argument("--timeout", type=float, default=None, metavar="S", help="kill the command after S seconds (exit 124)")
+    p.add_argument("--input-file", default=None, metavar="F", help="feed F to the command's stdin")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("demo", help="boot a VM headless and show uname -a and a file round trip")
+    _browser_args(p)
+    p.set_defaults(func=cmd_demo)
+    args = parser.parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,137 @@
+"""Serve the page and the built assets on localhost (CPython only).
+
+Layout of what is served:
+  /            redirects to /web/index.html (the terminal page)
+  /web/...     web/ (the page and its JS entry, pyapptron.js)
+  /assets/...  the asset tree built by `python emulators/build.py` (build/assets)
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import importlib.util
+import os
+import threading
+from pathlib import Path
+
+from ..errors import AssetsMissing
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def default_web_dir() -> Path:
+    return Path(os.environ.get("PYAPPTRON_WEB", REPO / "web"))
+
+
+def default_assets_dir() -> Path:
+    return Path(os.environ.get("PYAPPTRON_ASSETS", REPO / "build" / "assets"))
+
+
+def check_assets(assets_dir: Path) -> None:
+    if not (assets_dir / "assets.json").is_file():
+        raise AssetsMissing(
+            f"no built assets in {assets_dir}: run `python emulators/build.py` "
+            "(or `bash emulators/setup.sh` on a fresh machine)"
+        )
+
+
+def refresh_wheel(assets_dir: Path) -> None:
+    """Rebuild the pyapptron wheel if the sources changed (a checkout, not an install)."""
+    build_py = REPO / "emulators" / "build.py"
+    if not build_py.is_file():
+        return
+    spec = importlib.util.spec_from_file_location("_pyapptron_build", build_py)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.build_wheel(assets_dir)
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    extensions_map = {
+        **http.server.SimpleHTTPRequestHandler.extensions_map,
+        ".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm",
+        ".json": "application/json", ".whl": "application/zip", ".zst": "application/octet-stream",
+    }
+
+    def __init__(self, *args, roots, isolated, **kwargs):
+        self._roots = roots
+        self._isolated = isolated
+        super().__init__(*args, directory=str(roots["/web/"]), **kwargs)
+
+    def do_GET(self) -> None:
+        path, _, query = self.path.partition("?")
+        if path in ("/", "/index.html"):
+            # The page lives in /web/ so that its relative imports resolve there.
+            self.send_response(302)
+            self.send_header("Location", "/web/index.html" + ("?" + query if query else ""))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        super().do_GET()
+
+    def translate_path(self, path: str) -> str:
+        clean = path.split("?", 1)[0].split("#", 1)[0]
+        for prefix, root in self._roots.items():
+            if clean.startswith(prefix):
+                rel = Path(clean[len(prefix):].lstrip("/"))
+                if ".." in rel.parts:
+                    return str(root / "__forbidden__")
+                return str(root / rel)
+        return str(self._roots["/web/"] / "__not_found__")
+
+    def end_headers(self) -> None:
+        self.send_header("Cache-Control", "no-cache")
+        if self._isolated:
+            # Cross-origin isolation: SharedArrayBuffer for the WASI engines; harmless for v86.
+            self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+            self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+            self.send_header("Cross-Origin-Resource-Policy", "same-origin")
+        super().end_headers()
+
+    def log_message(self, format: str, *args) -> None:
+        if os.environ.get("PYAPPTRON_HTTP_LOG"):
+            super().log_message(format, *args)
+
+
+class PageServer:
+    """A threaded HTTP server on 127.0.0.1; use as a context manager or start()/stop()."""
+
+    def __init__(self, port: int = 0, *, web_dir: Path | None = None, assets_dir: Path | None = None,
+                 isolated: bool = True, refresh: bool = True):
+        self.web_dir = Path(web_dir or default_web_dir())
+        self.assets_dir = Path(assets_dir or default_assets_dir())
+        check_assets(self.assets_dir)
+        if refresh:
+            refresh_wheel(self.assets_dir)
+        roots = {"/web/": self.web_dir, "/assets/": self.assets_dir}
+        handler = functools.partial(_Handler, roots=roots, isolated=isolated)
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self._httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def start(self) -> PageServer:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="pyapptron-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._httpd.serve_forever()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> PageServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

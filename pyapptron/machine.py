@@ -1,0 +1,215 @@
+"""Machine: one booted VM, the same on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+
+from .agent import AgentClient, DirEntry
+from .backends import Backend, Capabilities
+from .console import Console
+from .errors import BootError, CalledProcessError, InvalidOption, MachineClosed, NotSupported, TimeoutExpired
+
+#: How long a killed command may take to report its exit before we stop waiting.
+KILL_GRACE_S = 5.0
+
+
+class CompletedProcess(subprocess.CompletedProcess):
+    """subprocess.CompletedProcess, plus a notebook-friendly view."""
+
+    def _repr_html_(self) -> str:
+        import html
+
+        def block(label, data):
+            if not data:
+                return ""
+            text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+            return f"<div><b>{label}</b><pre style='margin:0'>{html.escape(text)}</pre></div>"
+
+        colour = "green" if self.returncode == 0 else "crimson"
+        args = self.args if isinstance(self.args, str) else shlex.join(map(str, self.args))
+        return (
+            f"<div><code>{html.escape(args)}</code> → exit "
+            f"<b style='color:{colour}'>{self.returncode}</b>"
+            f"{block('stdout', self.stdout)}{block('stderr', self.stderr)}</div>"
+        )
+
+
+class Machine:
+    """A booted VM: run commands, move files, talk to its console, shut it down.
+
+    Use it as an async context manager so the emulator is always released:
+    `async with await pyapptron.boot("v86") as vm: ...`
+    """
+
+    def __init__(self, backend: Backend, *, emulator: str, image: str):
+        self.backend = backend
+        self.emulator = emulator
+        self.image = image
+        self.console = Console(backend.write_console)
+        self._agent = AgentClient(backend.write_agent)
+        self._closed = False
+        self.boot_seconds: float | None = None
+
+    # -- lifetime --------------------------------------------------------------------
+    async def _start(self, timeout: float) -> None:
+        started = time.monotonic()
+        await self.backend.start(self.console.feed, self._agent.feed)
+        if self.capabilities.exec:
+            try:
+                await asyncio.wait_for(self._agent.wait_ready(), timeout)
+            except asyncio.TimeoutError:
+                tail = self.console.transcript[-500:]
+                await self.shutdown()
+                raise BootError(
+                    f"the guest agent did not answer within {timeout} s of boot; the console's "
+                    f"last output was {tail!r}. Raise boot(..., timeout=) on a slow machine, or "
+                    "check that the image was built with its agent."
+                ) from None
+        self.boot_seconds = time.monotonic() - started
+
+    async def shutdown(self) -> None:
+        """Stop the emulator and release its memory. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._agent.close(MachineClosed("the machine was shut down"))
+        self.console.close()
+        await self.backend.stop()
+
+    async def __aenter__(self) -> Machine:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.shutdown()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.backend.capabilities
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "running"
+        return f"<Machine {self.emulator}/{self.image} {state}>"
+
+    # -- exec ------------------------------------------------------------------------
+    async def run(
+        self,
+        args: str | Sequence[str],
+        *,
+        timeout: float | None = None,
+        input: bytes | str | None = None,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        text: bool = False,
+        encoding: str | None = None,
+        errors: str | None = None,
+        check: bool = False,
+    ) -> CompletedProcess:
+        """Run a command in the guest, like subprocess.run with capture_output=True.
+
+        A string runs under `/bin/sh -c`; a list runs directly (argv[0] found on PATH).
+        `env`, like subprocess's, replaces the environment. Output bytes are exact;
+        with text=True (or encoding=) they are decoded. On timeout the command is
+        killed and TimeoutExpired carries what it wrote; the machine stays usable.
+        """
+        self._require("exec")
+        argv = _argv(args)
+        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise InvalidOption(f"timeout must be a positive number of seconds, not {timeout!r}")
+        decode = text or encoding is not None or errors is not None
+        enc = encoding or "utf-8"
+        if isinstance(input, str):
+            input = input.encode(enc)
+        elif input is not None and not isinstance(input, (bytes, bytearray, memoryview)):
+            raise InvalidOption(f"input must be bytes or str, not {type(input).__name__}")
+        ids: list[int] = []
+        task = asyncio.ensure_future(
+            self._agent.exec(argv, input=None if input is None else bytes(input), cwd=cwd, env=env, started=ids.append)
+        )
+        try:
+            result = await asyncio.wait_for(asyncio.shield(task), timeout)
+        except asyncio.TimeoutError:
+            out, err = self._agent.partial_output(ids[0]) if ids else (b"", b"")
+            await self._kill(task, ids)
+            raise TimeoutExpired(args, timeout, _maybe_decode(out, decode, enc, errors),
+                                 _maybe_decode(err, decode, enc, errors)) from None
+        except asyncio.CancelledError:
+            await self._kill(task, ids)
+            raise
+        stdout = _maybe_decode(result.stdout, decode, enc, errors)
+        stderr = _maybe_decode(result.stderr, decode, enc, errors)
+        if check and result.status != 0:
+            raise CalledProcessError(result.status, args, stdout, stderr)
+        return CompletedProcess(args, result.status, stdout, stderr)
+
+    async def _kill(self, task: asyncio.Future, ids: list[int]) -> None:
+        if ids and not task.done():
+            try:
+                await self._agent.signal(ids[0], 9)
+                await asyncio.wait_for(asyncio.shield(task), KILL_GRACE_S)
+            except Exception:
+                pass
+        if not task.done():
+            task.cancel()
+
+    # -- files -----------------------------------------------------------------------
+    async def read_file(self, path: str) -> bytes:
+        """The file's bytes. FileNotFoundError if it does not exist in the guest."""
+        self._require("files")
+        return await self._agent.read_file(_path(path))
+
+    async def write_file(self, path: str, data: bytes | str, mode: int = 0o644) -> None:
+        """Create or replace a file in the guest (the directory must exist)."""
+        self._require("files")
+        if isinstance(data, str):
+            data = data.encode()
+        elif not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidOption(f"data must be bytes or str, not {type(data).__name__}")
+        if not isinstance(mode, int) or not 0 <= mode <= 0o7777:
+            raise InvalidOption(f"mode must be a permission number like 0o644, not {mode!r}")
+        await self._agent.write_file(_path(path), bytes(data), mode)
+
+    async def list_dir(self, path: str = "/") -> list[DirEntry]:
+        """The directory's entries (name, type, size, mode, mtime), sorted by name."""
+        self._require("files")
+        return await self._agent.list_dir(_path(path))
+
+    # -- helpers ----------------------------------------------------------------------
+    def _require(self, capability: str) -> None:
+        if self._closed:
+            raise MachineClosed("this machine was shut down; boot a new one with pyapptron.boot()")
+        if not getattr(self.capabilities, capability):
+            raise NotSupported(
+                f"{self.emulator} image {self.image!r} has no {capability} capability "
+                f"(capabilities: {self.capabilities.as_dict()})"
+            )
+
+    async def resize_console(self, cols: int, rows: int) -> None:
+        """Tell the guest's console its size (a serial line cannot carry it itself)."""
+        if self.capabilities.exec and not self._closed:
+            await self.run(["stty", "-F", "/dev/ttyS0", "rows", str(rows), "cols", str(cols)], timeout=10)
+
+
+def _argv(args) -> list[str | bytes]:
+    if isinstance(args, (str, bytes)):
+        return ["/bin/sh", "-c", args]
+    if isinstance(args, Sequence) and args and all(isinstance(a, (str, bytes)) for a in args):
+        return list(args)
+    raise InvalidOption(f"run() takes a shell string or a non-empty list of strings, not {args!r}")
+
+
+def _path(path) -> str:
+    if not isinstance(path, str) or not path:
+        raise InvalidOption(f"a guest path must be a non-empty string, not {path!r}")
+    return path
+
+
+def _maybe_decode(data: bytes, decode: bool, encoding: str, errors: str | None):
+    return data.decode(encoding, errors or "strict") if decode else data

@@ -1,0 +1,139 @@
+"""The page side of remote control: JSON requests in, JSON answers out.
+
+A CPython process that drives a browser (the CLI's `run`, the pytest fixture, bench)
+sends requests through WebDriver; `handle()` runs them against real Machines in this
+page. Bytes travel as {"b64": ...}; errors come back typed, with their attributes.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import time
+import traceback
+
+import pyapptron
+
+_machines: dict[int, pyapptron.Machine] = {}
+_ids = itertools.count(1)
+
+
+def encode(value):
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"b64": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, dict):
+        return {k: encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [encode(v) for v in value]
+    return value
+
+
+def decode(value):
+    if isinstance(value, dict):
+        if set(value) == {"b64"}:
+            return base64.b64decode(value["b64"])
+        return {k: decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decode(v) for v in value]
+    return value
+
+
+def _error(exc: BaseException) -> dict:
+    attrs = {}
+    for name in ("returncode", "timeout", "cmd", "output", "stderr", "errno", "filename", "buffer"):
+        if hasattr(exc, name):
+            value = getattr(exc, name)
+            if isinstance(value, (str, int, float, bytes, bytearray, list, type(None))):
+                attrs[name] = value
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "attrs": encode(attrs),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+async def _op_boot(args):
+    started = time.perf_counter()
+    vm = await pyapptron.boot(**args)
+    vm_id = next(_ids)
+    _machines[vm_id] = vm
+    return {"vm": vm_id, "boot_seconds": time.perf_counter() - started,
+            "capabilities": vm.capabilities.as_dict()}
+
+
+async def _op_run(vm, args):
+    r = await vm.run(**args)
+    return {"args": r.args, "returncode": r.returncode, "stdout": r.stdout, "stderr": r.stderr}
+
+
+async def _op_list_dir(vm, args):
+    return [e.__dict__ for e in await vm.list_dir(**args)]
+
+
+async def _op_wait_for(vm, args):
+    m = await vm.console.wait_for(args["pattern"], args.get("timeout"))
+    return {"match": m.group(0), "before": vm.console.before}
+
+
+async def _op_send(vm, args):
+    vm.console.send(args["data"])
+
+
+async def _op_transcript(vm, args):
+    return vm.console.transcript
+
+
+async def _op_shutdown(vm, args):
+    await vm.shutdown()
+    for key, value in list(_machines.items()):
+        if value is vm:
+            del _machines[key]
+
+
+async def _op_read_file(vm, args):
+    return await vm.read_file(**args)
+
+
+async def _op_write_file(vm, args):
+    await vm.write_file(**args)
+
+
+_VM_OPS = {
+    "run": _op_run, "read_file": _op_read_file, "write_file": _op_write_file,
+    "list_dir": _op_list_dir, "wait_for": _op_wait_for, "send": _op_send,
+    "transcript": _op_transcript, "shutdown": _op_shutdown,
+}
+
+
+async def _op_python(args):
+    """Run Python in the page (tests and notebooks-by-proxy); returns `result`."""
+    namespace = {"pyapptron": pyapptron, "machines": _machines}
+    code = compile(args["code"], "<remote>", "exec", flags=0x2000)  # PyCF_ALLOW_TOP_LEVEL_AWAIT
+    coro = eval(code, namespace)
+    if coro is not None:
+        await coro
+    return namespace.get("result")
+
+
+async def handle(request_json: str) -> str:
+    """One request: {"op": ..., "vm": id?, "args": {...}} -> {"ok": value} | {"error": {...}}."""
+    try:
+        request = json.loads(request_json)
+        op = request["op"]
+        args = decode(request.get("args") or {})
+        if op == "boot":
+            value = await _op_boot(args)
+        elif op == "python":
+            value = await _op_python(args)
+        elif op in _VM_OPS:
+            vm = _machines.get(request.get("vm"))
+            if vm is None:
+                raise pyapptron.MachineClosed(f"no machine {request.get('vm')!r} in this page (shut down?)")
+            value = await _VM_OPS[op](vm, args)
+        else:
+            raise pyapptron.InvalidOption(f"unknown remote op {op!r}")
+        return json.dumps({"ok": encode(value)})
+    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
+        return json.dumps({"error": _error(exc)})

@@ -1,0 +1,68 @@
+"""Unit tests (CPython): bad input to boot() and run() fails early with typed, helpful errors."""
+
+import asyncio
+
+import pytest
+
+import pyapptron
+from pyapptron.assets import Assets
+from pyapptron.backends.v86 import V86Backend
+
+
+def boot(*args, **kwargs):
+    return asyncio.run(pyapptron.boot(*args, **kwargs))
+
+
+def test_unknown_emulator_lists_the_available_ones():
+    with pytest.raises(pyapptron.UnknownEmulator, match="available: v86"):
+        boot("qemu-nonexistent")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"memory_mib": "128"}, "memory_mib must be an integer"),
+    ({"memory_mib": True}, "memory_mib must be an integer"),
+    ({"timeout": -1}, "timeout must be a positive"),
+    ({"colour": "blue"}, "no option 'colour'; options: memory_mib"),
+    ({"network": "yes"}, "option 'network' must be bool"),
+    ({"image": 3}, "image must be an image name"),
+])
+def test_bad_boot_options_raise_invalid_option(kwargs, match):
+    with pytest.raises(pyapptron.InvalidOption, match=match):
+        boot("v86", **kwargs)
+
+
+def test_invalid_option_is_also_a_value_error():
+    assert issubclass(pyapptron.InvalidOption, ValueError)
+    assert issubclass(pyapptron.InvalidOption, pyapptron.PyapptronError)
+
+
+def test_outside_a_browser_boot_says_how_to_get_one():
+    with pytest.raises(pyapptron.PyapptronError, match="needs a browser|assets URL"):
+        boot("v86", assets_url="http://127.0.0.1:1/assets/")
+
+
+INDEX = {"files": {"images/minimal/image.json": {}, "images/agent/image.json": {}, "v86/libv86.mjs": {}}}
+
+
+def test_unknown_image_lists_the_built_ones():
+    assets = Assets("http://x/assets", INDEX)
+    assert assets.images("v86") == ["agent", "minimal"]
+    with pytest.raises(pyapptron.ImageNotFound, match="no image 'huge'.*available: agent, minimal"):
+        asyncio.run(assets.image("v86", "huge"))
+
+
+def test_missing_asset_names_the_build_command():
+    assets = Assets("http://x/assets/", INDEX)
+    with pytest.raises(pyapptron.AssetsMissing, match="python emulators/build.py"):
+        assets.require("bios/seabios.bin")
+
+
+def test_v86_memory_range_is_checked_with_the_reason():
+    with pytest.raises(pyapptron.InvalidOption, match="64 MiB"):
+        V86Backend(Assets("http://x/", INDEX), {"name": "minimal"}, memory_mib=64)
+
+
+def test_v86_reports_capabilities_from_the_image():
+    backend = V86Backend(Assets("http://x/", INDEX), {"name": "minimal", "arch": "i686", "agent": "virtio-console0"})
+    caps = backend.capabilities
+    assert (caps.arch, caps.exec, caps.files, caps.console, caps.snapshot) == ("i686", True, True, True, False)

@@ -1,0 +1,92 @@
+"""Unit tests (CPython) of the console stream: pexpect-style waiting, subscribers, transcript."""
+
+import asyncio
+
+import pytest
+
+from pyapptron.console import Console
+from pyapptron.errors import ConsoleEOF, WaitTimeout
+
+
+def test_wait_for_matches_output_that_arrived_before_the_call():
+    async def main():
+        c = Console(lambda b: None)
+        c.feed(b"booting...\nroot@pyapptron:~# ")
+        m = await c.wait_for(rb"\$ |# ", timeout=1)
+        assert m.group(0) == b"# " and c.before.endswith(b"root@pyapptron:~")
+    asyncio.run(main())
+
+
+def test_each_match_consumes_output_like_pexpect():
+    async def main():
+        c = Console(lambda b: None)
+        c.feed(b"one# two# ")
+        await c.wait_for("# ", timeout=1)
+        await c.wait_for("# ", timeout=1)
+        assert c.before == b"two"
+        with pytest.raises(WaitTimeout):
+            await c.wait_for("# ", timeout=0.05)
+    asyncio.run(main())
+
+
+def test_wait_for_wakes_on_later_output_split_across_chunks():
+    async def main():
+        c = Console(lambda b: None)
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.01, c.feed, b"hel")
+        loop.call_later(0.02, c.feed, b"lo world")
+        m = await c.wait_for(b"hello w", timeout=1)
+        assert m.group(0) == b"hello w"
+    asyncio.run(main())
+
+
+def test_timeout_error_shows_what_the_console_printed():
+    async def main():
+        c = Console(lambda b: None)
+        c.feed(b"login: ")
+        with pytest.raises(WaitTimeout, match="login") as info:
+            await c.wait_for("# ", timeout=0.05)
+        assert info.value.buffer == b"login: "
+        assert isinstance(info.value, TimeoutError)
+    asyncio.run(main())
+
+
+def test_subscribers_get_chunks_and_replay_the_transcript():
+    c = Console(lambda b: None)
+    c.feed(b"early ")
+    got = []
+    unsubscribe = c.subscribe(got.append, replay=True)
+    c.feed(b"late")
+    unsubscribe()
+    c.feed(b"gone")
+    assert got == [b"early ", b"late"]
+    assert c.transcript == b"early lategone"
+
+
+def test_send_encodes_text_and_sendline_uses_carriage_return():
+    sent = []
+    c = Console(sent.append)
+    c.send("ls")
+    c.sendline(b"pwd")
+    assert sent == [b"ls", b"pwd\r"]
+
+
+def test_close_wakes_waiters_with_eof_and_refuses_input():
+    async def main():
+        c = Console(lambda b: None)
+        task = asyncio.ensure_future(c.wait_for("never", timeout=5))
+        await asyncio.sleep(0)
+        c.close()
+        with pytest.raises(ConsoleEOF):
+            await task
+        with pytest.raises(ConsoleEOF):
+            c.send("x")
+    asyncio.run(main())
+
+
+def test_buffers_stay_bounded():
+    c = Console(lambda b: None)
+    for _ in range(40):
+        c.feed(b"x" * 65536)
+    assert len(c.transcript) == Console.max_transcript
+    assert len(c._buffer) <= Console.max_buffer

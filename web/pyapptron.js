@@ -1,0 +1,122 @@
+// pyapptron's embedding entry: one import, one call.
+//
+//   <div id="term"></div>
+//   <script type="module">
+//     import { boot } from "/web/pyapptron.js";
+//     const sandbox = await boot({ terminal: document.getElementById("term") });
+//     const r = await sandbox.run("uname -a");   // {returncode, stdout, stderr} (strings)
+//   </script>
+//
+// It loads Pyodide from the locally built assets (no CDN), installs the pyapptron
+// wheel, boots a VM through Python's pyapptron.boot() and, if given an element,
+// attaches an xterm.js terminal to the VM's console. Without an element (a worker,
+// a test) nothing touches the DOM.
+
+const defaultAssets = new URL("../assets/", import.meta.url).href;
+let pyodidePromise = null;
+
+function status(onStatus, text) {
+  if (onStatus) onStatus(text);
+}
+
+/** Load Pyodide and the pyapptron wheel once per page; resolves to the Pyodide instance. */
+export function loadPyapptron({ assetsUrl = defaultAssets, onStatus } = {}) {
+  if (!pyodidePromise) {
+    pyodidePromise = (async () => {
+      const started = performance.now();
+      status(onStatus, "loading Python (Pyodide)…");
+      const { loadPyodide } = await import(assetsUrl + "pyodide/pyodide.mjs");
+      const pyodide = await loadPyodide({ indexURL: assetsUrl + "pyodide/" });
+      status(onStatus, "installing pyapptron…");
+      const wheel = await (await fetch(assetsUrl + "wheels/latest.json")).json();
+      await pyodide.loadPackage(assetsUrl + "wheels/" + wheel.file, { messageCallback: () => {} });
+      globalThis.pyapptronAssetsUrl = assetsUrl;
+      pyodide.runPython("import pyapptron, pyapptron.remote, pyapptron.terminal");
+      pyodide.pyapptronLoadSeconds = (performance.now() - started) / 1000;
+      return pyodide;
+    })();
+    pyodidePromise.catch(() => { pyodidePromise = null; });
+  }
+  return pyodidePromise;
+}
+
+async function loadXterm(assetsUrl) {
+  if (!document.querySelector("link[data-pyapptron-xterm]")) {
+    const css = document.createElement("link");
+    css.rel = "stylesheet";
+    css.href = assetsUrl + "xterm/xterm.css";
+    css.dataset.pyapptronXterm = "";
+    document.head.appendChild(css);
+  }
+  const [{ Terminal }, { FitAddon }] = await Promise.all([
+    import(assetsUrl + "xterm/xterm.mjs"),
+    import(assetsUrl + "xterm/addon-fit.mjs"),
+  ]);
+  return { Terminal, FitAddon };
+}
+
+/**
+ * Boot a VM. Options: emulator ("v86"), image ("minimal"), memoryMib, terminal (an
+ * element to show the console in), assetsUrl, onStatus(text).
+ * Resolves to {vm, pyodide, terminal, run(cmd), shutdown()}.
+ */
+export async function boot({
+  emulator = "v86", image = "minimal", memoryMib = null, terminal = null,
+  assetsUrl = defaultAssets, onStatus = null, terminalOptions = {},
+} = {}) {
+  const pyodide = await loadPyapptron({ assetsUrl, onStatus });
+  let term = null;
+  let fit = null;
+  if (terminal) {
+    const { Terminal, FitAddon } = await loadXterm(assetsUrl);
+    term = new Terminal({ convertEol: false, cursorBlink: true, scrollback: 5000, ...terminalOptions });
+    fit = new FitAddon();
+    term.loadAddon(fit);
+    term.open(terminal);
+    fit.fit();
+    term.write("\x1b[2mbooting " + emulator + "/" + image + "…\x1b[0m\r\n");
+  }
+  status(onStatus, `booting ${emulator}/${image}…`);
+  const pyboot = pyodide.pyimport("pyapptron").boot;
+  const kwargs = { image };
+  if (memoryMib) kwargs.memory_mib = memoryMib;
+  const vm = await pyboot.callKwargs(emulator, kwargs);
+  let detach = null;
+  if (term) {
+    detach = pyodide.pyimport("pyapptron.terminal").attach(vm, term);
+    const onWindowResize = () => fit.fit();
+    globalThis.addEventListener?.("resize", onWindowResize);
+    term.focus();
+  }
+  status(onStatus, "ready");
+  const handle = {
+    vm, pyodide, terminal: term,
+    /** Run a shell command; resolves to {returncode, stdout, stderr} as strings. */
+    async run(cmd, { timeout = null } = {}) {
+      const r = await vm.run.callKwargs(cmd, { timeout, text: true, errors: "replace" });
+      try {
+        return { returncode: r.returncode, stdout: r.stdout, stderr: r.stderr };
+      } finally {
+        r.destroy();
+      }
+    },
+    async shutdown() {
+      if (detach) detach();
+      await vm.shutdown();
+    },
+  };
+  return handle;
+}
+
+/** For WebDriver-based hosts (pyapptron.host): JSON requests into pyapptron.remote. */
+export async function remote(requestJson) {
+  const pyodide = await loadPyapptron();
+  const handle = pyodide.pyimport("pyapptron.remote").handle;
+  try {
+    return await handle(requestJson);
+  } finally {
+    handle.destroy();
+  }
+}
+
+globalThis.pyapptron = { boot, loadPyapptron, remote };
