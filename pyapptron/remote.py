@@ -107,9 +107,14 @@ _VM_OPS = {
 }
 
 
+_namespace: dict = {}
+
+
 async def _op_python(args):
-    """Run Python in the page (tests and notebooks-by-proxy); returns `result`."""
-    namespace = {"pyapptron": pyapptron, "machines": _machines}
+    """Run Python in the page like a notebook cell (one shared namespace); returns `result`."""
+    namespace = _namespace
+    namespace.update(pyapptron=pyapptron, machines=_machines)
+    namespace.pop("result", None)
     code = compile(args["code"], "<remote>", "exec", flags=0x2000)  # PyCF_ALLOW_TOP_LEVEL_AWAIT
     coro = eval(code, namespace)
     if coro is not None:

@@ -4,6 +4,7 @@ Layout of what is served:
   /            redirects to /web/index.html (the terminal page)
   /web/...     web/ (the page and its JS entry, pyapptron.js)
   /assets/...  the asset tree built by `python emulators/build.py` (build/assets)
+  /examples/.. examples/ (the embedding example page)
 """
 
 from __future__ import annotations
@@ -98,13 +99,14 @@ class PageServer:
     """A threaded HTTP server on 127.0.0.1; use as a context manager or start()/stop()."""
 
     def __init__(self, port: int = 0, *, web_dir: Path | None = None, assets_dir: Path | None = None,
-                 isolated: bool = True, refresh: bool = True):
+                 isolated: bool = True, refresh: bool = True, extra_roots: dict[str, Path] | None = None):
         self.web_dir = Path(web_dir or default_web_dir())
         self.assets_dir = Path(assets_dir or default_assets_dir())
         check_assets(self.assets_dir)
         if refresh:
             refresh_wheel(self.assets_dir)
-        roots = {"/web/": self.web_dir, "/assets/": self.assets_dir}
+        roots = {"/web/": self.web_dir, "/assets/": self.assets_dir, "/examples/": REPO / "examples",
+                 **(extra_roots or {})}
         handler = functools.partial(_Handler, roots=roots, isolated=isolated)
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
         self._httpd.daemon_threads = True

@@ -1,0 +1,70 @@
+// Bench baseline: the same guest driven from JS alone, without Pyodide or pyapptron.
+// It speaks just enough of the agent protocol (emulators/agent/PROTOCOL.md) to time
+// a `true` round trip. Options come from pyapptron's own V86Backend so both runs boot
+// the identical machine.
+
+const enc = new TextEncoder();
+
+function frame(type, id, payload) {
+  const out = new Uint8Array(12 + payload.length);
+  const dv = new DataView(out.buffer);
+  dv.setUint16(0, 0x5aa5, true); out[2] = type; dv.setUint32(4, id, true); dv.setUint32(8, payload.length, true);
+  out.set(payload, 12);
+  return out;
+}
+
+function execPayload(argv) {
+  const parts = [];
+  const u32 = (n) => { const b = new Uint8Array(4); new DataView(b.buffer).setUint32(0, n, true); parts.push(b); };
+  u32(0); u32(argv.length);
+  for (const a of argv) { const s = enc.encode(a); u32(s.length); parts.push(s); }
+  u32(0); u32(0);
+  const size = parts.reduce((n, p) => n + p.length, 0);
+  const out = new Uint8Array(size);
+  let o = 0; for (const p of parts) { out.set(p, o); o += p.length; }
+  return out;
+}
+
+export async function run(options, rounds) {
+  const { libv86_url, ...v86options } = options;
+  const { V86 } = await import(libv86_url);
+  const t0 = performance.now();
+  const emulator = new V86(v86options);
+  let serial = "";
+  let promptAt = null;
+  let helloAt = null;
+  let buf = new Uint8Array(0);
+  const waiters = new Map();
+  let readyResolve;
+  const ready = new Promise((r) => { readyResolve = r; });
+  const check = () => { if (promptAt !== null && helloAt !== null) readyResolve(); };
+  emulator.add_listener("serial0-output-byte", (b) => {
+    if (promptAt !== null) return;
+    serial += String.fromCharCode(b);
+    if (/# $/.test(serial)) { promptAt = performance.now() - t0; check(); }
+  });
+  emulator.add_listener("virtio-console0-output-bytes", (chunk) => {
+    const joined = new Uint8Array(buf.length + chunk.length); joined.set(buf); joined.set(chunk, buf.length); buf = joined;
+    let pos = 0;
+    while (buf.length - pos >= 12) {
+      const dv = new DataView(buf.buffer, buf.byteOffset + pos);
+      const type = dv.getUint8(2), id = dv.getUint32(4, true), len = dv.getUint32(8, true);
+      if (buf.length - pos < 12 + len) break;
+      if (type === 0x01 && helloAt === null) { helloAt = performance.now() - t0; check(); }
+      if (type === 0x83 && waiters.has(id)) { waiters.get(id)(); waiters.delete(id); }
+      pos += 12 + len;
+    }
+    buf = buf.slice(pos);
+  });
+  await ready;
+  const times = [];
+  const payload = execPayload(["true"]);
+  for (let i = 1; i <= rounds; i++) {
+    const start = performance.now();
+    await new Promise((resolve) => { waiters.set(i, resolve); emulator.bus.send("virtio-console0-input-bytes", frame(0x10, i, payload)); });
+    times.push(performance.now() - start);
+    // return credit bookkeeping is not needed: one frame in flight at a time.
+  }
+  await emulator.destroy();
+  return { prompt_s: promptAt / 1000, agent_hello_s: helloAt / 1000, roundtrip_ms: times };
+}

@@ -1,0 +1,113 @@
+"""pyapptron benchmarks, in real headless Chromium. Prints and saves JSON.
+
+    python bench/run.py [--rounds 200] [--out bench/results/latest.json]
+
+Figures: Pyodide + pyapptron load, cold boot to exec-ready, run("true") round trip
+(median, p95), 10 MB write and read throughput; and the same machine booted and driven
+from JS alone (bench/bare_v86.mjs) for the ratios. Nothing here is asserted: targets
+are in the README and the closing notes, measurements here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from pyapptron.host import Browser, PageServer, RemoteSession  # noqa: E402
+
+PY_BENCH = """
+import time, statistics
+t0 = time.perf_counter()
+vm = await pyapptron.boot("v86", "minimal")
+boot_s = time.perf_counter() - t0
+await vm.run("true")
+times = []
+for _ in range({rounds}):
+    t = time.perf_counter()
+    await vm.run("true")
+    times.append((time.perf_counter() - t) * 1000)
+data = bytes(range(256)) * (10 * 1024 * 1024 // 256)
+t = time.perf_counter()
+await vm.write_file("/tmp/bench.bin", data)
+write_s = time.perf_counter() - t
+t = time.perf_counter()
+back = await vm.read_file("/tmp/bench.bin")
+read_s = time.perf_counter() - t
+assert back == data
+t = time.perf_counter()
+r = await vm.run("head -c 10485760 /tmp/bench.bin")
+stdout_s = time.perf_counter() - t
+assert len(r.stdout) == len(data)
+from pyapptron.backends.v86 import V86Backend
+options = vm.backend.emulator_options()
+await vm.shutdown()
+result = dict(boot_s=boot_s, roundtrip_ms=times, write_s=write_s, read_s=read_s, stdout_s=stdout_s, options=options)
+"""
+
+BARE = """
+const done = arguments[arguments.length - 1];
+import(arguments[0]).then(m => m.run(arguments[1], arguments[2])).then(done, e => done({error: String(e.stack || e)}));
+"""
+
+LOAD = """
+const done = arguments[arguments.length - 1];
+const nav = performance.getEntriesByType("navigation")[0];
+window.pyapptronReady.then(p => done({load_s: p.pyapptronLoadSeconds, since_navigation_s: performance.now() / 1000}));
+"""
+
+
+def pct(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=200)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
+    args = ap.parse_args()
+    with PageServer(extra_roots={"/bench/": HERE}) as server, Browser() as browser:
+        session = RemoteSession(browser, server.url)
+        load = browser.driver.execute_async_script(LOAD)
+        py = session.python(PY_BENCH.format(rounds=args.rounds))
+        bare = browser.driver.execute_async_script(BARE, server.url + "bench/bare_v86.mjs", py.pop("options"), args.rounds)
+        if "error" in bare:
+            raise SystemExit(f"bare v86 run failed: {bare['error']}")
+        memory = browser.driver.execute_script("return performance.memory ? performance.memory.usedJSHeapSize : null")
+    mb = 10 * 1024 * 1024 / 1e6
+    rt, bare_rt = py["roundtrip_ms"], bare["roundtrip_ms"]
+    figures = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+        "pyodide_and_pyapptron_load_s": round(load["load_s"], 3),
+        "page_ready_since_navigation_s": round(load["since_navigation_s"], 3),
+        "cold_boot_to_exec_ready_s": round(py["boot_s"], 3),
+        "bare_v86_boot_to_shell_prompt_s": round(bare["prompt_s"], 3),
+        "bare_v86_boot_to_agent_hello_s": round(bare["agent_hello_s"], 3),
+        "exec_ready_vs_bare_prompt_ratio": round(py["boot_s"] / bare["prompt_s"], 3),
+        "roundtrip_true_ms": {"median": round(statistics.median(rt), 2), "p95": round(pct(rt, 0.95), 2), "n": len(rt)},
+        "bare_roundtrip_true_ms": {"median": round(statistics.median(bare_rt), 2), "p95": round(pct(bare_rt, 0.95), 2), "n": len(bare_rt)},
+        "python_layer_roundtrip_ratio": round(statistics.median(rt) / statistics.median(bare_rt), 3),
+        "write_file_10MB_MBps": round(mb / py["write_s"], 2),
+        "read_file_10MB_MBps": round(mb / py["read_s"], 2),
+        "run_stdout_10MB_MBps": round(mb / py["stdout_s"], 2),
+        "js_heap_used_MB_after": round(memory / 1e6, 1) if memory else None,
+    }
+    text = json.dumps(figures, indent=2)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+    print(f"saved {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

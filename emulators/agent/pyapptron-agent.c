@@ -1,0 +1,1089 @@
+/*
+ * pyapptron-agent: the guest side of the pyapptron guest-agent protocol.
+ *
+ * The wire format and semantics are defined in emulators/agent/PROTOCOL.md;
+ * this file follows it and must change together with it.
+ *
+ * Usage: pyapptron-agent [DEVICE]      (default /dev/hvc0)
+ *        pyapptron-agent fd:N          (use the already-open descriptor N,
+ *                                        e.g. one end of a socketpair in tests)
+ *
+ * Design: one thread, one poll() loop.  Everything the agent waits on -- the
+ * channel, every child's stdout/stderr/stdin pipe, child exits (through a
+ * self-pipe written by the SIGCHLD handler) -- is a descriptor in that loop, so
+ * no single slow peer can stall the others.  Frames to the host are written
+ * with blocking full writes: the host always consumes, and keeping frames
+ * contiguous on the byte stream is what matters.
+ *
+ * C11 + POSIX/Linux, no dependencies beyond libc.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+/* ---- protocol constants (PROTOCOL.md) ---------------------------------- */
+
+#define PROTOCOL_VERSION 1u
+#define AGENT_VERSION "pyapptron-agent 1.0"
+#define MAGIC0 0xA5 /* magic 0x5AA5, little-endian */
+#define MAGIC1 0x5A
+#define HDR_LEN 12u
+#define MAX_PAYLOAD (1u << 20)
+#define WINDOW_CHUNKS 15u
+#define CHUNK_SIZE 4096u
+
+/* host -> guest */
+#define H_HELLO 0x01
+#define H_EXEC 0x10
+#define H_STDIN 0x11
+#define H_STDIN_EOF 0x12
+#define H_SIGNAL 0x13
+#define H_READ_FILE 0x20
+#define H_WRITE_FILE 0x21
+#define H_DATA 0x22
+#define H_DATA_END 0x23
+#define H_LIST_DIR 0x24
+
+/* guest -> host */
+#define G_HELLO 0x01
+#define G_STDOUT 0x81
+#define G_STDERR 0x82
+#define G_EXIT 0x83
+#define G_ERROR 0x84
+#define G_DATA 0x85
+#define G_END 0x86
+#define G_WINDOW 0x87
+
+#define EXEC_STDIN_FRAMES 0x1u
+#define EXEC_ENV_REPLACES 0x2u
+
+/* Size of the DATA/STDOUT frames we produce: big enough to amortise the
+ * header, small enough to keep other requests' output interleaving. */
+#define IO_CHUNK (32u * 1024u)
+
+/* Upper bound on what we drain from a dead child's pipes: a grandchild that
+ * keeps writing must not keep the EXIT frame from ever being sent. */
+#define DRAIN_LIMIT (1u << 20)
+
+static const char *const default_env[] = {
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME=/root",
+    "TERM=dumb",
+    "LANG=C.UTF-8",
+    NULL,
+};
+#define DEFAULT_CWD "/root"
+
+/* ---- little-endian helpers --------------------------------------------- */
+
+static void put_u32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put_u64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint32_t get_u32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+           (uint32_t)p[3] << 24;
+}
+
+/* ---- payload reader: bounds-checked, so bad input can never crash us ---- */
+
+struct reader {
+    const uint8_t *p;
+    uint32_t left;
+    bool bad; /* set on any overrun or malformed string; sticky */
+};
+
+static uint32_t rd_u32(struct reader *r)
+{
+    if (r->bad || r->left < 4) {
+        r->bad = true;
+        return 0;
+    }
+    uint32_t v = get_u32(r->p);
+    r->p += 4;
+    r->left -= 4;
+    return v;
+}
+
+/* Returns a malloc'd NUL-terminated copy of the next string, or NULL (and
+ * marks the reader bad) if it overruns or contains a NUL. */
+static char *rd_str(struct reader *r)
+{
+    uint32_t n = rd_u32(r);
+    if (r->bad || n > r->left || memchr(r->p, 0, n) != NULL) {
+        r->bad = true;
+        return NULL;
+    }
+    char *s = malloc((size_t)n + 1);
+    if (s == NULL) {
+        r->bad = true;
+        return NULL;
+    }
+    memcpy(s, r->p, n);
+    s[n] = '\0';
+    r->p += n;
+    r->left -= n;
+    return s;
+}
+
+static void free_strv(char **v)
+{
+    if (v == NULL)
+        return;
+    for (char **s = v; *s != NULL; s++)
+        free(*s);
+    free(v);
+}
+
+/* ---- low-level I/O ------------------------------------------------------ */
+
+/* Writes all of buf, retrying on EINTR and waiting out EAGAIN (the channel
+ * may be non-blocking).  Returns 0 or an errno value. */
+static int write_all(int fd, const void *buf, size_t len)
+{
+    const uint8_t *p = buf;
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n > 0) {
+            p += n;
+            len -= (size_t)n;
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+            poll(&pfd, 1, -1);
+        } else {
+            return n < 0 ? errno : EIO;
+        }
+    }
+    return 0;
+}
+
+static void set_nonblock(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0)
+        fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+/* ---- sending frames ----------------------------------------------------- */
+
+static int chan = -1;
+
+static void send_frame(uint8_t type, uint32_t id, const void *payload, uint32_t len)
+{
+    /* One write per frame when it fits: on virtio-console each write becomes
+     * its own buffer, so fewer, larger writes are cheaper. */
+    static uint8_t buf[HDR_LEN + 64 * 1024];
+    buf[0] = MAGIC0;
+    buf[1] = MAGIC1;
+    buf[2] = type;
+    buf[3] = 0;
+    put_u32(buf + 4, id);
+    put_u32(buf + 8, len);
+    int err;
+    if (len <= sizeof buf - HDR_LEN) {
+        if (len > 0)
+            memcpy(buf + HDR_LEN, payload, len);
+        err = write_all(chan, buf, HDR_LEN + len);
+    } else {
+        err = write_all(chan, buf, HDR_LEN);
+        if (err == 0)
+            err = write_all(chan, payload, len);
+    }
+    if (err != 0) {
+        /* The channel is gone: nothing useful is left to do.  The image's init
+         * restarts us, and the host resynchronises with HELLO. */
+        fprintf(stderr, "pyapptron-agent: channel write: %s\n", strerror(err));
+        exit(2);
+    }
+}
+
+static void send_hello(void)
+{
+    uint8_t p[12 + sizeof AGENT_VERSION - 1];
+    put_u32(p, PROTOCOL_VERSION);
+    put_u32(p + 4, WINDOW_CHUNKS);
+    put_u32(p + 8, CHUNK_SIZE);
+    memcpy(p + 12, AGENT_VERSION, sizeof AGENT_VERSION - 1);
+    send_frame(G_HELLO, 0, p, sizeof p);
+}
+
+static void send_u32_frame(uint8_t type, uint32_t id, uint32_t v)
+{
+    uint8_t p[4];
+    put_u32(p, v);
+    send_frame(type, id, p, 4);
+}
+
+/* ERROR payload: i32 errno, then a message string "<what>: <strerror>". */
+static void send_error(uint32_t id, int err, const char *what)
+{
+    char msg[512];
+    int n = snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
+    if (n < 0)
+        n = 0;
+    if ((size_t)n >= sizeof msg)
+        n = sizeof msg - 1;
+    uint8_t p[8 + sizeof msg];
+    put_u32(p, (uint32_t)err);
+    put_u32(p + 4, (uint32_t)n);
+    memcpy(p + 8, msg, (size_t)n);
+    send_frame(G_ERROR, id, p, 8 + (uint32_t)n);
+}
+
+/* ---- child processes ---------------------------------------------------- */
+
+struct proc {
+    uint32_t id;
+    pid_t pid; /* also the process group id: the child calls setsid() */
+    int out_fd, err_fd, in_fd; /* our pipe ends; -1 once closed */
+    /* Pending stdin bytes.  Queued rather than written synchronously so a
+     * child that never reads its stdin cannot block the agent. */
+    uint8_t *inq;
+    size_t inq_off, inq_len, inq_cap;
+    bool in_eof; /* STDIN_EOF seen: close in_fd once the queue drains */
+    bool exited;
+    int status; /* wait status, valid once exited */
+};
+
+static struct proc **procs;
+static size_t nprocs, procs_cap;
+
+static struct proc *find_proc(uint32_t id)
+{
+    for (size_t i = 0; i < nprocs; i++)
+        if (procs[i]->id == id)
+            return procs[i];
+    return NULL;
+}
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0) {
+        close(*fd);
+        *fd = -1;
+    }
+}
+
+static void drop_stdin(struct proc *p)
+{
+    close_fd(&p->in_fd);
+    free(p->inq);
+    p->inq = NULL;
+    p->inq_off = p->inq_len = p->inq_cap = 0;
+}
+
+/* Reads once from a child's output pipe and forwards what came as one frame.
+ * Returns the number of bytes forwarded, 0 at EOF/error (fd then closed), or
+ * -1 if nothing is available right now. */
+static ssize_t forward_output(struct proc *p, int *fd, uint8_t type)
+{
+    static uint8_t buf[IO_CHUNK];
+    for (;;) {
+        ssize_t n = read(*fd, buf, sizeof buf);
+        if (n > 0) {
+            send_frame(type, p->id, buf, (uint32_t)n);
+            return n;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return -1;
+        close_fd(fd);
+        return 0;
+    }
+}
+
+/* Pushes queued stdin into the child without blocking. */
+static void flush_stdin(struct proc *p)
+{
+    while (p->in_fd >= 0 && p->inq_off < p->inq_len) {
+        ssize_t n = write(p->in_fd, p->inq + p->inq_off, p->inq_len - p->inq_off);
+        if (n > 0) {
+            p->inq_off += (size_t)n;
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            return;
+        } else {
+            /* EPIPE: the child closed its stdin; drop what is left. */
+            drop_stdin(p);
+            return;
+        }
+    }
+    if (p->inq_off == p->inq_len) {
+        p->inq_off = p->inq_len = 0;
+        if (p->in_eof)
+            drop_stdin(p);
+    }
+}
+
+static void queue_stdin(struct proc *p, const uint8_t *data, uint32_t len)
+{
+    if (p->in_fd < 0 || p->in_eof || len == 0)
+        return;
+    if (p->inq_len + len > p->inq_cap) {
+        size_t cap = p->inq_cap ? p->inq_cap : 4096;
+        while (cap < p->inq_len + len)
+            cap *= 2;
+        uint8_t *q = realloc(p->inq, cap);
+        if (q == NULL)
+            return; /* out of memory: lose this chunk rather than die */
+        p->inq = q;
+        p->inq_cap = cap;
+    }
+    memcpy(p->inq + p->inq_len, data, len);
+    p->inq_len += len;
+    flush_stdin(p);
+}
+
+/* The child has exited: forward what is still in its pipes, send EXIT and
+ * forget it.  Background grandchildren may keep the pipes open, so we read
+ * only what is available now and never wait for EOF. */
+static void finish_proc(size_t index)
+{
+    struct proc *p = procs[index];
+    size_t drained = 0;
+    ssize_t n;
+    while (p->out_fd >= 0 && drained < DRAIN_LIMIT &&
+           (n = forward_output(p, &p->out_fd, G_STDOUT)) > 0)
+        drained += (size_t)n;
+    drained = 0;
+    while (p->err_fd >= 0 && drained < DRAIN_LIMIT &&
+           (n = forward_output(p, &p->err_fd, G_STDERR)) > 0)
+        drained += (size_t)n;
+
+    int32_t code;
+    if (WIFEXITED(p->status))
+        code = WEXITSTATUS(p->status);
+    else if (WIFSIGNALED(p->status))
+        code = -WTERMSIG(p->status);
+    else
+        code = -1;
+    send_u32_frame(G_EXIT, p->id, (uint32_t)code);
+
+    close_fd(&p->out_fd);
+    close_fd(&p->err_fd);
+    drop_stdin(p);
+    free(p);
+    procs[index] = procs[--nprocs];
+}
+
+static int sig_pipe[2] = {-1, -1};
+
+static void on_sigchld(int signo)
+{
+    (void)signo;
+    int saved = errno;
+    ssize_t ignored = write(sig_pipe[1], "c", 1);
+    (void)ignored;
+    errno = saved;
+}
+
+/* Reaps every exited child (including orphans reparented to us as
+ * subreaper), then finishes the requests whose process has exited. */
+static void reap_children(void)
+{
+    uint8_t junk[64];
+    while (read(sig_pipe[0], junk, sizeof junk) > 0)
+        ;
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        for (size_t i = 0; i < nprocs; i++) {
+            if (procs[i]->pid == pid && !procs[i]->exited) {
+                procs[i]->exited = true;
+                procs[i]->status = status;
+            }
+        }
+    }
+    for (size_t i = 0; i < nprocs;) {
+        if (procs[i]->exited)
+            finish_proc(i); /* moves the last entry into slot i */
+        else
+            i++;
+    }
+}
+
+/* What the child reports through the CLOEXEC error pipe when it cannot
+ * start: reading EOF from that pipe means exec succeeded. */
+struct start_failure {
+    int32_t stage; /* 1: chdir, 2: exec, 3: setup */
+    int32_t err;
+};
+
+static void child_fail(int fd, int stage)
+{
+    struct start_failure f = {stage, errno};
+    ssize_t ignored = write(fd, &f, sizeof f);
+    (void)ignored;
+    _exit(127);
+}
+
+/* Runs in the forked child; never returns. */
+static void child_start(int report_fd, int in_fd, int out_fd, int err_fd,
+                        const char *cwd, char **argv, char **envp)
+{
+    /* Undo the agent's own signal setup: ignored signals and the signal mask
+     * survive exec, and a child with SIGPIPE ignored misbehaves. */
+    signal(SIGPIPE, SIG_DFL);
+    signal(SIGCHLD, SIG_DFL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+
+    setsid(); /* own process group, so SIGNAL reaches everything it starts */
+    if (dup2(in_fd, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(err_fd, 2) < 0)
+        child_fail(report_fd, 3);
+    if (chdir(cwd) < 0)
+        child_fail(report_fd, 1);
+    /* execvp looks PATH up in environ, so switching environ first makes the
+     * lookup use the request's PATH (execvpe semantics). */
+    environ = envp;
+    execvp(argv[0], argv);
+    child_fail(report_fd, 2);
+}
+
+/* Builds the child's environment: the default one plus the request's
+ * entries (overriding same-named ones), or the request's alone. */
+static char **build_env(char **req, uint32_t reqc, bool replace)
+{
+    size_t ndef = replace ? 0 : sizeof default_env / sizeof *default_env - 1;
+    char **env = calloc(ndef + reqc + 1, sizeof *env);
+    if (env == NULL)
+        return NULL;
+    size_t n = 0;
+    for (size_t i = 0; i < ndef; i++) {
+        const char *d = default_env[i];
+        size_t klen = (size_t)(strchr(d, '=') - d) + 1;
+        bool overridden = false;
+        for (uint32_t j = 0; j < reqc; j++)
+            if (strncmp(req[j], d, klen) == 0)
+                overridden = true;
+        if (!overridden)
+            env[n++] = (char *)d;
+    }
+    for (uint32_t j = 0; j < reqc; j++)
+        env[n++] = req[j];
+    env[n] = NULL;
+    return env;
+}
+
+static bool add_proc(struct proc *p)
+{
+    if (nprocs == procs_cap) {
+        size_t cap = procs_cap ? procs_cap * 2 : 16;
+        struct proc **v = realloc(procs, cap * sizeof *v);
+        if (v == NULL)
+            return false;
+        procs = v;
+        procs_cap = cap;
+    }
+    procs[nprocs++] = p;
+    return true;
+}
+
+static void spawn(uint32_t id, uint32_t flags, char **argv, char **envp, const char *cwd)
+{
+    int report[2] = {-1, -1}, in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};
+    struct proc *p = calloc(1, sizeof *p);
+    bool ok = p != NULL && pipe2(report, O_CLOEXEC) == 0 &&
+              pipe2(out, O_CLOEXEC) == 0 && pipe2(err, O_CLOEXEC) == 0;
+    if (ok && (flags & EXEC_STDIN_FRAMES))
+        ok = pipe2(in, O_CLOEXEC) == 0;
+    else if (ok)
+        ok = (in[0] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0;
+    pid_t pid = ok ? fork() : -1;
+    if (pid == 0)
+        child_start(report[1], in[0], out[1], err[1], cwd, argv, envp);
+
+    int saved = errno;
+    close_fd(&report[1]);
+    close_fd(&in[0]);
+    close_fd(&out[1]);
+    close_fd(&err[1]);
+    if (pid < 0) {
+        send_error(id, saved, "exec: cannot create process");
+        goto fail;
+    }
+
+    /* Block until the child execs (EOF) or reports why it could not. */
+    struct start_failure f;
+    ssize_t n;
+    do
+        n = read(report[0], &f, sizeof f);
+    while (n < 0 && errno == EINTR);
+    close_fd(&report[0]);
+    if (n == (ssize_t)sizeof f) {
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        char what[300];
+        snprintf(what, sizeof what, "%s %.256s",
+                 f.stage == 1 ? "chdir" : f.stage == 2 ? "exec" : "exec setup",
+                 f.stage == 1 ? cwd : argv[0]);
+        send_error(id, f.err, what);
+        goto fail;
+    }
+
+    p->id = id;
+    p->pid = pid;
+    p->out_fd = out[0];
+    p->err_fd = err[0];
+    p->in_fd = in[1];
+    set_nonblock(p->out_fd);
+    set_nonblock(p->err_fd);
+    if (p->in_fd >= 0)
+        set_nonblock(p->in_fd);
+    if (!add_proc(p)) {
+        /* Cannot track it: kill it rather than leave it unsupervised. */
+        kill(-pid, SIGKILL);
+        send_error(id, ENOMEM, "exec");
+        goto fail;
+    }
+    return;
+
+fail:
+    close_fd(&report[0]);
+    close_fd(&in[1]);
+    close_fd(&out[0]);
+    close_fd(&err[0]);
+    free(p);
+}
+
+static void handle_exec(uint32_t id, const uint8_t *payload, uint32_t len)
+{
+    struct reader r = {payload, len, false};
+    char **argv = NULL, **reqenv = NULL, **envp = NULL, *cwd = NULL;
+
+    if (find_proc(id) != NULL) {
+        send_error(id, EEXIST, "exec: request id already running");
+        return;
+    }
+    uint32_t flags = rd_u32(&r);
+    uint32_t argc = rd_u32(&r);
+    /* Each string takes at least 4 bytes, which bounds the counts. */
+    if (r.bad || argc == 0 || argc > r.left / 4)
+        goto bad;
+    argv = calloc((size_t)argc + 1, sizeof *argv);
+    for (uint32_t i = 0; argv != NULL && i < argc && !r.bad; i++)
+        argv[i] = rd_str(&r);
+    uint32_t envc = rd_u32(&r);
+    if (argv == NULL || r.bad || envc > r.left / 4)
+        goto bad;
+    reqenv = calloc((size_t)envc + 1, sizeof *reqenv);
+    for (uint32_t i = 0; reqenv != NULL && i < envc && !r.bad; i++) {
+        reqenv[i] = rd_str(&r);
+        if (reqenv[i] != NULL && strchr(reqenv[i], '=') == NULL)
+            r.bad = true;
+    }
+    cwd = rd_str(&r);
+    if (reqenv == NULL || r.bad || argv[0][0] == '\0')
+        goto bad;
+    envp = build_env(reqenv, envc, (flags & EXEC_ENV_REPLACES) != 0);
+    if (envp == NULL)
+        goto bad;
+    spawn(id, flags, argv, envp, cwd[0] != '\0' ? cwd : DEFAULT_CWD);
+    goto out;
+bad:
+    send_error(id, EINVAL, "exec: malformed request");
+out:
+    free(envp); /* the strings belong to reqenv or default_env */
+    free_strv(argv);
+    free_strv(reqenv);
+    free(cwd);
+}
+
+static void handle_stdin(uint32_t id, const uint8_t *payload, uint32_t len, bool eof)
+{
+    struct proc *p = find_proc(id);
+    if (p == NULL || p->in_fd < 0)
+        return; /* finished, or stdin not taken from frames: nothing to feed */
+    if (eof) {
+        p->in_eof = true;
+        flush_stdin(p);
+    } else {
+        queue_stdin(p, payload, len);
+    }
+}
+
+static void handle_signal(uint32_t id, const uint8_t *payload, uint32_t len)
+{
+    struct proc *p = find_proc(id);
+    if (p == NULL || p->exited || len < 4)
+        return;
+    int signo = (int)get_u32(payload);
+    if (kill(-p->pid, signo) < 0 && errno == ESRCH)
+        kill(p->pid, signo); /* no group (should not happen): the leader alone */
+}
+
+/* ---- files -------------------------------------------------------------- */
+
+static char *payload_path(uint32_t id, struct reader *r, const char *op)
+{
+    char *path = rd_str(r);
+    if (path == NULL || path[0] == '\0') {
+        send_error(id, path == NULL ? EINVAL : ENOENT, op);
+        free(path);
+        return NULL;
+    }
+    return path;
+}
+
+static void handle_read_file(uint32_t id, const uint8_t *payload, uint32_t len)
+{
+    struct reader r = {payload, len, false};
+    char *path = payload_path(id, &r, "read_file");
+    if (path == NULL)
+        return;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    struct stat st;
+    if (fd < 0) {
+        send_error(id, errno, path);
+    } else if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+        send_error(id, EISDIR, path);
+    } else {
+        static uint8_t buf[IO_CHUNK];
+        for (;;) {
+            ssize_t n = read(fd, buf, sizeof buf);
+            if (n > 0) {
+                send_frame(G_DATA, id, buf, (uint32_t)n);
+            } else if (n == 0) {
+                send_frame(G_END, id, NULL, 0);
+                break;
+            } else if (errno != EINTR) {
+                send_error(id, errno, path);
+                break;
+            }
+        }
+    }
+    if (fd >= 0)
+        close(fd);
+    free(path);
+}
+
+/* A WRITE_FILE in progress.  A failed one stays listed (fd -1) so the rest of
+ * its DATA frames are ignored silently and DATA_END does not answer twice. */
+struct wfile {
+    uint32_t id;
+    int fd;
+    struct wfile *next;
+};
+static struct wfile *wfiles;
+
+static struct wfile **find_wfile(uint32_t id)
+{
+    struct wfile **w = &wfiles;
+    while (*w != NULL && (*w)->id != id)
+        w = &(*w)->next;
+    return w;
+}
+
+static void handle_write_file(uint32_t id, const uint8_t *payload, uint32_t len)
+{
+    struct wfile **slot = find_wfile(id);
+    if (*slot != NULL) {
+        send_error(id, EEXIST, "write_file: request id already in use");
+        return;
+    }
+    struct wfile *w = calloc(1, sizeof *w);
+    if (w == NULL) {
+        send_error(id, ENOMEM, "write_file");
+        return;
+    }
+    w->id = id;
+    w->fd = -1;
+    *slot = w;
+
+    struct reader r = {payload, len, false};
+    uint32_t mode = rd_u32(&r);
+    char *path = payload_path(id, &r, "write_file");
+    if (path == NULL)
+        return;
+    mode &= 07777;
+    w->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOCTTY,
+                 mode ? mode : 0644);
+    if (w->fd < 0)
+        send_error(id, errno, path);
+    else if (mode != 0)
+        fchmod(w->fd, mode); /* exact mode, whatever the umask */
+    free(path);
+}
+
+static void handle_data(uint32_t id, const uint8_t *payload, uint32_t len)
+{
+    struct wfile *w = *find_wfile(id);
+    if (w == NULL || w->fd < 0)
+        return;
+    int err = write_all(w->fd, payload, len);
+    if (err != 0) {
+        send_error(id, err, "write_file");
+        close_fd(&w->fd);
+    }
+}
+
+static void handle_data_end(uint32_t id)
+{
+    struct wfile **slot = find_wfile(id);
+    struct wfile *w = *slot;
+    if (w == NULL)
+        return;
+    if (w->fd >= 0) {
+        if (close(w->fd) < 0 && errno != EINTR)
+            send_error(id, errno, "write_file: close");
+        else
+            send_frame(G_END, id, NULL, 0);
+    }
+    *slot = w->next;
+    free(w);
+}
+
+static char kind_of(mode_t m)
+{
+    if (S_ISREG(m)) return 'f';
+    if (S_ISDIR(m)) return 'd';
+    if (S_ISLNK(m)) return 'l';
+    if (S_ISCHR(m)) return 'c';
+    if (S_ISBLK(m)) return 'b';
+    if (S_ISFIFO(m)) return 'p';
+    if (S_ISSOCK(m)) return 's';
+    return '?';
+}
+
+static void handle_list_dir(uint32_t id, const uint8_t *payload, uint32_t len)
+{
+    struct reader r = {payload, len, false};
+    char *path = payload_path(id, &r, "list_dir");
+    if (path == NULL)
+        return;
+    DIR *d = opendir(path);
+    if (d == NULL) {
+        send_error(id, errno, path);
+        free(path);
+        return;
+    }
+    static uint8_t buf[IO_CHUNK];
+    uint32_t used = 0;
+    struct dirent *e;
+    for (;;) {
+        errno = 0;
+        e = readdir(d);
+        if (e == NULL)
+            break;
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        struct stat st;
+        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+            continue; /* removed since readdir: it is not there any more */
+        uint32_t nlen = (uint32_t)strlen(e->d_name);
+        uint32_t need = 1 + 4 + 8 + 8 + 4 + nlen;
+        if (used + need > sizeof buf) { /* entries never span two frames */
+            send_frame(G_DATA, id, buf, used);
+            used = 0;
+        }
+        uint8_t *q = buf + used;
+        q[0] = (uint8_t)kind_of(st.st_mode);
+        put_u32(q + 1, (uint32_t)st.st_mode);
+        put_u64(q + 5, (uint64_t)st.st_size);
+        put_u64(q + 13, (uint64_t)(int64_t)st.st_mtime);
+        put_u32(q + 21, nlen);
+        memcpy(q + 25, e->d_name, nlen);
+        used += need;
+    }
+    int err = errno;
+    closedir(d);
+    if (used > 0)
+        send_frame(G_DATA, id, buf, used);
+    if (err != 0)
+        send_error(id, err, path);
+    else
+        send_frame(G_END, id, NULL, 0);
+    free(path);
+}
+
+/* ---- the channel: framing, resync, credit --------------------------------- */
+
+static uint8_t *rbuf;
+static size_t rlen;
+#define RBUF_CAP (HDR_LEN + MAX_PAYLOAD)
+static bool synced = true;   /* false after corruption, until a HELLO */
+static uint32_t credit_due;  /* chunks fully read but not yet returned */
+
+static const uint8_t hello_header[HDR_LEN] = {MAGIC0, MAGIC1, H_HELLO, 0, 0, 0,
+                                              0,      0,      0,       0, 0, 0};
+
+static uint32_t frame_cost(uint32_t len)
+{
+    return (HDR_LEN + len + CHUNK_SIZE - 1) / CHUNK_SIZE;
+}
+
+static void dispatch(uint8_t type, uint32_t id, const uint8_t *payload, uint32_t len)
+{
+    switch (type) {
+    case H_EXEC: handle_exec(id, payload, len); break;
+    case H_STDIN: handle_stdin(id, payload, len, false); break;
+    case H_STDIN_EOF: handle_stdin(id, payload, len, true); break;
+    case H_SIGNAL: handle_signal(id, payload, len); break;
+    case H_READ_FILE: handle_read_file(id, payload, len); break;
+    case H_WRITE_FILE: handle_write_file(id, payload, len); break;
+    case H_DATA: handle_data(id, payload, len); break;
+    case H_DATA_END: handle_data_end(id); break;
+    case H_LIST_DIR: handle_list_dir(id, payload, len); break;
+    default: break; /* unknown type: skip it, the framing is still sound */
+    }
+}
+
+/* While unsynchronised, drop bytes up to the next HELLO header. */
+static size_t seek_hello(size_t off)
+{
+    for (size_t i = off; i + HDR_LEN <= rlen; i++) {
+        if (memcmp(rbuf + i, hello_header, HDR_LEN) == 0) {
+            synced = true;
+            return i;
+        }
+    }
+    /* Keep a possible partial HELLO header at the end. */
+    return rlen >= HDR_LEN - 1 ? rlen - (HDR_LEN - 1) : off;
+}
+
+/* Handles every complete frame in rbuf, keeps the incomplete tail. */
+static void parse_frames(void)
+{
+    size_t off = 0;
+    for (;;) {
+        if (!synced) {
+            off = seek_hello(off);
+            if (!synced)
+                break;
+        }
+        if (rlen - off < HDR_LEN)
+            break;
+        const uint8_t *h = rbuf + off;
+        uint32_t len = get_u32(h + 8);
+        if (h[0] != MAGIC0 || h[1] != MAGIC1 || len > MAX_PAYLOAD) {
+            /* Corrupt stream: drop everything buffered and wait for HELLO. */
+            off = rlen;
+            synced = false;
+            continue;
+        }
+        if (rlen - off < HDR_LEN + len)
+            break;
+        uint8_t type = h[2];
+        uint32_t id = get_u32(h + 4);
+        off += HDR_LEN + len;
+        if (type == H_HELLO) {
+            /* The host restarts its accounting at our answer, so credit for
+             * anything before (and for the HELLO itself) must not be sent. */
+            credit_due = 0;
+            send_hello();
+        } else {
+            credit_due += frame_cost(len);
+            dispatch(type, id, h + HDR_LEN, len);
+        }
+    }
+    memmove(rbuf, rbuf + off, rlen - off);
+    rlen -= off;
+}
+
+/* Reads all that is available on the channel, acts on the complete frames,
+ * then returns credit for them in one WINDOW frame. */
+static void on_channel_readable(void)
+{
+    bool full;
+    do {
+        full = false;
+        while (rlen < RBUF_CAP) {
+            ssize_t n = read(chan, rbuf + rlen, RBUF_CAP - rlen);
+            if (n > 0) {
+                rlen += (size_t)n;
+                continue;
+            }
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                break;
+            /* EOF or hangup: the host side is gone.  Exit; init restarts us. */
+            exit(n == 0 ? 0 : 3);
+        }
+        full = rlen == RBUF_CAP;
+        parse_frames();
+        if (credit_due > 0) {
+            send_u32_frame(G_WINDOW, 0, credit_due);
+            credit_due = 0;
+        }
+    } while (full);
+}
+
+/* ---- setup -------------------------------------------------------------- */
+
+static int open_channel(const char *dev)
+{
+    if (strncmp(dev, "fd:", 3) == 0) {
+        int fd = atoi(dev + 3);
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        return fd;
+    }
+    /* The device may appear only once its driver module has loaded: retry
+     * for about ten seconds before giving up. */
+    for (int attempt = 0;; attempt++) {
+        int fd = open(dev, O_RDWR | O_NOCTTY | O_CLOEXEC);
+        if (fd >= 0)
+            return fd;
+        if (attempt >= 100) {
+            fprintf(stderr, "pyapptron-agent: open %s: %s\n", dev, strerror(errno));
+            exit(1);
+        }
+        struct timespec ts = {0, 100 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void setup_channel(void)
+{
+    if (isatty(chan)) {
+        /* Raw bytes both ways: no echo, no line discipline, no CR/LF
+         * translation, reads return as soon as one byte is there. */
+        struct termios t;
+        if (tcgetattr(chan, &t) == 0) {
+            cfmakeraw(&t);
+            t.c_cc[VMIN] = 1;
+            t.c_cc[VTIME] = 0;
+            tcsetattr(chan, TCSANOW, &t);
+        }
+        /* Whatever arrived before we started belongs to no session. */
+        tcflush(chan, TCIFLUSH);
+    }
+    set_nonblock(chan);
+}
+
+/* Children get fds 0-2 by dup2; if ours were closed, a pipe could land there
+ * and dup2 onto itself would keep its close-on-exec flag.  Occupy them. */
+static void ensure_std_fds(void)
+{
+    int fd;
+    while ((fd = open("/dev/null", O_RDWR)) >= 0 && fd <= 2)
+        ;
+    if (fd > 2)
+        close(fd);
+}
+
+static void setup_signals(void)
+{
+    signal(SIGPIPE, SIG_IGN); /* a child closing its stdin must not kill us */
+    if (pipe2(sig_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
+        perror("pyapptron-agent: pipe");
+        exit(1);
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigchld;
+    sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGCHLD, &sa, NULL);
+    /* Orphans of our children (daemons started with &) become ours, so we
+     * reap them instead of leaving zombies for an init that may not. */
+    prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+}
+
+/* ---- main loop ---------------------------------------------------------- */
+
+struct watch {
+    struct proc *p;
+    int *fd;
+    uint8_t type; /* G_STDOUT / G_STDERR, or 0 for stdin */
+};
+
+int main(int argc, char **argv)
+{
+    const char *dev = argc > 1 ? argv[1] : "/dev/hvc0";
+    ensure_std_fds();
+    setup_signals();
+    rbuf = malloc(RBUF_CAP);
+    if (rbuf == NULL) {
+        perror("pyapptron-agent");
+        return 1;
+    }
+    chan = open_channel(dev);
+    setup_channel();
+    send_hello();
+
+    struct pollfd *pfds = NULL;
+    struct watch *watches = NULL;
+    size_t cap = 0;
+    for (;;) {
+        size_t want = 2 + 3 * nprocs;
+        if (want > cap) {
+            cap = want * 2;
+            pfds = realloc(pfds, cap * sizeof *pfds);
+            watches = realloc(watches, cap * sizeof *watches);
+            if (pfds == NULL || watches == NULL) {
+                perror("pyapptron-agent");
+                return 1;
+            }
+        }
+        size_t n = 0;
+        pfds[n++] = (struct pollfd){.fd = chan, .events = POLLIN};
+        pfds[n++] = (struct pollfd){.fd = sig_pipe[0], .events = POLLIN};
+        for (size_t i = 0; i < nprocs; i++) {
+            struct proc *p = procs[i];
+            if (p->out_fd >= 0) {
+                watches[n] = (struct watch){p, &p->out_fd, G_STDOUT};
+                pfds[n++] = (struct pollfd){.fd = p->out_fd, .events = POLLIN};
+            }
+            if (p->err_fd >= 0) {
+                watches[n] = (struct watch){p, &p->err_fd, G_STDERR};
+                pfds[n++] = (struct pollfd){.fd = p->err_fd, .events = POLLIN};
+            }
+            if (p->in_fd >= 0 && p->inq_off < p->inq_len) {
+                watches[n] = (struct watch){p, &p->in_fd, 0};
+                pfds[n++] = (struct pollfd){.fd = p->in_fd, .events = POLLOUT};
+            }
+        }
+        if (poll(pfds, n, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            perror("pyapptron-agent: poll");
+            return 1;
+        }
+        /* Children's pipes first (never frees a proc), then exits (frees),
+         * then the channel (may start new procs). */
+        for (size_t i = 2; i < n; i++) {
+            if (pfds[i].revents == 0 || *watches[i].fd != pfds[i].fd)
+                continue;
+            if (watches[i].type != 0)
+                forward_output(watches[i].p, watches[i].fd, watches[i].type);
+            else
+                flush_stdin(watches[i].p);
+        }
+        if (pfds[1].revents != 0)
+            reap_children();
+        if (pfds[0].revents != 0)
+            on_channel_readable();
+    }
+}

@@ -1,0 +1,56 @@
+#!/bin/sh
+# /init of the pyapptron "minimal" v86 image (built by build_minimal.py).
+#
+# Two consoles, two owners: ttyS0 is the human's shell and nothing else may
+# print there after boot; /dev/hvc0 (virtio-console port 0) belongs to
+# pyapptron-agent, the host's programmatic channel.  This script runs as PID 1
+# and must never exit (the kernel would panic).
+
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+# Only /bin/sh exists yet: the applet symlinks need /proc to be installed.
+/bin/busybox mount -t proc proc /proc
+/bin/busybox --install -s
+
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
+
+# From here on only emergencies reach the console: ttyS0 is the human's.
+echo 1 > /proc/sys/kernel/printk
+
+# virtio transport, console, net and 9p, dependencies first.
+while read -r mod; do
+    [ -n "$mod" ] && insmod "/lib/modules/pyapptron/$mod" 2>/dev/null
+done < /lib/modules/pyapptron/order
+
+hostname pyapptron
+mkdir -p /root /tmp /mnt/host
+chmod 1777 /tmp
+ln -sf /proc/self/fd /dev/fd 2>/dev/null
+ip link set lo up 2>/dev/null
+
+# The host's shared directory, when the emulator offers one.  Not fatal.
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=8192 host9p /mnt/host 2>/dev/null
+
+# The agent, restarted if it ever dies (it also exits on channel errors and
+# waits up to ~10 s for /dev/hvc0 to appear).  Its own messages go to a log,
+# never to the human's console.
+(
+    cd /
+    while :; do
+        /sbin/pyapptron-agent /dev/hvc0 </dev/null >/dev/null 2>>/tmp/pyapptron-agent.log
+        sleep 1
+    done
+) &
+
+# The human's shell: a login shell on the serial console with job control
+# (setsid + cttyhack make ttyS0 its controlling terminal).  /etc/profile sets
+# HOME, TERM and PS1.
+export HOME=/root TERM=xterm-256color
+cd /root
+while :; do
+    setsid cttyhack sh -l
+    sleep 0.2
+done

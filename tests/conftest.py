@@ -1,0 +1,1 @@
+pytest_plugins = ["pyapptron.host.pytest_plugin"]

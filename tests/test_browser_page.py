@@ -1,0 +1,106 @@
+"""The real page in headless Chromium: boots the default VM into an xterm.js terminal.
+
+Typing goes through the browser's keyboard events into xterm.js, then to the VM's
+console; the screen is read back from xterm.js's buffer, as a user would see it.
+"""
+
+import time
+
+import pytest
+from selenium.webdriver.common.by import By
+
+pytestmark = pytest.mark.browser
+
+WAIT_BOOTED = """
+const done = arguments[arguments.length - 1];
+const t0 = Date.now();
+(function poll() {
+  if (window.sandbox) done({ok: true});
+  else if (window.pyapptronError) done({error: window.pyapptronError});
+  else if (Date.now() - t0 > 180000) done({error: "no VM after 180 s"});
+  else setTimeout(poll, 50);
+})();
+"""
+
+SCREEN = """
+const buf = window.sandbox.terminal.buffer.active;
+const lines = [];
+for (let i = 0; i < buf.length; i++) lines.push(buf.getLine(i).translateToString(true));
+return lines.join("\\n");
+"""
+
+
+@pytest.fixture(scope="module")
+def page(pyapptron_browser, pyapptron_server):
+    driver = pyapptron_browser.driver
+    driver.get(pyapptron_server.url)
+    result = driver.execute_async_script(WAIT_BOOTED)
+    assert "error" not in result, result.get("error")
+    return driver
+
+
+def screen_text(driver):
+    return driver.execute_script(SCREEN)
+
+
+def wait_screen(driver, needle, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = screen_text(driver)
+        if needle in text:
+            return text
+        time.sleep(0.1)
+    raise AssertionError(f"{needle!r} never appeared on the terminal; the screen shows:\n{screen_text(driver)}")
+
+
+def test_page_shows_a_prompt_and_status(page):
+    wait_screen(page, "# ")
+    status = page.find_element(By.ID, "status").text
+    assert "v86/minimal running" in status
+
+
+def test_typing_into_the_terminal_runs_commands_in_the_guest(page):
+    wait_screen(page, "# ")
+    textarea = page.find_element(By.CSS_SELECTOR, "#terminal textarea")
+    textarea.send_keys("echo typed-$((6*7))\n")
+    wait_screen(page, "typed-42")
+
+
+def test_colours_reach_the_terminal(page):
+    textarea = page.find_element(By.CSS_SELECTOR, "#terminal textarea")
+    textarea.send_keys("printf '\\033[31mRED\\033[0m-ok\\n'\n")
+    wait_screen(page, "RED-ok")
+    colour = page.execute_script("""
+const buf = window.sandbox.terminal.buffer.active;
+for (let i = buf.length - 1; i >= 0; i--) {
+  const line = buf.getLine(i);
+  if (line.translateToString(true).startsWith("RED-ok")) return line.getCell(0).getFgColor();
+}
+return null;
+""")
+    assert colour == 1  # ANSI red, as the guest sent it
+
+
+def test_paste_and_resize_reach_the_guest(page):
+    page.execute_script("window.sandbox.terminal.paste('echo pasted-$((2+3))\\r')")
+    wait_screen(page, "pasted-5")
+    page.set_window_size(900, 600)
+    page.set_window_size(1000, 700)
+    cols = page.execute_script("return window.sandbox.terminal.cols")
+    deadline = time.monotonic() + 20
+    seen = ""
+    while time.monotonic() < deadline:
+        seen = page.execute_async_script(
+            "const done = arguments[arguments.length-1];"
+            "window.sandbox.run('stty -F /dev/ttyS0 size').then(r => done(r.stdout))")
+        if seen.split() and seen.split()[-1] == str(cols):
+            break
+        time.sleep(0.2)
+    assert seen.split()[-1] == str(cols), f"guest tty size {seen!r}, terminal has {cols} columns"
+
+
+def test_embedding_api_run_returns_strings(page):
+    r = page.execute_async_script(
+        "const done = arguments[arguments.length-1];"
+        "window.sandbox.run('echo out; echo err >&2; exit 7').then(done)")
+    assert r == {"returncode": 7, "stdout": "out\n", "stderr": "err\n"}

@@ -1,0 +1,37 @@
+"""`python -m pyapptron run`: a real headless browser and VM behind a plain command line."""
+
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+
+def cli(*args, input_bytes=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "pyapptron", *args], capture_output=True,
+                          input=input_bytes, timeout=timeout)
+
+
+def test_run_passes_both_streams_and_the_exit_code_through():
+    r = cli("run", "--", "sh", "-c", "echo out; printf 'err\\0bin' >&2; exit 7")
+    assert (r.returncode, r.stdout, r.stderr) == (7, b"out\n", b"err\0bin")
+
+
+def test_run_timeout_exits_124_with_what_was_written(tmp_path):
+    data = tmp_path / "in.txt"
+    data.write_bytes(b"from a file\n")
+    r = cli("run", "--timeout", "2", "--input-file", str(data), "--", "sh", "-c", "cat; echo partial; sleep 30")
+    assert r.returncode == 124
+    assert r.stdout == b"from a file\npartial\n"
+
+
+def test_run_with_an_unknown_image_says_what_exists():
+    r = cli("run", "--image", "nope", "--", "true")
+    assert r.returncode == 125
+    assert b"no image 'nope'" in r.stderr and b"minimal" in r.stderr
+
+
+def test_run_without_a_command_explains_usage():
+    r = cli("run")
+    assert r.returncode == 2 and b"give a command after --" in r.stderr

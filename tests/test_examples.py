@@ -1,0 +1,43 @@
+"""Every example in examples/ runs, for real, in headless Chromium."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_notebook_cells_run_in_order_in_the_page(pyapptron_session):
+    source = (EXAMPLES / "notebook_cells.py").read_text()
+    cells = [c for c in re.split(r"^# %%.*$", source, flags=re.M)[1:] if c.strip()]
+    assert len(cells) >= 4
+    for cell in cells:
+        pyapptron_session.python(cell)
+    assert pyapptron_session.python("result = result") == "notebook done"
+
+
+def test_embedding_page_boots_and_runs_uname(pyapptron_browser, pyapptron_server):
+    driver = pyapptron_browser.driver
+    driver.get(pyapptron_server.url + "examples/embed.html")
+    text = driver.execute_async_script("""
+const done = arguments[arguments.length - 1];
+const t0 = Date.now();
+(function poll() {
+  const out = document.getElementById("out").textContent;
+  if (out.startsWith("uname")) done(out);
+  else if (Date.now() - t0 > 180000) done("timeout: " + out);
+  else setTimeout(poll, 100);
+})();
+""")
+    assert text.startswith("uname -a → Linux pyapptron") and text.endswith("(exit 0)")
+
+
+def test_pytest_fixture_example_passes():
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLES / "test_with_vm.py")],
+                       capture_output=True, text=True, timeout=600, cwd=EXAMPLES)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 passed" in r.stdout
