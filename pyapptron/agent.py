@@ -283,7 +283,7 @@ class AgentClient:
     async def read_file(self, path: str) -> bytes:
         req = self._new_request("read", path)
         try:
-            await self._send(T_READ_FILE, req.id, _as_bytes(path, "path"))
+            await self._send(T_READ_FILE, req.id, _pack_str(_as_bytes(path, "path")))
             await req.future
         finally:
             self._pending.pop(req.id, None)
@@ -303,7 +303,7 @@ class AgentClient:
     async def list_dir(self, path: str) -> list[DirEntry]:
         req = self._new_request("list", path)
         try:
-            await self._send(T_LIST_DIR, req.id, _as_bytes(path, "path"))
+            await self._send(T_LIST_DIR, req.id, _pack_str(_as_bytes(path, "path")))
             await req.future
         finally:
             self._pending.pop(req.id, None)

@@ -115,4 +115,5 @@ def guest_os_error(linux_errno: int, message: str, filename: str | None = None) 
     cls = _LINUX_ERRNO_TYPES.get(linux_errno, OSError)
     err = cls(local, f"{message} (in the guest)", filename)
     err.guest_errno = linux_errno  # type: ignore[attr-defined]
+    err.guest_message = message  # type: ignore[attr-defined]
     return err

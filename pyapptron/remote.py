@@ -41,7 +41,8 @@ def decode(value):
 
 def _error(exc: BaseException) -> dict:
     attrs = {}
-    for name in ("returncode", "timeout", "cmd", "output", "stderr", "errno", "filename", "buffer"):
+    for name in ("returncode", "timeout", "cmd", "output", "stderr", "filename", "buffer",
+                 "guest_errno", "guest_message", "strerror"):
         if hasattr(exc, name):
             value = getattr(exc, name)
             if isinstance(value, (str, int, float, bytes, bytearray, list, type(None))):

@@ -171,7 +171,13 @@ def test_error_frame_maps_linux_errno_to_builtin_exception():
     async def main():
         fake = FakeAgent()
         msg = b"No such file or directory"
-        fake.handler = lambda f: fake.send(A.T_ERROR, f.id, struct.pack("<iI", 2, len(msg)) + msg)
+
+        def handler(f):
+            path, end = A.decode_str(f.payload, 0)  # a length-prefixed string, per PROTOCOL.md
+            assert (path, end) == (b"/missing", len(f.payload))
+            fake.send(A.T_ERROR, f.id, struct.pack("<iI", 2, len(msg)) + msg)
+
+        fake.handler = handler
         fake.hello()
         with pytest.raises(FileNotFoundError) as info:
             await fake.client.read_file("/missing")

@@ -86,13 +86,13 @@ def test_paste_and_resize_reach_the_guest(page):
     wait_screen(page, "pasted-5")
     page.set_window_size(900, 600)
     page.set_window_size(1000, 700)
-    cols = page.execute_script("return window.sandbox.terminal.cols")
     deadline = time.monotonic() + 20
     seen = ""
     while time.monotonic() < deadline:
+        cols = page.execute_script("return window.sandbox.terminal.cols")  # it settles after the resize event
         seen = page.execute_async_script(
             "const done = arguments[arguments.length-1];"
-            "window.sandbox.run('stty -F /dev/ttyS0 size').then(r => done(r.stdout))")
+            "window.sandbox.run('stty -F /dev/ttyS0 size').then(r => done(r.stdout), e => done(String(e)))")
         if seen.split() and seen.split()[-1] == str(cols):
             break
         time.sleep(0.2)
@@ -102,5 +102,5 @@ def test_paste_and_resize_reach_the_guest(page):
 def test_embedding_api_run_returns_strings(page):
     r = page.execute_async_script(
         "const done = arguments[arguments.length-1];"
-        "window.sandbox.run('echo out; echo err >&2; exit 7').then(done)")
+        "window.sandbox.run('echo out; echo err >&2; exit 7').then(done, e => done(String(e)))")
     assert r == {"returncode": 7, "stdout": "out\n", "stderr": "err\n"}

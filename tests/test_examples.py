@@ -15,9 +15,8 @@ def test_notebook_cells_run_in_order_in_the_page(pyapptron_session):
     source = (EXAMPLES / "notebook_cells.py").read_text()
     cells = [c for c in re.split(r"^# %%.*$", source, flags=re.M)[1:] if c.strip()]
     assert len(cells) >= 4
-    for cell in cells:
-        pyapptron_session.python(cell)
-    assert pyapptron_session.python("result = result") == "notebook done"
+    answers = [pyapptron_session.python(cell) for cell in cells]
+    assert answers[-1] == "notebook done"
 
 
 def test_embedding_page_boots_and_runs_uname(pyapptron_browser, pyapptron_server):

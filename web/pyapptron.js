@@ -92,8 +92,10 @@ export async function boot({
   const handle = {
     vm, pyodide, terminal: term,
     /** Run a shell command; resolves to {returncode, stdout, stderr} as strings. */
-    async run(cmd, { timeout = null } = {}) {
-      const r = await vm.run.callKwargs(cmd, { timeout, text: true, errors: "replace" });
+    async run(cmd, { timeout } = {}) {
+      const kwargs = { text: true, errors: "replace" };
+      if (timeout) kwargs.timeout = timeout;  // JS null would reach Python as jsnull, not None
+      const r = await vm.run.callKwargs(cmd, kwargs);
       try {
         return { returncode: r.returncode, stdout: r.stdout, stderr: r.stderr };
       } finally {

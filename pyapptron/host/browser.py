@@ -88,7 +88,8 @@ class Browser:
                 self.driver = webdriver.Chrome(service=service, options=options)
             except Exception as exc:
                 raise BrowserError(f"Chromium did not start: {exc}") from exc
-        self.driver.set_script_timeout(3600)
+        # Long enough for a cold boot on a slow machine; a hung page fails instead of hanging.
+        self.driver.set_script_timeout(900)
 
     def console_log(self) -> list[str]:
         try:
@@ -164,6 +165,8 @@ def _raise(error: dict) -> None:
         raise errors.CalledProcessError(attrs.get("returncode"), attrs.get("cmd"), attrs.get("output"), attrs.get("stderr"))
     if name == "WaitTimeout":
         raise errors.WaitTimeout(message, attrs.get("buffer") or b"")
+    if attrs.get("guest_errno") is not None:  # an OSError from the guest, in Linux numbering
+        raise errors.guest_os_error(attrs["guest_errno"], attrs.get("guest_message") or message, attrs.get("filename"))
     builtin = {
         "FileNotFoundError": FileNotFoundError, "PermissionError": PermissionError,
         "IsADirectoryError": IsADirectoryError, "NotADirectoryError": NotADirectoryError,
@@ -171,7 +174,7 @@ def _raise(error: dict) -> None:
     }.get(name)
     if builtin is not None:
         if issubclass(builtin, OSError):
-            raise builtin(attrs.get("errno"), message, attrs.get("filename"))
+            raise builtin(message)
         raise builtin(message)
     if isinstance(cls, type) and issubclass(cls, errors.PyapptronError):
         raise cls(message)
