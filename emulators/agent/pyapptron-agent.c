@@ -36,7 +36,6 @@
 #include <time.h>
 #include <unistd.h>
 
-extern char **environ;
 
 /* ---- protocol constants (PROTOCOL.md) ---------------------------------- */
 
@@ -447,12 +446,54 @@ static void child_fail(int fd, int stage)
     _exit(127);
 }
 
-/* Runs in the forked child; never returns. */
+/* execvpe without touching `environ`: this runs in a vfork child, which shares
+ * the agent's memory, so it may only write to its own stack. */
+static void exec_with_path(char **argv, char **envp)
+{
+    const char *file = argv[0];
+    if (strchr(file, '/') != NULL) {
+        execve(file, argv, envp);
+        return;
+    }
+    const char *path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    for (char **e = envp; *e != NULL; e++)
+        if (strncmp(*e, "PATH=", 5) == 0)
+            path = *e + 5;
+    size_t flen = strlen(file);
+    bool denied = false;
+    for (const char *dir = path;; dir++) {
+        const char *end = strchr(dir, ':');
+        size_t dlen = end ? (size_t)(end - dir) : strlen(dir);
+        char buf[4096];
+        if (dlen + 1 + flen + 1 <= sizeof buf) {
+            memcpy(buf, dir, dlen);
+            size_t n = dlen;
+            if (n == 0)
+                buf[n++] = '.';
+            buf[n++] = '/';
+            memcpy(buf + n, file, flen + 1);
+            execve(buf, argv, envp);
+            if (errno == EACCES)
+                denied = true;
+            else if (errno != ENOENT && errno != ENOTDIR)
+                return; /* found but not runnable: report this errno */
+        }
+        if (end == NULL)
+            break;
+        dir = end;
+    }
+    errno = denied ? EACCES : ENOENT;
+}
+
+/* Runs in the vfork child; never returns. vfork, not fork: the child shares
+ * the agent's memory instead of copying its page tables, which in an emulated
+ * CPU is most of the cost of starting a command. */
 static void child_start(int report_fd, int in_fd, int out_fd, int err_fd,
                         const char *cwd, char **argv, char **envp)
 {
     /* Undo the agent's own signal setup: ignored signals and the signal mask
-     * survive exec, and a child with SIGPIPE ignored misbehaves. */
+     * survive exec, and a child with SIGPIPE ignored misbehaves. (Signal
+     * dispositions are per process even after vfork.) */
     signal(SIGPIPE, SIG_DFL);
     signal(SIGCHLD, SIG_DFL);
     sigset_t none;
@@ -464,10 +505,7 @@ static void child_start(int report_fd, int in_fd, int out_fd, int err_fd,
         child_fail(report_fd, 3);
     if (chdir(cwd) < 0)
         child_fail(report_fd, 1);
-    /* execvp looks PATH up in environ, so switching environ first makes the
-     * lookup use the request's PATH (execvpe semantics). */
-    environ = envp;
-    execvp(argv[0], argv);
+    exec_with_path(argv, envp);
     child_fail(report_fd, 2);
 }
 
@@ -520,7 +558,7 @@ static void spawn(uint32_t id, uint32_t flags, char **argv, char **envp, const c
         ok = pipe2(in, O_CLOEXEC) == 0;
     else if (ok)
         ok = (in[0] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0;
-    pid_t pid = ok ? fork() : -1;
+    pid_t pid = ok ? vfork() : -1;
     if (pid == 0)
         child_start(report[1], in[0], out[1], err[1], cwd, argv, envp);
 
