@@ -317,9 +317,13 @@ class AgentClient:
         self._pending[req.id] = req
         return req
 
+    #: Chunks per DATA/STDIN frame: large frames amortise the agent's per-frame work,
+    #: yet two must fit in the window so one is in flight while the other is read.
+    #: (Measured in Chromium, 4 MB write_file: 1 chunk 1.2 MB/s, 4: 3.6, 6: 3.3-4.7.)
+    data_frame_chunks = 6
+
     async def _send_data(self, type_: int, id_: int, data: bytes, stop: asyncio.Future | None = None) -> None:
-        # One chunk per frame keeps the cost exact and the pipeline full.
-        step = self.chunk_size - HEADER.size
+        step = self.chunk_size * min(self.data_frame_chunks, max(1, self.window // 2)) - HEADER.size
         view = memoryview(data)
         for offset in range(0, len(view), step):
             if stop is not None and stop.done():
@@ -399,10 +403,9 @@ class AgentClient:
                 "rebuild the image with `python emulators/build.py`"
             ))
             return
-        if self.hellos and not self._hello.is_set():
-            pass  # an answer to request_hello(): in-flight requests may still complete
-        elif self.hellos:
-            # The agent started again on its own: whatever it was doing is gone.
+        if self._hello.is_set():
+            # Unasked: the agent started again on its own, and what it was doing is gone.
+            # (An answer to request_hello() finds the event cleared, and requests go on.)
             self._fail_all(AgentError("the guest agent restarted; the request was lost"))
         self.hellos += 1
         self.window, self.chunk_size = window, chunk_size

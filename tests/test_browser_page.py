@@ -104,3 +104,27 @@ def test_embedding_api_run_returns_strings(page):
         "const done = arguments[arguments.length-1];"
         "window.sandbox.run('echo out; echo err >&2; exit 7').then(done, e => done(String(e)))")
     assert r == {"returncode": 7, "stdout": "out\n", "stderr": "err\n"}
+
+
+def test_the_core_runs_in_a_web_worker_without_a_dom(pyapptron_browser, pyapptron_server):
+    """No screen, no document: Pyodide, pyapptron and v86 all inside a module worker."""
+    driver = pyapptron_browser.driver
+    driver.get(pyapptron_server.url + "web/index.html?autoboot=0")
+    result = driver.execute_async_script("""
+const done = arguments[arguments.length - 1];
+const src = `
+  import { boot } from "${location.origin}/web/pyapptron.js";
+  try {
+    const sandbox = await boot();
+    const r = await sandbox.run("uname -m; test -e /dev/ttyS0 && echo has-console");
+    await sandbox.shutdown();
+    postMessage({ok: r, hasDocument: typeof document !== "undefined"});
+  } catch (e) { postMessage({error: String(e && e.stack || e)}); }
+`;
+const worker = new Worker(URL.createObjectURL(new Blob([src], {type: "text/javascript"})), {type: "module"});
+worker.onmessage = (e) => done(e.data);
+worker.onerror = (e) => done({error: "worker error: " + e.message});
+""")
+    assert "error" not in result, result.get("error")
+    assert result["hasDocument"] is False
+    assert result["ok"] == {"returncode": 0, "stdout": "i686\nhas-console\n", "stderr": ""}

@@ -43,7 +43,9 @@ AGENT_SRC = REPO / "emulators" / "agent" / "pyapptron-agent.c"
 INIT_SCRIPT = HERE / "minimal-init.sh"
 MANIFEST = REPO / "emulators" / "manifest.json"
 
-CMDLINE = ("console=ttyS0 tsc=reliable mitigations=off random.trust_cpu=on quiet "
+# loglevel=1: the harmless firmware complaints v86 provokes (no RSDP, no MP table,
+# no PnP BIOS) would otherwise greet every user on the console.
+CMDLINE = ("console=ttyS0 tsc=reliable mitigations=off random.trust_cpu=on quiet loglevel=1 "
            "cryptomgr.notests noisapnp")
 
 # Modules the image needs, in the names modprobe knows; their dependencies
