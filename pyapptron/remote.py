@@ -7,7 +7,7 @@ page. Bytes travel as {"b64": ...}; errors come back typed, with their attribute
 
 from __future__ import annotations
 
-import base64
+import ast
 import itertools
 import json
 import time
@@ -15,28 +15,10 @@ import traceback
 
 import pyapptron
 
+from ._wire import decode, encode
+
 _machines: dict[int, pyapptron.Machine] = {}
 _ids = itertools.count(1)
-
-
-def encode(value):
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"b64": base64.b64encode(bytes(value)).decode()}
-    if isinstance(value, dict):
-        return {k: encode(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [encode(v) for v in value]
-    return value
-
-
-def decode(value):
-    if isinstance(value, dict):
-        if set(value) == {"b64"}:
-            return base64.b64decode(value["b64"])
-        return {k: decode(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [decode(v) for v in value]
-    return value
 
 
 def _error(exc: BaseException) -> dict:
@@ -116,7 +98,7 @@ async def _op_python(args):
     namespace = _namespace
     namespace.update(pyapptron=pyapptron, machines=_machines)
     namespace.pop("result", None)
-    code = compile(args["code"], "<remote>", "exec", flags=0x2000)  # PyCF_ALLOW_TOP_LEVEL_AWAIT
+    code = compile(args["code"], "<remote>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     coro = eval(code, namespace)
     if coro is not None:
         await coro

@@ -49,9 +49,6 @@ class EmulatorHandle:
     def send(self, channel: str, data: bytes) -> None:
         self._adapter.send(channel, to_js(data))
 
-    def call(self, method: str, *args):
-        return getattr(self._adapter, method)(*[_js_object(a) for a in args])
-
     async def stop(self) -> None:
         try:
             await self._adapter.stop()

@@ -8,7 +8,6 @@ synchronous because CPython callers (the CLI, pytest) are.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import errors
+from .._wire import decode, encode
 from ..agent import DirEntry
 from ..errors import BrowserError
 
@@ -134,30 +134,10 @@ globalThis.pyapptron.remote(arguments[0]).then(done, e => done(JSON.stringify({e
 """
 
 
-def _decode(value: Any) -> Any:
-    if isinstance(value, dict):
-        if set(value) == {"b64"}:
-            return base64.b64decode(value["b64"])
-        return {k: _decode(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    return value
-
-
-def _encode(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"b64": base64.b64encode(bytes(value)).decode()}
-    if isinstance(value, dict):
-        return {k: _encode(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_encode(v) for v in value]
-    return value
-
-
 def _raise(error: dict) -> None:
     """Re-raise a page-side exception as the same pyapptron (or builtin) type."""
     name, message = error.get("type", "BrowserError"), error.get("message", "")
-    attrs = _decode(error.get("attrs") or {})
+    attrs = decode(error.get("attrs") or {})
     cls = getattr(errors, name, None)
     if name == "TimeoutExpired":
         raise errors.TimeoutExpired(attrs.get("cmd"), attrs.get("timeout"), attrs.get("output"), attrs.get("stderr"))
@@ -173,8 +153,6 @@ def _raise(error: dict) -> None:
         "FileExistsError": FileExistsError, "ValueError": ValueError, "TypeError": TypeError, "OSError": OSError,
     }.get(name)
     if builtin is not None:
-        if issubclass(builtin, OSError):
-            raise builtin(message)
         raise builtin(message)
     if isinstance(cls, type) and issubclass(cls, errors.PyapptronError):
         raise cls(message)
@@ -194,11 +172,11 @@ class RemoteSession:
             raise BrowserError(f"the page did not load pyapptron: {result['error']}")
 
     def request(self, op: str, vm: int | None = None, **args) -> Any:
-        payload = json.dumps({"op": op, "vm": vm, "args": _encode(args)})
+        payload = json.dumps({"op": op, "vm": vm, "args": encode(args)})
         answer = json.loads(self.browser.driver.execute_async_script(_REMOTE, payload))
         if "error" in answer:
             _raise(answer["error"])
-        return _decode(answer["ok"])
+        return decode(answer["ok"])
 
     def python(self, code: str) -> Any:
         """Run Python (top-level await allowed) in the page; returns its `result` variable."""
@@ -265,7 +243,3 @@ class RemoteMachine:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
-
-
-def write_screenshot(browser: Browser, path: str | Path) -> None:
-    browser.driver.save_screenshot(str(path))
