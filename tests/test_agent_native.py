@@ -355,6 +355,21 @@ def test_missing_program_is_error_enoent(agent):
     assert not any(t == G_EXIT for t, _ in frames)
 
 
+def test_scripts_without_shebang_run_under_sh_like_execvp(agent, tmp_path):
+    script = tmp_path / "greet"
+    script.write_text('echo "hello, $1"\n')
+    script.chmod(0o755)
+    assert agent.run([str(script), "you"])[:3] == (b"hello, you\n", b"", 0)
+    # Found through the request's PATH, then run by /bin/sh.
+    assert agent.run(["greet", "x"], env=[f"PATH={tmp_path}"], replace_env=True)[:3] == (b"hello, x\n", b"", 0)
+    # Not a program at all: /bin/sh gets it and fails the way a shell does, with an exit code.
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"\x00\x01garbage(\n")
+    junk.chmod(0o755)
+    _, _, res = agent.run([str(junk)])
+    assert isinstance(res, int) and res != 0
+
+
 def test_bad_cwd_is_error(agent):
     _, _, res = agent.run(["true"], cwd="/no/such/dir")
     assert res == ("error", 2)

@@ -23,7 +23,7 @@ def test_unknown_emulator_lists_the_available_ones():
     ({"memory_mib": True}, "memory_mib must be an integer"),
     ({"timeout": -1}, "timeout must be a positive"),
     ({"colour": "blue"}, "no option 'colour'; options: memory_mib"),
-    ({"network": "yes"}, "option 'network' must be bool"),
+    ({"cmdline_extra": 3}, "option 'cmdline_extra' must be str"),
     ({"image": 3}, "image must be an image name"),
 ])
 def test_bad_boot_options_raise_invalid_option(kwargs, match):

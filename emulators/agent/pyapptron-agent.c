@@ -446,13 +446,32 @@ static void child_fail(int fd, int stage)
     _exit(127);
 }
 
+/* execve, and for a file without a #! line, run it with /bin/sh the way execvp
+ * does (a script written by write_file without a shebang still runs). */
+static void exec_file(const char *path, char **argv, char **envp)
+{
+    execve(path, argv, envp);
+    if (errno != ENOEXEC)
+        return;
+    size_t argc = 0;
+    while (argv[argc] != NULL)
+        argc++;
+    char *shargv[argc + 2];
+    shargv[0] = (char *)"/bin/sh";
+    shargv[1] = (char *)path;
+    for (size_t i = 1; i <= argc; i++)
+        shargv[i + 1] = argv[i];
+    execve("/bin/sh", shargv, envp);
+    errno = ENOEXEC;
+}
+
 /* execvpe without touching `environ`: this runs in a vfork child, which shares
  * the agent's memory, so it may only write to its own stack. */
 static void exec_with_path(char **argv, char **envp)
 {
     const char *file = argv[0];
     if (strchr(file, '/') != NULL) {
-        execve(file, argv, envp);
+        exec_file(file, argv, envp);
         return;
     }
     const char *path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -472,7 +491,7 @@ static void exec_with_path(char **argv, char **envp)
                 buf[n++] = '.';
             buf[n++] = '/';
             memcpy(buf + n, file, flen + 1);
-            execve(buf, argv, envp);
+            exec_file(buf, argv, envp);
             if (errno == EACCES)
                 denied = true;
             else if (errno != ENOENT && errno != ENOTDIR)

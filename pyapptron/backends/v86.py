@@ -22,11 +22,11 @@ MAX_MEMORY_MIB = 2048
 
 class V86Backend(Backend):
     name = "v86"
-    options = {"cmdline_extra": str, "network": bool}
+    options = {"cmdline_extra": str}
     agent_chunk_size = 4096
 
     def __init__(self, assets: Assets, image: dict, memory_mib: int | None = None,
-                 cmdline_extra: str = "", network: bool = False):
+                 cmdline_extra: str = ""):
         memory = image.get("memory_mib", MIN_MEMORY_MIB) if memory_mib is None else memory_mib
         if not MIN_MEMORY_MIB <= memory <= MAX_MEMORY_MIB:
             raise InvalidOption(
@@ -37,10 +37,9 @@ class V86Backend(Backend):
         self.image = image
         self.memory_mib = memory
         self.cmdline = " ".join(filter(None, [image.get("cmdline", ""), cmdline_extra]))
-        self.network = network
         self.capabilities = Capabilities(
             arch=image.get("arch", "i686"), exec=bool(image.get("agent")), files=bool(image.get("agent")),
-            console=True, snapshot=False, network=network,
+            console=True, snapshot=False, network=False,
         )
         self._handle: _browser.EmulatorHandle | None = None
 
@@ -66,8 +65,6 @@ class V86Backend(Backend):
         }
         if self.image.get("initrd"):
             options["initrd"] = {"url": a.require(image_dir + self.image["initrd"])}
-        if self.network:
-            options["net_device"] = {"type": "virtio", "relay_url": "fetch"}
         return options
 
     async def start(self, on_console: Sink, on_agent: Sink) -> None:
