@@ -66,3 +66,19 @@ def test_v86_reports_capabilities_from_the_image():
     backend = V86Backend(Assets("http://x/", INDEX), {"name": "minimal", "arch": "i686", "agent": "virtio-console0"})
     caps = backend.capabilities
     assert (caps.arch, caps.exec, caps.files, caps.console, caps.snapshot) == ("i686", True, True, True, False)
+
+
+def test_v86_options_point_at_the_built_assets():
+    files = {p: {} for p in ["v86/libv86.mjs", "v86/v86.wasm", "v86/adapter.mjs", "bios/seabios.bin",
+                             "bios/vgabios.bin", "images/minimal/bzImage", "images/minimal/initrd.img"]}
+    spec = {"name": "minimal", "kernel": "bzImage", "initrd": "initrd.img", "cmdline": "console=ttyS0", "memory_mib": 128}
+    backend = V86Backend(Assets("http://h/assets/", {"files": files}), spec, cmdline_extra="debug")
+    options = backend.emulator_options()
+    assert options["bzimage"] == {"url": "http://h/assets/images/minimal/bzImage"}
+    assert options["initrd"] == {"url": "http://h/assets/images/minimal/initrd.img"}
+    assert options["cmdline"] == "console=ttyS0 debug"
+    assert options["memory_size"] == 128 * 1024 * 1024
+    assert options["virtio_console"] is True  # the agent's channel
+    del files["bios/seabios.bin"]
+    with pytest.raises(pyapptron.AssetsMissing, match="bios/seabios.bin"):
+        backend.emulator_options()
