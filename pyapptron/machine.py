@@ -57,19 +57,25 @@ class Machine:
     # -- lifetime --------------------------------------------------------------------
     async def _start(self, timeout: float) -> None:
         started = time.monotonic()
+        try:
+            await asyncio.wait_for(self._start_and_wait(), timeout)
+        except asyncio.TimeoutError:
+            tail = self.console.transcript[-500:]
+            await self.shutdown()
+            raise BootError(
+                f"the machine was not ready within {timeout} s of boot; the console's last "
+                f"output was {tail!r}. Raise boot(..., timeout=) on a slow machine, or check "
+                "that the image was built with its agent (python emulators/build.py)."
+            ) from None
+        except BaseException:
+            await self.shutdown()
+            raise
+        self.boot_seconds = time.monotonic() - started
+
+    async def _start_and_wait(self) -> None:
         await self.backend.start(self.console.feed, self._agent.feed)
         if self.capabilities.exec:
-            try:
-                await asyncio.wait_for(self._agent.wait_ready(), timeout)
-            except asyncio.TimeoutError:
-                tail = self.console.transcript[-500:]
-                await self.shutdown()
-                raise BootError(
-                    f"the guest agent did not answer within {timeout} s of boot; the console's "
-                    f"last output was {tail!r}. Raise boot(..., timeout=) on a slow machine, or "
-                    "check that the image was built with its agent."
-                ) from None
-        self.boot_seconds = time.monotonic() - started
+            await self._agent.wait_ready()
 
     async def shutdown(self) -> None:
         """Stop the emulator and release its memory. Safe to call twice."""

@@ -38,15 +38,16 @@ export async function start(options, sinks) {
   const { libv86_url, ...v86options } = options;
   const { V86 } = await import(libv86_url);
   const emulator = new V86(v86options);
-  const toConsole = byteBatcher(sinks.console);
-  const toAgent = batcher(sinks.agent);
+  let stopped = false;
+  // After stop() the Python callbacks are destroyed: a flush still queued must not call them.
+  const toConsole = byteBatcher((data) => { if (!stopped) sinks.console(data); });
+  const toAgent = batcher((data) => { if (!stopped) sinks.agent(data); });
   emulator.add_listener("serial0-output-byte", toConsole);
   emulator.add_listener("virtio-console0-output-bytes", toAgent);
   await new Promise((resolve, reject) => {
     emulator.add_listener("emulator-loaded", resolve);
     emulator.add_listener("download-error", (e) => reject(new Error(`could not download ${e.file_name || "an asset"}`)));
   });
-  let stopped = false;
   return {
     emulator,
     send(channel, data) {
