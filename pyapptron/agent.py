@@ -66,15 +66,27 @@ def chunk_cost(frame_len: int, chunk_size: int) -> int:
     return -(-frame_len // chunk_size)
 
 
+# What the agent's HELLO starts with: after a corrupt stream the decoder skips to it.
+HELLO_PREFIX = HEADER.pack(MAGIC, T_HELLO, 0, 0, 0)[:8]
+
+
 class FrameDecoder:
     """Splits a byte stream into frames. Works on whole chunks, never byte by byte."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self._resync = False
 
     def feed(self, data: bytes) -> list[Frame]:
         buf = self._buf
         buf += data
+        if self._resync:
+            start = buf.find(HELLO_PREFIX)
+            if start < 0:
+                del buf[: max(0, len(buf) - len(HELLO_PREFIX) + 1)]
+                return []
+            del buf[:start]
+            self._resync = False
         frames = []
         pos = 0
         size = len(buf)
@@ -82,6 +94,7 @@ class FrameDecoder:
             magic, type_, _flags, id_, length = HEADER.unpack_from(buf, pos)
             if magic != MAGIC or length > MAX_PAYLOAD:
                 self._buf = bytearray()
+                self._resync = True  # until the agent's next HELLO
                 raise AgentError(
                     f"corrupt frame from the guest agent (magic {magic:#06x}, length {length})"
                 )
@@ -180,6 +193,7 @@ class _Request:
     future: asyncio.Future
     kind: str  # "exec", "read", "write", "list"
     label: str  # the path, or argv[0]: what an error is about
+    cwd: str | None = None
     stdout: bytearray = field(default_factory=bytearray)
     stderr: bytearray = field(default_factory=bytearray)
     data: bytearray = field(default_factory=bytearray)
@@ -222,10 +236,18 @@ class AgentClient:
         try:
             frames = self._decoder.feed(data)
         except AgentError as exc:
+            # Whatever was in flight is lost; ask the agent to start over.
             self._fail_all(exc)
+            if self._closed is None:
+                self.request_hello()
             return
         for frame in frames:
-            self._dispatch(frame)
+            try:
+                self._dispatch(frame)
+            except Exception as exc:  # a malformed payload fails its own request only
+                req = self._pending.get(frame.id)
+                if req is not None and not req.future.done():
+                    req.future.set_exception(AgentError(f"malformed frame {frame.type:#x} from the guest agent: {exc}"))
 
     @property
     def ready(self) -> bool:
@@ -233,6 +255,8 @@ class AgentClient:
 
     async def wait_ready(self) -> None:
         await self._hello.wait()
+        if self._closed is not None:
+            raise self._closed
 
     def request_hello(self) -> None:
         """Ask the agent to announce itself again (after a resume, or to resync)."""
@@ -243,6 +267,7 @@ class AgentClient:
         self._closed = reason
         self._fail_all(reason)
         self._credit_changed.set()
+        self._hello.set()  # wake whoever waits for the agent: they find it closed
 
     # -- requests ---------------------------------------------------------------
     async def exec(
@@ -253,20 +278,25 @@ class AgentClient:
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
         on_output: Callable[[int, bytes], None] | None = None,
-        started: Callable[[int], None] | None = None,
+        started: Callable[[_Request], None] | None = None,
     ) -> ExecResult:
-        """Run argv in the guest; resolves when it exits. `started(id)` gets the request id."""
+        """Run argv in the guest; resolves when it exits.
+
+        `started(request)` gets the request (its id, and its output so far) at once.
+        """
         payload = encode_exec(argv, env=env, cwd=cwd, has_stdin=input is not None)
         first = argv[0]
         req = self._new_request("exec", first.decode("utf-8", "replace") if isinstance(first, bytes) else first)
         req.on_output = on_output
+        req.cwd = cwd
         if started is not None:
-            started(req.id)
+            started(req)
         try:
-            await self._send(T_EXEC, req.id, payload)
+            await self._send(T_EXEC, req.id, payload, req)
             if input is not None:
-                await self._send_data(T_STDIN, req.id, input)
-                await self._send(T_STDIN_EOF, req.id)
+                # A command that exits (or fails to start) stops the input, as with subprocess.
+                await self._send_data(T_STDIN, req.id, input, stop=req.future)
+                await self._send(T_STDIN_EOF, req.id, b"", req)
             status = await req.future
         finally:
             self._pending.pop(req.id, None)
@@ -275,10 +305,6 @@ class AgentClient:
     async def signal(self, request_id: int, signo: int) -> None:
         if request_id in self._pending:
             await self._send(T_SIGNAL, request_id, _U32.pack(signo))
-
-    def partial_output(self, request_id: int) -> tuple[bytes, bytes]:
-        req = self._pending.get(request_id)
-        return (bytes(req.stdout), bytes(req.stderr)) if req else (b"", b"")
 
     async def read_file(self, path: str) -> bytes:
         req = self._new_request("read", path)
@@ -292,10 +318,14 @@ class AgentClient:
     async def write_file(self, path: str, data: bytes, mode: int = 0) -> None:
         req = self._new_request("write", path)
         try:
-            await self._send(T_WRITE_FILE, req.id, _U32.pack(mode) + _pack_str(_as_bytes(path, "path")))
-            if not req.future.done():  # an early ERROR makes the data pointless
-                await self._send_data(T_DATA, req.id, data, stop=req.future)
-                await self._send(T_DATA_END, req.id)
+            try:
+                await self._send(T_WRITE_FILE, req.id, _U32.pack(mode) + _pack_str(_as_bytes(path, "path")), req)
+                await self._send_data(T_DATA, req.id, data, stop=req.future)  # an early ERROR stops it
+            finally:
+                # The agent holds an open file per write until DATA_END, error or not,
+                # so it is always sent, even when this call is cancelled.
+                end = asyncio.ensure_future(self._send_quietly(T_DATA_END, req.id))
+            await end
             await req.future
         finally:
             self._pending.pop(req.id, None)
@@ -330,11 +360,21 @@ class AgentClient:
                 return
             await self._send(type_, id_, bytes(view[offset : offset + step]))
 
-    async def _send(self, type_: int, id_: int, payload: bytes = b"") -> None:
+    async def _send_quietly(self, type_: int, id_: int) -> None:
+        try:
+            await self._send(type_, id_)
+        except Exception:
+            pass  # the channel is gone: the agent's state went with it
+
+    async def _send(self, type_: int, id_: int, payload: bytes = b"", req: _Request | None = None) -> None:
+        """Send one frame when credit allows. With `req`, nothing is sent once it has ended
+        (failed by an agent restart, say): a late EXEC must not run a command twice."""
         frame = encode_frame(type_, id_, payload)
         cost = chunk_cost(len(frame), self.chunk_size)
         if not self._hello.is_set():
             await self._hello.wait()
+        if self._closed is not None:
+            raise self._closed
         if cost > self.window:
             raise CommandTooLong(
                 f"request of {len(frame)} bytes does not fit the agent channel "
@@ -349,6 +389,8 @@ class AgentClient:
                 await self._credit_changed.wait()
             if self._closed is not None:
                 raise self._closed
+            if req is not None and req.future.done():
+                return
             self.credit -= cost
             size = self.chunk_size
             if len(frame) <= size:
@@ -391,7 +433,9 @@ class AgentClient:
         elif t == T_ERROR:
             (err,) = _I32.unpack_from(frame.payload)
             message, _ = decode_str(frame.payload, 4)
-            req.future.set_exception(guest_os_error(err, message.decode("utf-8", "replace"), req.label))
+            text = message.decode("utf-8", "replace")
+            about = req.cwd if req.cwd and text.startswith("chdir") else req.label
+            req.future.set_exception(guest_os_error(err, text, about))
         else:
             req.future.set_exception(AgentError(f"unexpected frame type {t:#x} from the guest agent"))
 

@@ -41,8 +41,6 @@ class Console:
     def feed(self, data: bytes) -> None:
         if not data:
             return
-        for callback in list(self._subscribers):
-            callback(data)
         self._transcript += data
         if len(self._transcript) > self.max_transcript:
             del self._transcript[: len(self._transcript) - self.max_transcript]
@@ -51,6 +49,13 @@ class Console:
             del self._buffer[: len(self._buffer) - self.max_buffer]
         if self._waiters:
             self._check_waiters()
+        # Subscribers last, each on its own: a failing one (a disposed terminal) must
+        # neither lose output for the others nor for wait_for.
+        for callback in list(self._subscribers):
+            try:
+                callback(data)
+            except Exception:
+                self._subscribers.remove(callback)
 
     def close(self) -> None:
         self._closed = True

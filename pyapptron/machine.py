@@ -135,19 +135,21 @@ class Machine:
             input = input.encode(enc)
         elif input is not None and not isinstance(input, (bytes, bytearray, memoryview)):
             raise InvalidOption(f"input must be bytes or str, not {type(input).__name__}")
-        ids: list[int] = []
+        requests: list = []
         task = asyncio.ensure_future(
-            self._agent.exec(argv, input=None if input is None else bytes(input), cwd=cwd, env=env, started=ids.append)
+            self._agent.exec(argv, input=None if input is None else bytes(input), cwd=cwd, env=env,
+                             started=requests.append)
         )
         try:
             result = await asyncio.wait_for(asyncio.shield(task), timeout)
         except asyncio.TimeoutError:
-            out, err = self._agent.partial_output(ids[0]) if ids else (b"", b"")
-            await self._kill(task, ids)
-            raise TimeoutExpired(args, timeout, _maybe_decode(out, decode, enc, errors),
-                                 _maybe_decode(err, decode, enc, errors)) from None
+            await self._kill(task, requests)
+            # Collected after the kill, like subprocess.run: output up to the end counts.
+            out, err = (bytes(requests[0].stdout), bytes(requests[0].stderr)) if requests else (b"", b"")
+            raise TimeoutExpired(args, timeout, _maybe_decode(out, decode, enc, "replace"),
+                                 _maybe_decode(err, decode, enc, "replace")) from None
         except asyncio.CancelledError:
-            await self._kill(task, ids)
+            await self._kill(task, requests)
             raise
         stdout = _maybe_decode(result.stdout, decode, enc, errors)
         stderr = _maybe_decode(result.stderr, decode, enc, errors)
@@ -155,10 +157,12 @@ class Machine:
             raise CalledProcessError(result.status, args, stdout, stderr)
         return CompletedProcess(args, result.status, stdout, stderr)
 
-    async def _kill(self, task: asyncio.Future, ids: list[int]) -> None:
-        if ids and not task.done():
+    async def _kill(self, task: asyncio.Future, requests: list) -> None:
+        """SIGKILL the command's process group and wait (briefly) for its exit."""
+        if requests and not task.done():
             try:
-                await self._agent.signal(ids[0], 9)
+                # Bounded: a wedged channel must not turn a timeout into a hang.
+                await asyncio.wait_for(self._agent.signal(requests[0].id, 9), KILL_GRACE_S)
                 await asyncio.wait_for(asyncio.shield(task), KILL_GRACE_S)
             except Exception:
                 pass
@@ -178,8 +182,8 @@ class Machine:
             data = data.encode()
         elif not isinstance(data, (bytes, bytearray, memoryview)):
             raise InvalidOption(f"data must be bytes or str, not {type(data).__name__}")
-        if not isinstance(mode, int) or not 0 <= mode <= 0o7777:
-            raise InvalidOption(f"mode must be a permission number like 0o644, not {mode!r}")
+        if isinstance(mode, bool) or not isinstance(mode, int) or not 0 < mode <= 0o7777:
+            raise InvalidOption(f"mode must be a permission number like 0o644 (1 to 0o7777), not {mode!r}")
         await self._agent.write_file(_path(path), bytes(data), mode)
 
     async def list_dir(self, path: str = "/") -> list[DirEntry]:

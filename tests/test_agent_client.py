@@ -245,3 +245,105 @@ def test_protocol_version_mismatch_says_to_rebuild():
         with pytest.raises(AgentError, match="rebuild the image"):
             await fake.client.exec(["x"])
     run(main())
+
+
+def test_protocol_mismatch_at_boot_fails_wait_ready_at_once():
+    async def main():
+        fake = FakeAgent()
+        waiter = asyncio.ensure_future(fake.client.wait_ready())
+        await asyncio.sleep(0)
+        fake.client.feed(A.encode_frame(A.T_HELLO, 0, struct.pack("<III", 99, 15, 4096)))
+        with pytest.raises(AgentError, match="rebuild the image"):
+            await asyncio.wait_for(waiter, 1)
+    run(main())
+
+
+def test_a_request_failed_by_an_agent_restart_is_never_sent_late():
+    async def main():
+        fake = FakeAgent(window=1)
+        fake.auto_credit = False
+        fake.hello()
+        first = asyncio.ensure_future(fake.client.exec(["a"]))
+        second = asyncio.ensure_future(fake.client.exec(["b"]))  # waits for credit
+        await asyncio.sleep(0.01)
+        fake.in_flight = 0
+        fake.hello()  # the agent restarted: fresh credit, both requests lost
+        for task in (first, second):
+            with pytest.raises(AgentError, match="restarted"):
+                await task
+        await asyncio.sleep(0.01)
+        assert [A.decode_str(f.payload, 8)[0] for f in fake.frames if f.type == A.T_EXEC] == [b"a"]
+    run(main())
+
+
+def test_a_command_that_cannot_start_does_not_wait_for_all_its_input():
+    async def main():
+        fake = FakeAgent()
+        msg = b"exec nope: No such file or directory"
+        fake.handler = lambda f: fake.send(A.T_ERROR, f.id, struct.pack("<iI", 2, len(msg)) + msg) if f.type == A.T_EXEC else None
+        fake.hello()
+        with pytest.raises(FileNotFoundError):
+            await asyncio.wait_for(fake.client.exec(["nope"], input=b"x" * 50_000_000), 2)
+        assert sum(f.type == A.T_STDIN for f in fake.frames) < 20
+    run(main())
+
+
+def test_bad_cwd_error_names_the_directory():
+    async def main():
+        fake = FakeAgent()
+        msg = b"chdir /nope: No such file or directory"
+        fake.handler = lambda f: fake.send(A.T_ERROR, f.id, struct.pack("<iI", 2, len(msg)) + msg)
+        fake.hello()
+        with pytest.raises(FileNotFoundError) as info:
+            await fake.client.exec(["ls"], cwd="/nope")
+        assert info.value.filename == "/nope"
+    run(main())
+
+
+def test_corrupt_stream_resyncs_on_the_agents_next_hello():
+    async def main():
+        fake = FakeAgent()
+        fake.hello()
+        fake.client.feed(b"\x00garbage that is not a frame at all")
+        assert fake.frames[-1].type == A.T_HELLO  # the host asked the agent to start over
+        fake.client.feed(b"more junk" + A.encode_frame(A.T_STDOUT, 5, b"stale"))
+        fake.handler = lambda f: fake.send(A.T_EXIT, f.id, struct.pack("<i", 0)) if f.type == A.T_EXEC else None
+        task = asyncio.ensure_future(fake.client.exec(["x"]))
+        await asyncio.sleep(0.01)
+        assert not task.done()  # waits for the agent's HELLO
+        fake.in_flight = 0
+        fake.hello()
+        assert (await asyncio.wait_for(task, 1)).status == 0
+    run(main())
+
+
+def test_write_file_always_ends_with_data_end_even_when_cancelled_or_refused():
+    async def main():
+        fake = FakeAgent()
+        fake.hello()
+        task = asyncio.ensure_future(fake.client.write_file("/f", b"x" * 200_000))
+        await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        assert fake.frames[-1].type == A.T_DATA_END
+        msg = b"no"
+        fake.handler = lambda f: fake.send(A.T_ERROR, f.id, struct.pack("<iI", 13, 2) + msg) if f.type == A.T_WRITE_FILE else None
+        with pytest.raises(PermissionError):
+            await fake.client.write_file("/ro", b"y" * 100_000)
+        await asyncio.sleep(0.01)
+        assert fake.frames[-1].type == A.T_DATA_END
+    run(main())
+
+
+def test_one_malformed_frame_fails_only_its_request():
+    async def main():
+        fake = FakeAgent()
+        fake.hello()
+        a = asyncio.ensure_future(fake.client.exec(["a"]))
+        b = asyncio.ensure_future(fake.client.exec(["b"]))
+        await asyncio.sleep(0.01)
+        fake.client.feed(A.encode_frame(A.T_EXIT, 1, b"\x01") + A.encode_frame(A.T_EXIT, 2, struct.pack("<i", 4)))
+        with pytest.raises(AgentError, match="malformed"):
+            await a
+        assert (await b).status == 4
+    run(main())

@@ -568,3 +568,12 @@ def test_runs_over_a_socketpair(agent_binary):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_read_file_refuses_fifos_and_endless_devices_without_blocking(agent, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (fifo, "/dev/zero"):
+        frames = agent.read_file(path)
+        assert [t for t, _ in frames] == [G_ERROR] and error_errno(frames[0][1]) == 22  # EINVAL
+    assert agent.run(["echo", "still serving"])[:2] == (b"still serving\n", b"")

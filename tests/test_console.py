@@ -90,3 +90,20 @@ def test_buffers_stay_bounded():
         c.feed(b"x" * 65536)
     assert len(c.transcript) == Console.max_transcript
     assert len(c._buffer) <= Console.max_buffer
+
+
+def test_a_failing_subscriber_loses_nothing_for_the_others_or_wait_for():
+    async def main():
+        c = Console(lambda b: None)
+        got = []
+
+        def broken(data):
+            raise RuntimeError("terminal disposed")
+
+        c.subscribe(broken)
+        c.subscribe(got.append)
+        c.feed(b"prompt# ")
+        await c.wait_for("# ", timeout=1)
+        c.feed(b"more")
+        assert got == [b"prompt# ", b"more"] and c.transcript == b"prompt# more"
+    asyncio.run(main())

@@ -137,3 +137,24 @@ def test_a_machine_without_an_agent_refuses_exec_clearly():
         with pytest.raises(NotSupported, match="no exec capability"):
             await vm.run("true")
     asyncio.run(main())
+
+
+def test_a_timeout_on_a_wedged_channel_still_returns():
+    class Wedged(ScriptedBackend):
+        def write_agent(self, chunk):
+            pass  # never returns credit, never answers
+
+    backend = Wedged()
+
+    async def main():
+        vm = await booted(backend)
+        import pyapptron.machine as M
+        M.KILL_GRACE_S, saved = 0.05, M.KILL_GRACE_S
+        try:
+            for _ in range(16):  # use up the window so SIGNAL would wait for credit forever
+                asyncio.ensure_future(vm.run("x"))
+            with pytest.raises(TimeoutExpired):
+                await asyncio.wait_for(vm.run("sleep 100", timeout=0.05), 2)
+        finally:
+            M.KILL_GRACE_S = saved
+    asyncio.run(main())

@@ -719,13 +719,23 @@ static void handle_read_file(uint32_t id, const uint8_t *payload, uint32_t len)
     char *path = payload_path(id, &r, "read_file");
     if (path == NULL)
         return;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer.  Only regular
+     * files are read: a FIFO, /dev/zero or a tty would block this loop or
+     * stream forever, and every other request would wait behind it. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     struct stat st;
     if (fd < 0) {
         send_error(id, errno, path);
-    } else if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+    } else if (fstat(fd, &st) != 0) {
+        send_error(id, errno, path);
+    } else if (S_ISDIR(st.st_mode)) {
         send_error(id, EISDIR, path);
+    } else if (!S_ISREG(st.st_mode)) {
+        char what[300];
+        snprintf(what, sizeof what, "%.256s: not a regular file (read it with run())", path);
+        send_error(id, EINVAL, what);
     } else {
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
         static uint8_t buf[IO_CHUNK];
         for (;;) {
             ssize_t n = read(fd, buf, sizeof buf);

@@ -46,7 +46,10 @@ export async function start(options, sinks) {
   emulator.add_listener("virtio-console0-output-bytes", toAgent);
   await new Promise((resolve, reject) => {
     emulator.add_listener("emulator-loaded", resolve);
-    emulator.add_listener("download-error", (e) => reject(new Error(`could not download ${e.file_name || "an asset"}`)));
+    emulator.add_listener("download-error", (e) => {
+      emulator.destroy();
+      reject(new Error(`could not download ${e.file_name || "an asset"}`));
+    });
   });
   return {
     emulator,

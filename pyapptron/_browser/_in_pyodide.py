@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 
@@ -75,11 +76,20 @@ async def start_emulator(adapter_url: str, options: dict, on_console, on_agent) 
     sinks = js.Object.new()
     sinks.console = proxies[0]
     sinks.agent = proxies[1]
-    try:
-        adapter = await module.start(_js_object(options), sinks)
-    except Exception as exc:
+    def destroy_proxies(*_):
         for proxy in proxies:
             proxy.destroy()
+
+    promise = module.start(_js_object(options), sinks)
+    try:
+        adapter = await promise
+    except asyncio.CancelledError:
+        # Boot timed out or was cancelled while loading: stop the emulator once it
+        # exists, then let go of the callbacks, so nothing keeps running unseen.
+        promise.then(lambda a: a.stop()).finally_(destroy_proxies)
+        raise
+    except Exception as exc:
+        destroy_proxies()
         raise BootError(f"the emulator did not start: {exc}") from exc
     return EmulatorHandle(adapter, proxies)
 

@@ -172,8 +172,18 @@ class RemoteSession:
             raise BrowserError(f"the page did not load pyapptron: {result['error']}")
 
     def request(self, op: str, vm: int | None = None, **args) -> Any:
+        from selenium.common.exceptions import TimeoutException, WebDriverException
+
         payload = json.dumps({"op": op, "vm": vm, "args": encode(args)})
-        answer = json.loads(self.browser.driver.execute_async_script(_REMOTE, payload))
+        # The page enforces the request's own timeout; WebDriver's is only a backstop.
+        own = args.get("timeout")
+        self.browser.driver.set_script_timeout(max(900, own + 120) if isinstance(own, (int, float)) else 24 * 3600)
+        try:
+            answer = json.loads(self.browser.driver.execute_async_script(_REMOTE, payload))
+        except TimeoutException as exc:
+            raise BrowserError(f"the page did not answer {op!r} in time: {exc.msg}") from None
+        except WebDriverException as exc:
+            raise BrowserError(f"the browser failed during {op!r}: {exc.msg}") from None
         if "error" in answer:
             _raise(answer["error"])
         return decode(answer["ok"])

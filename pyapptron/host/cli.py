@@ -71,12 +71,12 @@ def cmd_run(args) -> int:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 return 124
-    except FileNotFoundError as exc:
-        print(f"pyapptron run: {exc}", file=sys.stderr)
-        return 127
-    except PyapptronError as exc:
+    except PyapptronError as exc:  # first: a missing asset is also a FileNotFoundError
         print(f"pyapptron run: {exc}", file=sys.stderr)
         return 125
+    except FileNotFoundError as exc:  # the program (or cwd) does not exist in the guest
+        print(f"pyapptron run: {exc}", file=sys.stderr)
+        return 127
     sys.stdout.buffer.write(r.stdout)
     sys.stderr.buffer.write(r.stderr)
     sys.stdout.flush()
