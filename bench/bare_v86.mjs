@@ -68,3 +68,37 @@ export async function run(options, rounds) {
   await emulator.destroy();
   return { prompt_s: promptAt / 1000, agent_hello_s: helloAt / 1000, roundtrip_ms: times };
 }
+
+// Round trips of `true` on an emulator that pyapptron already drives: JS sends EXEC
+// frames on the same channel (ids from `firstId`, which Python's client ignores) and
+// times each EXIT, so both paths are measured on one machine in the same state.
+export async function roundtrips(emulator, rounds, firstId) {
+  const waiters = new Map();
+  let buf = new Uint8Array(0);
+  const listener = (chunk) => {
+    const joined = new Uint8Array(buf.length + chunk.length); joined.set(buf); joined.set(chunk, buf.length); buf = joined;
+    let pos = 0;
+    while (buf.length - pos >= 12) {
+      const dv = new DataView(buf.buffer, buf.byteOffset + pos);
+      const type = dv.getUint8(2), id = dv.getUint32(4, true), len = dv.getUint32(8, true);
+      if (buf.length - pos < 12 + len) break;
+      if (type === 0x83 && waiters.has(id)) { waiters.get(id)(); waiters.delete(id); }
+      pos += 12 + len;
+    }
+    buf = buf.slice(pos);
+  };
+  emulator.add_listener("virtio-console0-output-bytes", listener);
+  const payload = execPayload(["/bin/sh", "-c", "true"]);
+  const times = [];
+  try {
+    for (let i = 0; i < rounds; i++) {
+      const id = firstId + i;
+      const start = performance.now();
+      await new Promise((resolve) => { waiters.set(id, resolve); emulator.bus.send("virtio-console0-input-bytes", frame(0x10, id, payload)); });
+      times.push(performance.now() - start);
+    }
+  } finally {
+    emulator.remove_listener("virtio-console0-output-bytes", listener);
+  }
+  return times;
+}
