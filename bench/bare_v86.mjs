@@ -25,6 +25,25 @@ function execPayload(argv) {
   return out;
 }
 
+// A listener for the agent channel that calls onFrame(type, id) per complete frame.
+function frameListener(onFrame) {
+  let buf = new Uint8Array(0);
+  return (chunk) => {
+    const joined = new Uint8Array(buf.length + chunk.length); joined.set(buf); joined.set(chunk, buf.length); buf = joined;
+    let pos = 0;
+    while (buf.length - pos >= 12) {
+      const dv = new DataView(buf.buffer, buf.byteOffset + pos);
+      const type = dv.getUint8(2), id = dv.getUint32(4, true), len = dv.getUint32(8, true);
+      if (buf.length - pos < 12 + len) break;
+      onFrame(type, id);
+      pos += 12 + len;
+    }
+    buf = buf.slice(pos);
+  };
+}
+
+// Boots a fresh V86 with pyapptron's options and times it to the shell prompt and to
+// the agent's HELLO, then to `rounds` EXEC round trips.
 export async function run(options, rounds) {
   const { libv86_url, ...v86options } = options;
   const { V86 } = await import(libv86_url);
@@ -33,38 +52,21 @@ export async function run(options, rounds) {
   let serial = "";
   let promptAt = null;
   let helloAt = null;
-  let buf = new Uint8Array(0);
-  const waiters = new Map();
   let readyResolve;
   const ready = new Promise((r) => { readyResolve = r; });
   const check = () => { if (promptAt !== null && helloAt !== null) readyResolve(); };
-  emulator.add_listener("serial0-output-byte", (b) => {
-    if (promptAt !== null) return;
+  const onSerial = (b) => {
     serial += String.fromCharCode(b);
-    if (/# $/.test(serial)) { promptAt = performance.now() - t0; check(); }
+    if (/# $/.test(serial)) { promptAt = performance.now() - t0; emulator.remove_listener("serial0-output-byte", onSerial); check(); }
+  };
+  const onAgent = frameListener((type) => {
+    if (type === 0x01 && helloAt === null) { helloAt = performance.now() - t0; check(); }
   });
-  emulator.add_listener("virtio-console0-output-bytes", (chunk) => {
-    const joined = new Uint8Array(buf.length + chunk.length); joined.set(buf); joined.set(chunk, buf.length); buf = joined;
-    let pos = 0;
-    while (buf.length - pos >= 12) {
-      const dv = new DataView(buf.buffer, buf.byteOffset + pos);
-      const type = dv.getUint8(2), id = dv.getUint32(4, true), len = dv.getUint32(8, true);
-      if (buf.length - pos < 12 + len) break;
-      if (type === 0x01 && helloAt === null) { helloAt = performance.now() - t0; check(); }
-      if (type === 0x83 && waiters.has(id)) { waiters.get(id)(); waiters.delete(id); }
-      pos += 12 + len;
-    }
-    buf = buf.slice(pos);
-  });
+  emulator.add_listener("serial0-output-byte", onSerial);
+  emulator.add_listener("virtio-console0-output-bytes", onAgent);
   await ready;
-  const times = [];
-  const payload = execPayload(["true"]);
-  for (let i = 1; i <= rounds; i++) {
-    const start = performance.now();
-    await new Promise((resolve) => { waiters.set(i, resolve); emulator.bus.send("virtio-console0-input-bytes", frame(0x10, i, payload)); });
-    times.push(performance.now() - start);
-    // return credit bookkeeping is not needed: one frame in flight at a time.
-  }
+  emulator.remove_listener("virtio-console0-output-bytes", onAgent);
+  const times = await roundtrips(emulator, rounds, 1);
   await emulator.destroy();
   return { prompt_s: promptAt / 1000, agent_hello_s: helloAt / 1000, roundtrip_ms: times };
 }
@@ -74,19 +76,9 @@ export async function run(options, rounds) {
 // times each EXIT, so both paths are measured on one machine in the same state.
 export async function roundtrips(emulator, rounds, firstId) {
   const waiters = new Map();
-  let buf = new Uint8Array(0);
-  const listener = (chunk) => {
-    const joined = new Uint8Array(buf.length + chunk.length); joined.set(buf); joined.set(chunk, buf.length); buf = joined;
-    let pos = 0;
-    while (buf.length - pos >= 12) {
-      const dv = new DataView(buf.buffer, buf.byteOffset + pos);
-      const type = dv.getUint8(2), id = dv.getUint32(4, true), len = dv.getUint32(8, true);
-      if (buf.length - pos < 12 + len) break;
-      if (type === 0x83 && waiters.has(id)) { waiters.get(id)(); waiters.delete(id); }
-      pos += 12 + len;
-    }
-    buf = buf.slice(pos);
-  };
+  const listener = frameListener((type, id) => {
+    if (type === 0x83 && waiters.has(id)) { waiters.get(id)(); waiters.delete(id); }
+  });
   emulator.add_listener("virtio-console0-output-bytes", listener);
   const payload = execPayload(["/bin/sh", "-c", "true"]);
   const times = [];
