@@ -202,9 +202,10 @@ class Machine:
             )
 
     async def resize_console(self, cols: int, rows: int) -> None:
-        """Tell the guest's console its size (a serial line cannot carry it itself)."""
-        if self.capabilities.exec and not self._closed:
-            await self.run(["stty", "-F", "/dev/ttyS0", "rows", str(rows), "cols", str(cols)], timeout=10)
+        """Tell the guest's console tty its size (a serial line cannot carry it itself)."""
+        tty = getattr(self.backend, "console_tty", None)
+        if tty and self.capabilities.exec and not self._closed:
+            await self.run(["stty", "-F", tty, "rows", str(rows), "cols", str(cols)], timeout=10)
 
 
 def _argv(args) -> list[str | bytes]:

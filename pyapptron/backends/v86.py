@@ -24,6 +24,8 @@ class V86Backend(Backend):
     name = "v86"
     options = {"cmdline_extra": str}
     agent_chunk_size = 4096
+    #: The guest device behind the interactive console (for telling it the terminal size).
+    console_tty = "/dev/ttyS0"
 
     def __init__(self, assets: Assets, image: dict, memory_mib: int | None = None,
                  cmdline_extra: str = ""):
