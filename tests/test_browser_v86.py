@@ -4,7 +4,6 @@ One VM is booted for the module (the `vm` fixture); every test leaves it usable.
 """
 
 import hashlib
-import json
 import subprocess
 
 import pytest

@@ -53,7 +53,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def write_agent(self, chunk: bytes) -> None:
-        """One transport write to the guest agent's channel (at most agent_chunk_size)."""
+        """One transport write to the guest agent's channel (at most the chunk size its HELLO announced)."""
 
     @abc.abstractmethod
     async def stop(self) -> None:

@@ -23,7 +23,6 @@ MAX_MEMORY_MIB = 2048
 class V86Backend(Backend):
     name = "v86"
     options = {"cmdline_extra": str}
-    agent_chunk_size = 4096
     #: The guest device behind the interactive console (for telling it the terminal size).
     console_tty = "/dev/ttyS0"
 
