@@ -370,11 +370,11 @@ class AgentClient:
         """Send one frame when credit allows. With `req`, nothing is sent once it has ended
         (failed by an agent restart, say): a late EXEC must not run a command twice."""
         frame = encode_frame(type_, id_, payload)
-        cost = chunk_cost(len(frame), self.chunk_size)
         if not self._hello.is_set():
             await self._hello.wait()
         if self._closed is not None:
             raise self._closed
+        cost = chunk_cost(len(frame), self.chunk_size)  # in the chunk size the agent announced
         if cost > self.window:
             raise CommandTooLong(
                 f"request of {len(frame)} bytes does not fit the agent channel "

@@ -49,6 +49,9 @@ class FakeAgent:
     def send(self, type_, id_, payload=b""):
         self.client.feed(A.encode_frame(type_, id_, payload))
 
+    def error(self, id_, errno, message: bytes):
+        self.send(A.T_ERROR, id_, struct.pack("<iI", errno, len(message)) + message)
+
 
 def run(coro):
     return asyncio.run(coro)
@@ -175,14 +178,14 @@ def test_error_frame_maps_linux_errno_to_builtin_exception():
         def handler(f):
             path, end = A.decode_str(f.payload, 0)  # a length-prefixed string, per PROTOCOL.md
             assert (path, end) == (b"/missing", len(f.payload))
-            fake.send(A.T_ERROR, f.id, struct.pack("<iI", 2, len(msg)) + msg)
+            fake.error(f.id, 2, msg)
 
         fake.handler = handler
         fake.hello()
         with pytest.raises(FileNotFoundError) as info:
             await fake.client.read_file("/missing")
         assert info.value.filename == "/missing"
-        fake.handler = lambda f: fake.send(A.T_ERROR, f.id, struct.pack("<iI", 21, 2) + b"no")
+        fake.handler = lambda f: fake.error(f.id, 21, b"no")
         with pytest.raises(IsADirectoryError):
             await fake.client.read_file("/etc")
     run(main())
@@ -280,7 +283,7 @@ def test_a_command_that_cannot_start_does_not_wait_for_all_its_input():
     async def main():
         fake = FakeAgent()
         msg = b"exec nope: No such file or directory"
-        fake.handler = lambda f: fake.send(A.T_ERROR, f.id, struct.pack("<iI", 2, len(msg)) + msg) if f.type == A.T_EXEC else None
+        fake.handler = lambda f: fake.error(f.id, 2, msg) if f.type == A.T_EXEC else None
         fake.hello()
         with pytest.raises(FileNotFoundError):
             await asyncio.wait_for(fake.client.exec(["nope"], input=b"x" * 50_000_000), 2)
@@ -292,7 +295,7 @@ def test_bad_cwd_error_names_the_directory():
     async def main():
         fake = FakeAgent()
         msg = b"chdir /nope: No such file or directory"
-        fake.handler = lambda f: fake.send(A.T_ERROR, f.id, struct.pack("<iI", 2, len(msg)) + msg)
+        fake.handler = lambda f: fake.error(f.id, 2, msg)
         fake.hello()
         with pytest.raises(FileNotFoundError) as info:
             await fake.client.exec(["ls"], cwd="/nope")
@@ -327,7 +330,7 @@ def test_write_file_always_ends_with_data_end_even_when_cancelled_or_refused():
         await asyncio.sleep(0.05)
         assert fake.frames[-1].type == A.T_DATA_END
         msg = b"no"
-        fake.handler = lambda f: fake.send(A.T_ERROR, f.id, struct.pack("<iI", 13, 2) + msg) if f.type == A.T_WRITE_FILE else None
+        fake.handler = lambda f: fake.error(f.id, 13, msg) if f.type == A.T_WRITE_FILE else None
         with pytest.raises(PermissionError):
             await fake.client.write_file("/ro", b"y" * 100_000)
         await asyncio.sleep(0.01)
