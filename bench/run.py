@@ -1,12 +1,14 @@
 """pyapptron benchmarks, in real headless Chromium. Prints and saves JSON.
 
-    python bench/run.py [--rounds 200] [--out bench/results/latest.json]
+    python bench/run.py [--rounds 200] [--images minimal,agent] [--out bench/results/latest.json]
 
 Figures: Pyodide + pyapptron load, cold boot to exec-ready, run("true") round trip
 (median, p95), 10 MB write and read throughput; and, for the ratios, bare v86 from JS
 alone (bench/bare_v86.mjs): a fresh V86 with the same options timed to its shell
 prompt, and the same EXEC round trip sent from JS on the very machine Python drives,
-in blocks alternating with Python's. Nothing here is asserted: targets
+in blocks alternating with Python's. For the "agent" image (Debian on 9p): cold boot
+to exec-ready, the image bytes fetched by then, the first `python3 -c pass`, `git
+status` in a repository of 1,000 files and `npm --version`. Nothing here is asserted: targets
 are in the README and the closing notes, measurements here.
 """
 
@@ -65,6 +67,56 @@ await vm.shutdown()
 result = dict(boot_s=boot_s, roundtrip_ms=times, bare_roundtrip_ms=bare_times, write_s=write_s, read_s=read_s, stdout_s=stdout_s, options=options)
 """
 
+AGENT_BENCH = """
+import time
+from js import performance
+performance.setResourceTimingBufferSize(1_000_000)
+performance.clearResourceTimings()
+
+def fetched():
+    sizes = {"fs_files": 0, "fs_bytes": 0, "index_bytes": 0, "boot_bytes": 0}
+    for e in performance.getEntriesByType("resource"):
+        url = str(e.name)
+        if "/images/agent/fs/" in url:
+            sizes["fs_files"] += 1
+            sizes["fs_bytes"] += int(e.encodedBodySize)
+        elif url.endswith("/images/agent/fs.json.gz"):
+            sizes["index_bytes"] += int(e.encodedBodySize)
+        elif "/images/minimal/" in url:
+            sizes["boot_bytes"] += int(e.encodedBodySize)
+    return sizes
+
+async def timed(cmd, timeout=600):
+    t = time.perf_counter()
+    r = await vm.run(cmd, timeout=timeout)
+    assert r.returncode == 0, (cmd, r.stderr)
+    return time.perf_counter() - t
+
+t0 = time.perf_counter()
+vm = await pyapptron.boot("v86", "agent")
+boot_s = time.perf_counter() - t0
+at_ready = fetched()
+await vm.console.wait_for(rb"root@pyapptron", timeout=120)
+prompt_s = time.perf_counter() - t0
+at_prompt = fetched()
+first_python_s = await timed("python3 -c pass")
+warm_python_s = await timed("python3 -c pass")
+await timed("mkdir -p /root/r && cd /root/r && git init -q && for d in $(seq 0 9); do mkdir $d; "
+            "for f in $(seq 0 99); do echo $d$f > $d/$f; done; done && git add . && "
+            "git -c user.email=a@b -c user.name=b commit -qm files")
+first_git_status_s = await timed("cd /root/r && git status --porcelain")
+warm_git_status_s = await timed("cd /root/r && git status --porcelain")
+first_npm_s = await timed("npm --version")
+warm_npm_s = await timed("npm --version")
+first_node_s = await timed("node -e 0")
+after = fetched()
+await vm.shutdown()
+result = dict(boot_s=boot_s, prompt_s=prompt_s, at_ready=at_ready, at_prompt=at_prompt, after=after,
+              first_python_s=first_python_s, warm_python_s=warm_python_s,
+              first_git_status_s=first_git_status_s, warm_git_status_s=warm_git_status_s,
+              first_npm_s=first_npm_s, warm_npm_s=warm_npm_s, first_node_s=first_node_s)
+"""
+
 BARE = """
 const done = arguments[arguments.length - 1];
 import(arguments[0]).then(m => m.run(arguments[1], arguments[2])).then(done, e => done({error: String(e.stack || e)}));
@@ -85,22 +137,66 @@ def pct(values, q):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=200)
+    ap.add_argument("--images", default="minimal,agent", help="which images to measure (comma-separated)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     args = ap.parse_args()
-    with PageServer(extra_roots={"/bench/": HERE}) as server, Browser() as browser:
+    images = set(args.images.split(","))
+    figures = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+    }
+    with PageServer(extra_roots={"/bench/": HERE}) as server:
+        if "minimal" in images:
+            figures.update(bench_minimal(server, args.rounds))
+        if "agent" in images:
+            figures["agent"] = bench_agent(server)
+    text = json.dumps(figures, indent=2)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+    print(f"saved {args.out}", file=sys.stderr)
+    return 0
+
+
+def bench_agent(server) -> dict:
+    with Browser() as browser:
+        session = RemoteSession(browser, server.url)
+        py = session.python(AGENT_BENCH)
+    spec = json.loads((HERE.parent / "build" / "assets" / "images" / "agent" / "image.json").read_text())
+    mb = lambda n: round(n / 1e6, 2)  # noqa: E731
+    return {
+        "image_files": spec["sizes"]["files"],
+        "image_uncompressed_MB": mb(spec["sizes"]["uncompressed_bytes"]),
+        "image_compressed_total_MB": mb(spec["sizes"]["stored_bytes"] + spec["sizes"]["index_bytes"]),
+        "cold_boot_to_exec_ready_s": round(py["boot_s"], 3),
+        "cold_boot_to_zsh_prompt_s": round(py["prompt_s"], 3),
+        "fetched_to_exec_ready": {"image_MB": mb(py["at_ready"]["fs_bytes"] + py["at_ready"]["index_bytes"]),
+                                  "files": py["at_ready"]["fs_files"],
+                                  "kernel_and_initramfs_MB": mb(py["at_ready"]["boot_bytes"])},
+        "fetched_to_zsh_prompt": {"image_MB": mb(py["at_prompt"]["fs_bytes"] + py["at_prompt"]["index_bytes"]),
+                                  "files": py["at_prompt"]["fs_files"]},
+        "fetched_after_all_below": {"image_MB": mb(py["after"]["fs_bytes"] + py["after"]["index_bytes"]),
+                                    "files": py["after"]["fs_files"]},
+        "python3_c_pass_s": {"first": round(py["first_python_s"], 3), "again": round(py["warm_python_s"], 3)},
+        "git_status_1000_files_s": {"first": round(py["first_git_status_s"], 3), "again": round(py["warm_git_status_s"], 3)},
+        "npm_version_s": {"first": round(py["first_npm_s"], 3), "again": round(py["warm_npm_s"], 3)},
+        "node_e_0_first_s": round(py["first_node_s"], 3),
+    }
+
+
+def bench_minimal(server, rounds: int) -> dict:
+    with Browser() as browser:
         session = RemoteSession(browser, server.url)
         load = browser.driver.execute_async_script(LOAD)
         bare_url = server.url + "bench/bare_v86.mjs"
-        py = session.python(PY_BENCH.format(rounds=args.rounds).replace("BARE_URL", repr(bare_url)))
+        py = session.python(PY_BENCH.format(rounds=rounds).replace("BARE_URL", repr(bare_url)))
         bare = browser.driver.execute_async_script(BARE, bare_url, py.pop("options"), 5)
         if "error" in bare:
             raise SystemExit(f"bare v86 run failed: {bare['error']}")
         memory = browser.driver.execute_script("return performance.memory ? performance.memory.usedJSHeapSize : null")
     mb = 10 * 1024 * 1024 / 1e6
     rt, bare_rt = py["roundtrip_ms"], py["bare_roundtrip_ms"]
-    figures = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+    return {
         "pyodide_and_pyapptron_load_s": round(load["load_s"], 3),
         "page_ready_since_navigation_s": round(load["since_navigation_s"], 3),
         "cold_boot_to_exec_ready_s": round(py["boot_s"], 3),
@@ -115,12 +211,6 @@ def main() -> int:
         "run_stdout_10MB_MBps": round(mb / py["stdout_s"], 2),
         "js_heap_used_MB_after": round(memory / 1e6, 1) if memory else None,
     }
-    text = json.dumps(figures, indent=2)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    print(f"saved {args.out}", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

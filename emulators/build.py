@@ -13,7 +13,10 @@ Steps, in order (all cached; a second run with nothing changed takes seconds):
           into the cache, sha256 checked, copied to OUT/pyodide, and
           OUT/pyodide/pyodide-lock.json rewritten so that it lists exactly the
           wheels shipped (see patch_pyodide_lock).
-  guest   emulators/v86/build_minimal.py: build(out_dir, cache_dir, manifest).
+  guest   emulators/v86/build_minimal.py: build(out_dir, cache_dir, manifest):
+          the kernel, the initramfs with the guest agent, the "minimal" image.
+  agent   emulators/v86/build_agent.py: the "agent" image, a Debian root on
+          9p (debootstrap; needs root; minutes the first time, then cached).
   wheel   the pyapptron wheel itself into OUT/wheels (+ OUT/wheels/latest.json).
 
 Finally OUT/assets.json indexes every file in OUT (path -> size, sha256) and
@@ -45,8 +48,12 @@ REPO = HERE.parent
 MANIFEST = HERE / "manifest.json"
 DEFAULT_OUT = REPO / "build" / "assets"
 DEFAULT_CACHE = REPO / "build" / "cache"
-STEPS = ("npm", "wheels", "adapters", "guest", "wheel")
+STEPS = ("npm", "wheels", "adapters", "guest", "agent", "wheel")
 INDEX_NAME = "assets.json"
+# Content-addressed trees are not listed file by file in assets.json (tens of
+# thousands of entries, fetched at every boot): their own index names and sizes
+# every file, and each name is its content's hash.
+UNINDEXED = re.compile(r"^images/[^/]+/fs/")
 
 # What to take from each npm package: destination dir under OUT, and a list of
 # (path inside the package, name in the destination). A path "*" copies every
@@ -434,12 +441,11 @@ def step_wheels(out: Path, cache: Path, manifest: dict, force: bool) -> str:
 # --------------------------------------------------------------------------
 # step: guest
 
-def step_guest(out: Path, cache: Path, manifest: dict, force: bool) -> str:
-    mod_path = HERE / "v86" / "build_minimal.py"
+def _run_image_builder(mod_path: Path, out: Path, cache: Path, manifest: dict) -> str:
+    """Import an image recipe and call its build(out_dir, cache_dir, manifest)."""
     if not mod_path.is_file():
-        raise BuildError(f"{mod_path.relative_to(REPO)} does not exist yet: the guest image "
-                         f"cannot be built (run the other steps with --only npm,wheels,wheel)")
-    spec = importlib.util.spec_from_file_location("pyapptron_build_minimal", mod_path)
+        raise BuildError(f"{mod_path.relative_to(REPO)} does not exist")
+    spec = importlib.util.spec_from_file_location("pyapptron_" + mod_path.stem, mod_path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
@@ -455,6 +461,14 @@ def step_guest(out: Path, cache: Path, manifest: dict, force: bool) -> str:
         raise BuildError(f"{mod_path.relative_to(REPO)}: build() failed: "
                          f"{type(e).__name__}: {e}\n{tb}") from None
     return "" if res is None else str(res)
+
+
+def step_guest(out: Path, cache: Path, manifest: dict, force: bool) -> str:
+    return _run_image_builder(HERE / "v86" / "build_minimal.py", out, cache, manifest)
+
+
+def step_agent(out: Path, cache: Path, manifest: dict, force: bool) -> str:
+    return _run_image_builder(HERE / "v86" / "build_agent.py", out, cache, manifest)
 
 
 # --------------------------------------------------------------------------
@@ -627,7 +641,7 @@ def _index_files(out: Path, base: Path, hc: HashCache) -> dict:
         rel = f.relative_to(out).as_posix()
         if not f.is_file() or any(part.startswith(".") for part in rel.split("/")):
             continue  # hidden: build keys, temporary files
-        if rel == INDEX_NAME:
+        if rel == INDEX_NAME or UNINDEXED.match(rel):
             continue
         st = f.stat()
         files[rel] = {"size": st.st_size, "sha256": hc.sha256(f, st)}
@@ -661,7 +675,8 @@ def _refresh_index_subdir(out: Path, subdir: str) -> None:
 
 # --------------------------------------------------------------------------
 
-STEP_FUNCS = {"npm": step_npm, "wheels": step_wheels, "adapters": step_adapters, "guest": step_guest, "wheel": step_wheel}
+STEP_FUNCS = {"npm": step_npm, "wheels": step_wheels, "adapters": step_adapters, "guest": step_guest,
+              "agent": step_agent, "wheel": step_wheel}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ import traceback
 
 import pyapptron
 
+from . import _browser
 from ._wire import decode, encode
 
 _machines: dict[int, pyapptron.Machine] = {}
@@ -37,13 +38,28 @@ def _error(exc: BaseException) -> dict:
     }
 
 
+def _register(vm: pyapptron.Machine, boot_seconds: float | None) -> dict:
+    for vm_id, known in _machines.items():
+        if known is vm:
+            break
+    else:
+        vm_id = next(_ids)
+        _machines[vm_id] = vm
+    return {"vm": vm_id, "boot_seconds": boot_seconds, "capabilities": vm.capabilities.as_dict()}
+
+
 async def _op_boot(args):
     started = time.perf_counter()
     vm = await pyapptron.boot(**args)
-    vm_id = next(_ids)
-    _machines[vm_id] = vm
-    return {"vm": vm_id, "boot_seconds": time.perf_counter() - started,
-            "capabilities": vm.capabilities.as_dict()}
+    return _register(vm, time.perf_counter() - started)
+
+
+async def _op_page_machine(args):
+    """The machine the page booted for its own terminal, made reachable by id."""
+    vm = _browser.page_machine()
+    if vm is None or vm.closed:
+        raise pyapptron.MachineClosed("this page has not booted a machine of its own (open it without ?autoboot=0)")
+    return _register(vm, vm.boot_seconds)
 
 
 async def _op_run(vm, args):
@@ -113,6 +129,8 @@ async def handle(request_json: str) -> str:
         args = decode(request.get("args") or {})
         if op == "boot":
             value = await _op_boot(args)
+        elif op == "page_machine":
+            value = await _op_page_machine(args)
         elif op == "python":
             value = await _op_python(args)
         elif op in _VM_OPS:

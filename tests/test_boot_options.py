@@ -82,3 +82,21 @@ def test_v86_options_point_at_the_built_assets():
     del files["bios/seabios.bin"]
     with pytest.raises(pyapptron.AssetsMissing, match="bios/seabios.bin"):
         backend.emulator_options()
+
+
+def test_v86_image_with_a_9p_root_gets_its_index_and_content_urls():
+    files = {p: {} for p in ["v86/libv86.mjs", "v86/v86.wasm", "bios/seabios.bin", "bios/vgabios.bin",
+                             "images/minimal/bzImage", "images/minimal/initrd.img", "images/agent/fs.json.gz"]}
+    spec = {"name": "agent", "kernel": "../minimal/bzImage", "initrd": "../minimal/initrd.img",
+            "cmdline": "console=ttyS0 pyapptron.root=host9p", "memory_mib": 512,
+            "rootfs": {"basefs": "fs.json.gz", "baseurl": "fs/"}}
+    options = V86Backend(Assets("http://h/assets/", {"files": files}), spec).emulator_options()
+    # the kernel and initramfs are shared with the minimal image
+    assert options["bzimage"] == {"url": "http://h/assets/images/minimal/bzImage"}
+    assert options["initrd"] == {"url": "http://h/assets/images/minimal/initrd.img"}
+    assert options["filesystem"] == {"basefs": "http://h/assets/images/agent/fs.json.gz",
+                                     "baseurl": "http://h/assets/images/agent/fs/"}
+    assert options["memory_size"] == 512 * 1024 * 1024
+    del files["images/agent/fs.json.gz"]
+    with pytest.raises(pyapptron.AssetsMissing, match="fs.json.gz"):
+        V86Backend(Assets("http://h/assets/", {"files": files}), spec).emulator_options()

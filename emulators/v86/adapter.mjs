@@ -34,8 +34,20 @@ function byteBatcher(sink) {
   };
 }
 
+// v86 reads a 9p index only as plain JSON: a gzip'd one is inflated here, by the
+// browser's own DecompressionStream, into a blob: URL that v86 then loads.
+async function inflatedUrl(url) {
+  const response = await fetch(url);
+  if (!response.ok) throw new Error(`could not download ${url}: HTTP ${response.status}`);
+  const inflated = response.body.pipeThrough(new DecompressionStream("gzip"));
+  return URL.createObjectURL(await new Response(inflated).blob());
+}
+
 export async function start(options, sinks) {
   const { libv86_url, ...v86options } = options;
+  const fs = v86options.filesystem;
+  const blobUrl = fs && fs.basefs && fs.basefs.endsWith(".gz") ? await inflatedUrl(fs.basefs) : null;
+  if (blobUrl) v86options.filesystem = { ...fs, basefs: blobUrl };
   const { V86 } = await import(libv86_url);
   const emulator = new V86(v86options);
   let stopped = false;
@@ -44,13 +56,17 @@ export async function start(options, sinks) {
   const toAgent = batcher((data) => { if (!stopped) sinks.agent(data); });
   emulator.add_listener("serial0-output-byte", toConsole);
   emulator.add_listener("virtio-console0-output-bytes", toAgent);
-  await new Promise((resolve, reject) => {
-    emulator.add_listener("emulator-loaded", resolve);
-    emulator.add_listener("download-error", (e) => {
-      emulator.destroy();
-      reject(new Error(`could not download ${e.file_name || "an asset"}`));
+  try {
+    await new Promise((resolve, reject) => {
+      emulator.add_listener("emulator-loaded", resolve);
+      emulator.add_listener("download-error", (e) => {
+        emulator.destroy();
+        reject(new Error(`could not download ${e.file_name || "an asset"}`));
+      });
     });
-  });
+  } finally {
+    if (blobUrl) URL.revokeObjectURL(blobUrl);
+  }
   return {
     emulator,
     send(channel, data) {

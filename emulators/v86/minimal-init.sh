@@ -1,5 +1,10 @@
 #!/bin/sh
-# /init of the pyapptron "minimal" v86 image (built by build_minimal.py).
+# /init of the pyapptron v86 initramfs (built by build_minimal.py).
+#
+# The "minimal" image runs everything from here.  An image whose root is on
+# the 9p device (the "agent" image: `pyapptron.root=TAG` on the kernel command
+# line) only loads the modules here, mounts that root and hands over to its
+# /sbin/pyapptron-init.
 #
 # Two consoles, two owners: ttyS0 is the human's shell and nothing else may
 # print there after boot; /dev/hvc0 (virtio-console port 0) belongs to
@@ -38,14 +43,29 @@ start_agent() {
     ) &
 }
 
+root_tag=$(sed -n 's/.*pyapptron\.root=\([^ ]*\).*/\1/p' /proc/cmdline)
+
 # virtio transport, console, net and 9p, dependencies first.  The agent starts
 # as soon as its console port exists: the host's first exec need not wait for
 # the network and 9p modules (about 1.5 s of an emulated boot).
 while read -r mod; do
     [ -n "$mod" ] || continue
     insmod "/lib/modules/pyapptron/$mod" 2>/dev/null
-    case "$mod" in *-virtio_console.ko) start_agent; agent_started=1 ;; esac
+    case "$mod" in *-virtio_console.ko) [ -n "$root_tag" ] || { start_agent; agent_started=1; } ;; esac
 done < /lib/modules/pyapptron/order
+
+if [ -n "$root_tag" ]; then
+    # cache=loose: the guest is the only writer of its root, so the page cache
+    # may keep what it read (an emulated 9p round trip per read is slow).
+    mkdir -p /newroot
+    if mount -t 9p -o trans=virtio,version=9p2000.L,msize=8192,cache=loose "$root_tag" /newroot \
+            && [ -x /newroot/sbin/pyapptron-init ]; then
+        umount /dev/pts /dev /sys /proc
+        exec switch_root /newroot /sbin/pyapptron-init
+    fi
+    echo "pyapptron: cannot mount the root file system '$root_tag' (is the image's fs/ served?); staying in the initramfs" > /dev/console
+    echo 7 > /proc/sys/kernel/printk
+fi
 [ -n "$agent_started" ] || start_agent
 
 ip link set lo up 2>/dev/null

@@ -16,6 +16,7 @@ if IN_BROWSER:
         attach_terminal,
         default_assets_url,
         fetch_json,
+        page_machine,
         start_emulator,
     )
 else:
@@ -24,5 +25,6 @@ else:
         attach_terminal,
         default_assets_url,
         fetch_json,
+        page_machine,
         start_emulator,
     )

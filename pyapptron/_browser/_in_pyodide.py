@@ -40,6 +40,12 @@ async def fetch_json(url: str) -> dict:
     return json.loads(await response.text())
 
 
+def page_machine():
+    """The Machine the page booted for its own terminal (web/index.html's `window.sandbox`), if any."""
+    sandbox = getattr(js.globalThis, "sandbox", None)
+    return None if sandbox is None else sandbox.vm
+
+
 class EmulatorHandle:
     """A running JS emulator adapter: bytes in, bytes out, stop."""
 

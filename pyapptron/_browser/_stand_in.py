@@ -27,6 +27,10 @@ async def fetch_json(url: str) -> dict:
     raise NotSupported(_WHY)
 
 
+def page_machine():
+    return None
+
+
 async def start_emulator(adapter_url, options, on_console, on_agent) -> EmulatorHandle:
     raise NotSupported(_WHY)
 

@@ -7,9 +7,15 @@ Quirks this backend owns:
 - The human's console is the first UART (ttyS0); v86 reports it byte by byte, so the JS
   adapter batches it per emulator tick before it reaches Python.
 - v86 loads the initrd at 64 MiB: guests need at least 128 MiB.
+- An image may keep its root on v86's 9p device (image.json "rootfs": v86's JSON
+  index, gzip'd, and a directory of content-addressed files). v86 fetches a file the
+  first time the guest opens it; the adapter inflates the index (v86 reads it as plain
+  JSON only).
 """
 
 from __future__ import annotations
+
+import posixpath
 
 from .. import _browser
 from ..assets import Assets
@@ -48,6 +54,11 @@ class V86Backend(Backend):
         """The V86 constructor options (plain data; the JS adapter adds the callbacks)."""
         a = self.assets
         image_dir = f"images/{self.image['name']}/"
+
+        def image_file(name: str) -> str:
+            # Image files may be shared with another image ("../minimal/bzImage").
+            return a.require(posixpath.normpath(image_dir + name))
+
         options = {
             "libv86_url": a.require("v86/libv86.mjs"),
             "wasm_path": a.require("v86/v86.wasm"),
@@ -55,17 +66,23 @@ class V86Backend(Backend):
             "vga_memory_size": 2 * 1024 * 1024,
             "bios": {"url": a.require("bios/seabios.bin")},
             "vga_bios": {"url": a.require("bios/vgabios.bin")},
-            "bzimage": {"url": a.require(image_dir + self.image.get("kernel", "bzImage"))},
+            "bzimage": {"url": image_file(self.image.get("kernel", "bzImage"))},
             "cmdline": self.cmdline,
             "virtio_console": True,
-            "filesystem": {},
+            "filesystem": {},  # the 9p device (tag host9p); empty unless the image has a rootfs
             "autostart": True,
             "disable_keyboard": True,
             "disable_mouse": True,
             "disable_speaker": True,
         }
         if self.image.get("initrd"):
-            options["initrd"] = {"url": a.require(image_dir + self.image["initrd"])}
+            options["initrd"] = {"url": image_file(self.image["initrd"])}
+        rootfs = self.image.get("rootfs")
+        if rootfs:
+            options["filesystem"] = {
+                "basefs": image_file(rootfs["basefs"]),
+                "baseurl": a.url(posixpath.normpath(image_dir + rootfs["baseurl"]) + "/"),
+            }
         return options
 
     async def start(self, on_console: Sink, on_agent: Sink) -> None:

@@ -159,12 +159,18 @@ def _raise(error: dict) -> None:
 
 
 class RemoteSession:
-    """The page open in a Browser, ready for requests. One per browser tab."""
+    """The page open in a Browser, ready for requests. One per browser tab.
 
-    def __init__(self, browser: Browser, page_url: str):
+    By default the page boots nothing (``?autoboot=0``) and machines come from
+    boot(). With ``autoboot=True`` the page boots its own machine into its terminal
+    (choose it with ``?image=...`` in page_url); page_machine() then drives that one,
+    so a test can type into the terminal and call run() on the same VM.
+    """
+
+    def __init__(self, browser: Browser, page_url: str, *, autoboot: bool = False):
         self.browser = browser
         self.page_url = page_url
-        url = page_url + ("&" if "?" in page_url else "?") + "autoboot=0"
+        url = page_url if autoboot else page_url + ("&" if "?" in page_url else "?") + "autoboot=0"
         browser.driver.get(url)
         result = browser.driver.execute_async_script(_WAIT_READY)
         if "error" in result:
@@ -193,6 +199,11 @@ class RemoteSession:
 
     def boot(self, emulator: str = "v86", image: str = "minimal", **options) -> RemoteMachine:
         info = self.request("boot", emulator=emulator, image=image, **options)
+        return RemoteMachine(self, info["vm"], info)
+
+    def page_machine(self) -> RemoteMachine:
+        """The machine the page booted for its terminal (see autoboot)."""
+        info = self.request("page_machine")
         return RemoteMachine(self, info["vm"], info)
 
 

@@ -7,6 +7,10 @@ Use in a conftest.py:  pytest_plugins = ["pyapptron.host.pytest_plugin"]
 
 `vm` is booted once per test module (a boot costs seconds); `pyapptron_session` gives
 the page itself, for booting more machines or running Python in it.
+
+A module picks its machine with a marker (the command-line options are the default):
+
+    pytestmark = pytest.mark.pyapptron(image="agent", memory_mib=512)
 """
 
 from __future__ import annotations
@@ -23,6 +27,12 @@ def pytest_addoption(parser):
     group.addoption("--pyapptron-image", default="minimal", help="image for the vm fixture")
     group.addoption("--pyapptron-browser-binary", default=None, help="Chromium executable")
     group.addoption("--pyapptron-remote", default=None, metavar="URL", help="remote WebDriver URL")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "pyapptron(emulator=None, image=None, **options): the machine the vm fixture boots "
+        "for this module (boot() keyword options; default: --pyapptron-emulator/--pyapptron-image)")
 
 
 @pytest.fixture(scope="session")
@@ -48,10 +58,11 @@ def pyapptron_session(pyapptron_browser, pyapptron_server):
 
 @pytest.fixture(scope="module")
 def vm(request, pyapptron_session):
-    machine = pyapptron_session.boot(
-        request.config.getoption("--pyapptron-emulator"),
-        request.config.getoption("--pyapptron-image"),
-    )
+    marker = request.node.get_closest_marker("pyapptron")
+    options = dict(marker.kwargs) if marker else {}
+    emulator = options.pop("emulator", None) or request.config.getoption("--pyapptron-emulator")
+    image = options.pop("image", None) or request.config.getoption("--pyapptron-image")
+    machine = pyapptron_session.boot(emulator, image, **options)
     yield machine
     try:
         machine.shutdown()

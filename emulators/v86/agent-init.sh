@@ -1,0 +1,48 @@
+#!/bin/sh
+# /sbin/pyapptron-init: PID 1 of the "agent" image (Debian bookworm i386, root on
+# v86's 9p device), started by the initramfs's switch_root.  Built into the image
+# by build_agent.py.
+#
+# As in the minimal image: ttyS0 is the human's console (a zsh login), /dev/hvc0
+# belongs to pyapptron-agent.  This script must never exit (the kernel would panic).
+
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
+mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run
+# Scratch space in RAM: much faster than the 9p root, and gone on reboot as on Debian.
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+# devtmpfs is one instance for all its mounts: the initramfs may have made these.
+ln -sfn /proc/self/fd /dev/fd
+ln -sfn /proc/self/fd/0 /dev/stdin
+ln -sfn /proc/self/fd/1 /dev/stdout
+ln -sfn /proc/self/fd/2 /dev/stderr
+
+# From here on only emergencies reach the console: ttyS0 is the human's.
+echo 1 > /proc/sys/kernel/printk
+
+# The agent first: the host's first exec need not wait for anything else.
+# Restarted if it ever dies; its own messages go to a log, never to the console.
+(
+    cd /
+    while :; do
+        /usr/sbin/pyapptron-agent /dev/hvc0 </dev/null >/dev/null 2>>/run/pyapptron-agent.log
+        sleep 1
+    done
+) &
+
+hostname -F /etc/hostname 2>/dev/null
+ip link set lo up 2>/dev/null
+
+# The human's shell: a zsh login on the serial console, made its controlling tty.
+export HOME=/root TERM=xterm-256color LANG=C.UTF-8 SHELL=/usr/bin/zsh USER=root LOGNAME=root
+cd /root
+while :; do
+    setsid -c /usr/bin/zsh -l </dev/ttyS0 >/dev/ttyS0 2>&1
+    sleep 0.2
+done

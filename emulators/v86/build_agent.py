@@ -1,0 +1,526 @@
+"""Build the ``agent`` v86 guest image: Debian bookworm i386, root on v86's 9p device.
+
+Output (under ``out_dir``)::
+
+    images/agent/image.json    what the host needs to boot it (the kernel and
+                               initramfs are the minimal image's; see build_minimal.py)
+    images/agent/fs.json.gz    v86's 9p index (JSON format 3), gzip'd
+    images/agent/fs/ID[.zst]   file contents, content-addressed: ID is the first
+                               16 hex digits of the file's sha256; ``.zst`` when
+                               compression pays (v86 decompresses it)
+
+v86 fetches a file the first time the guest opens it, so a boot downloads only
+what it touches (the README gives the figures).
+
+The package set and the versions it resolved to are pinned in
+``emulators/manifest.json`` under ``"rootfs" -> "agent"``: ``packages`` is what
+we ask for, ``lock`` is every installed package with its version. The root is
+made by ``debootstrap --variant=minbase`` plus ``apt-get install`` in a chroot
+(debootstrap's own resolver cannot install npm: it does not follow virtual
+packages). Debian replaces versions in point releases; when what was installed
+differs from the lock the build says so loudly, with the new lock to pin, and
+goes on.
+
+Cached under ``cache_dir/v86-agent``: the root file system (keyed by suite and
+package list), compressed contents (keyed by content), and the outputs (keyed by
+every input). Needs root (debootstrap, chroot) and the ``debootstrap`` and
+``zstd`` packages.
+
+Usage: python emulators/v86/build_agent.py --out build/assets --cache build/cache
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import gzip
+import hashlib
+import json
+import os
+import pathlib
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+INIT_SCRIPT = HERE / "agent-init.sh"
+MANIFEST = REPO / "emulators" / "manifest.json"
+
+sys.path.insert(0, str(HERE))
+import build_minimal  # noqa: E402  (the kernel, the initramfs and the agent binary)
+
+IMAGE = "agent"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+# The initramfs mounts this 9p tag as / and runs /sbin/pyapptron-init from it.
+CMDLINE = build_minimal.CMDLINE + " pyapptron.root=host9p"
+MEMORY_MIB = 512  # gcc, node and npm want room
+# zstd levels: the slow, strong one pays on the big binaries and libraries that hold
+# most of the bytes; the rest (tens of thousands of small files) gets a fast one.
+ZSTD_LEVEL_BIG, ZSTD_LEVEL_SMALL, BIG_FILE = 19, 12, 1 << 20
+# Files smaller than this are stored as they are: one HTTP request costs more
+# than the bytes compression would save.
+COMPRESS_MIN_SIZE = 512
+# Compression must save at least this fraction, else the file is stored raw.
+COMPRESS_MIN_GAIN = 0.05
+
+# What a running sandbox never reads: documentation, translations, apt's
+# download lists and caches (the guest has no network to use them), logs and
+# the debootstrap leftovers. Patterns match paths relative to the root; a
+# directory pattern removes the whole tree, but the directory itself stays.
+PRUNE = [
+    "usr/share/doc/*",            # (copyright files are kept, see KEEP)
+    "usr/share/man/*",
+    "usr/share/info/*",
+    "usr/share/locale/*",
+    "usr/share/lintian/*",
+    "usr/share/bug/*",
+    "usr/share/vim/vim90/doc/*",
+    "usr/share/vim/vim90/tutor/*",
+    "usr/share/vim/vim90/lang/*",
+    "usr/share/vim/vim90/spell/*",
+    "usr/bin/i686-linux-gnu-lto-dump-12",   # a GCC developer's tool, 35 MB
+    "var/lib/apt/lists/*",
+    "var/cache/apt/*",
+    "var/cache/debconf/*-old",
+    "var/lib/dpkg/*-old",
+    "var/log/*",
+    "debootstrap",
+    "dev/*", "proc/*", "sys/*", "run/*", "tmp/*",
+]
+KEEP = ["usr/share/doc/*/copyright"]
+
+# Files the image adds or replaces: path -> (mode, content). The agent binary and
+# the init script are added in build().
+ZSHRC = b"""\
+# pyapptron: the login shell on the console (/etc/zsh/zshrc.d is not a Debian
+# convention, so this sits in /root/.zshrc; a user's own edits live there too).
+HISTFILE=~/.zsh_history
+HISTSIZE=5000
+SAVEHIST=5000
+setopt HIST_IGNORE_DUPS SHARE_HISTORY
+bindkey -e
+autoload -Uz compinit && compinit -C -d /tmp/.zcompdump-$USER
+autoload -Uz colors && colors
+PROMPT='%F{green}%n@%m%f:%F{blue}%~%f%# '
+alias ls='ls --color=auto'
+source /usr/share/zsh-autosuggestions/zsh-autosuggestions.zsh
+source /usr/share/zsh-syntax-highlighting/zsh-syntax-highlighting.zsh
+"""
+TMUX_CONF = b"""\
+# pyapptron: xterm.js speaks 256 colours and the mouse.
+set -g default-terminal "tmux-256color"
+set -g mouse on
+set -sg escape-time 10
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[build_agent] {msg}", flush=True)
+
+
+def run(cmd, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=True, text=True, **kw)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---- the root file system --------------------------------------------------------
+
+def debian_mirror() -> str:
+    """The Debian mirror apt uses on this machine (the only one reachable here)."""
+    texts = []
+    for p in [pathlib.Path("/etc/apt/sources.list"), *sorted(pathlib.Path("/etc/apt/sources.list.d").glob("*"))]:
+        try:
+            texts.append(p.read_text())
+        except OSError:
+            pass
+    for text in texts:
+        for m in re.finditer(r"^(?:URIs:\s*|deb\s+(?:\[[^\]]*\]\s+)?)(\S+)", text, re.M):
+            uri = m.group(1).rstrip("/")
+            if "security" not in uri and uri.startswith(("http://", "https://")):
+                return uri
+    return DEFAULT_MIRROR
+
+
+def _chroot_env() -> dict:
+    return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
+            "LANG": "C.UTF-8", "HOME": "/root"}
+
+
+def make_rootfs(target: pathlib.Path, suite: str, packages: list[str], debs: pathlib.Path) -> None:
+    """debootstrap minbase, then apt-get install the packages in a chroot."""
+    mirror = debian_mirror()
+    debs.mkdir(parents=True, exist_ok=True)
+    log(f"debootstrap {suite} i386 from {mirror} (about half a minute)")
+    t0 = time.monotonic()
+    run(["debootstrap", "--arch=i386", "--variant=minbase", f"--cache-dir={debs}",
+         suite, str(target), mirror], stdout=subprocess.DEVNULL)
+    log(f"debootstrap done in {time.monotonic() - t0:.0f} s; apt-get install {len(packages)} packages")
+    archives = target / "var/cache/apt/archives"
+    proc = target / "proc"
+    run(["mount", "-t", "proc", "proc", str(proc)])
+    run(["mount", "--bind", str(debs), str(archives)])  # downloads land in the cache
+    try:
+        env = _chroot_env()
+        run(["chroot", str(target), "apt-get", "-q", "update"], env=env, stdout=subprocess.DEVNULL)
+        run(["chroot", str(target), "apt-get", "install", "-y", "-q", "--no-install-recommends",
+             *packages], env=env, stdout=subprocess.DEVNULL)
+        run(["chroot", str(target), "apt-get", "clean"], env=env)
+    finally:
+        subprocess.run(["umount", str(archives)])
+        subprocess.run(["umount", str(proc)])
+    log(f"root file system ready in {time.monotonic() - t0:.0f} s")
+
+
+def installed_packages(root: pathlib.Path) -> dict[str, str]:
+    out = run(["chroot", str(root), "dpkg-query", "-W", "-f", "${Package}\t${Version}\t${db:Status-Status}\n"],
+              capture_output=True, env=_chroot_env()).stdout
+    return {name: version for name, version, status in (line.split("\t") for line in out.splitlines())
+            if status == "installed"}
+
+
+def ensure_rootfs(cache: pathlib.Path, spec: dict) -> pathlib.Path:
+    suite, packages = spec["suite"], sorted(spec["packages"])
+    key = hashlib.sha256(json.dumps({"suite": suite, "packages": packages, "arch": "i386",
+                                     "stage": 1}, sort_keys=True).encode()).hexdigest()[:16]
+    root = cache / f"rootfs-{key}"
+    if (root / ".pyapptron-complete").exists():
+        return root
+    for old in cache.glob("rootfs-*"):
+        log(f"removing an older root file system {old.name}")
+        _remove_tree(old)
+    if os.geteuid() != 0:
+        raise SystemExit("building the agent image needs root (debootstrap and chroot); "
+                         "run emulators/setup.sh as root, or build with --only npm,wheels,adapters,guest,wheel")
+    for tool, pkg in (("debootstrap", "debootstrap"), ("zstd", "zstd"), ("chroot", "coreutils")):
+        if shutil.which(tool) is None:
+            build_minimal.apt_install([pkg])
+    tmp = cache / f".rootfs-{key}.tmp"
+    _remove_tree(tmp)
+    try:
+        make_rootfs(tmp, suite, packages, cache / "debs")
+        (tmp / ".pyapptron-packages.json").write_text(json.dumps(installed_packages(tmp), indent=0, sort_keys=True))
+        (tmp / ".pyapptron-complete").touch()
+    except BaseException:
+        _remove_tree(tmp)
+        raise
+    tmp.rename(root)
+    return root
+
+
+def _remove_tree(path: pathlib.Path) -> None:
+    if not path.exists():
+        return
+    # A build killed mid-way can leave its mounts behind: never delete through them.
+    for sub in ("var/cache/apt/archives", "proc"):
+        subprocess.run(["umount", str(path / sub)], stderr=subprocess.DEVNULL)
+    shutil.rmtree(path)
+
+
+def check_lock(installed: dict[str, str], lock: dict[str, str] | None) -> None:
+    if installed == lock:
+        return
+    lock = lock or {}
+    changed = sorted(n for n in installed.keys() & lock.keys() if installed[n] != lock[n])
+    added = sorted(installed.keys() - lock.keys())
+    removed = sorted(lock.keys() - installed.keys())
+    lines = [f"{n} {lock[n]} -> {installed[n]}" for n in changed[:20]]
+    lines += [f"+ {n} {installed[n]}" for n in added[:20]] + [f"- {n}" for n in removed[:20]]
+    build_minimal.warn_loudly(
+        "the agent image's packages differ from the lock in emulators/manifest.json "
+        f"(rootfs.agent.lock): {len(changed)} changed, {len(added)} added, {len(removed)} gone.\n  "
+        + "\n  ".join(lines)
+        + "\nTo pin what was built, set rootfs.agent.lock to the contents of "
+          "build/cache/v86-agent/lock.json.")
+
+
+# ---- the 9p index ------------------------------------------------------------------
+
+def _pruned(rel: str) -> bool:
+    for pattern in PRUNE:
+        if pattern.endswith("/*"):
+            if rel.startswith(pattern[:-1]):
+                return True
+        elif rel == pattern or rel.startswith(pattern + "/"):
+            return True
+    return False
+
+
+def _kept(rel: str) -> bool:
+    return any(fnmatch.fnmatchcase(rel, k) for k in KEEP)
+
+
+# Files of the overlay get this mtime (a fixed one: the same inputs give the same index).
+OVERLAY_MTIME = 1700000000
+
+
+class Index:
+    """Walks a root, applies PRUNE/KEEP and the overlay, stores contents by id."""
+
+    def __init__(self, blobs: pathlib.Path):
+        self.blobs = blobs  # cache of stored contents: ID or ID.zst
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.files: dict[str, tuple[int, str]] = {}  # id -> (size, stored name)
+        self.pending: dict[str, pathlib.Path] = {}  # id -> a source path still to store
+        self.total_size = 0
+        self.counts = {"files": 0, "dirs": 0, "symlinks": 0, "skipped": 0}
+
+    def content(self, data_path: pathlib.Path | None, data: bytes | None = None) -> tuple[str, int]:
+        if data is None:
+            h = hashlib.sha256()
+            with open(data_path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            size, digest = data_path.stat().st_size, h.hexdigest()
+        else:
+            size, digest = len(data), sha256_bytes(data)
+        cid = digest[:16]
+        if cid not in self.files and cid not in self.pending:
+            if data is not None:
+                data_path = self.blobs / f".overlay-{cid}"
+                data_path.write_bytes(data)
+            self.pending[cid] = data_path
+        return cid, size
+
+    def walk(self, root: pathlib.Path, overlay: dict[str, tuple[int, bytes]]) -> list:
+        """The fsroot list of v86's JSON format 3 for the tree at root (plus overlay)."""
+        self.placed = set()
+        fsroot = self._dir(root, "", overlay, pruned=False)
+        lost = sorted(set(overlay) - self.placed)
+        if lost:  # e.g. a path through a symlinked directory
+            raise SystemExit(f"overlay files not placed in the image (their directory is missing "
+                             f"or a symlink): {', '.join(lost)}")
+        return fsroot
+
+    def _dir(self, path: pathlib.Path, rel_dir: str, overlay, pruned: bool) -> list:
+        """Entries of one directory. Under a pruned path only KEEP files (and the
+        directories that lead to them) are indexed."""
+        entries = []
+        added = {k.rpartition("/")[2] for k in overlay if k.rpartition("/")[0] == rel_dir}
+        for name in sorted(set(os.listdir(path)) | added):
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if rel in overlay:
+                mode, data = overlay[rel]
+                self.placed.add(rel)
+                cid, size = self.content(None, data)
+                self._add_file(entries, name, size, OVERLAY_MTIME, mode, 0, 0, cid)
+                continue
+            child = path / name
+            st = os.lstat(child)
+            inside_pruned = pruned or _pruned(rel)
+            meta = [name, 0, int(st.st_mtime), st.st_mode, st.st_uid, st.st_gid]
+            if stat.S_ISDIR(st.st_mode):
+                children = self._dir(child, rel, overlay, inside_pruned)
+                if children or not inside_pruned:
+                    entries.append(meta + [children])
+                    self.counts["dirs"] += 1
+            elif inside_pruned and not _kept(rel):
+                continue
+            elif stat.S_ISREG(st.st_mode):
+                cid, size = self.content(child)
+                self._add_file(entries, name, size, int(st.st_mtime), st.st_mode, st.st_uid, st.st_gid, cid)
+            elif stat.S_ISLNK(st.st_mode):
+                entries.append(meta + [os.readlink(child)])
+                self.counts["symlinks"] += 1
+            else:  # device nodes, fifos, sockets: v86's format has no room for them (devtmpfs makes /dev)
+                self.counts["skipped"] += 1
+        return entries
+
+    def _add_file(self, entries, name, size, mtime, mode, uid, gid, cid) -> None:
+        entries.append([name, size, mtime, stat.S_IFREG | (mode & 0o7777), uid, gid, cid])
+        self.counts["files"] += 1
+        self.total_size += size
+
+    def store_pending(self) -> None:
+        """Compress every new content once (two zstd processes), keep what pays."""
+        todo = []
+        for cid, src in self.pending.items():
+            for stored in (f"{cid}.zst", cid):
+                if (self.blobs / stored).exists():
+                    self.files[cid] = (0, stored)
+                    break
+            else:
+                todo.append((cid, src))
+        if todo:
+            log(f"compressing {len(todo)} new contents with zstd")
+            t0 = time.monotonic()
+            with tempfile.TemporaryDirectory(dir=self.blobs, prefix=".stage-") as stage:
+                stage = pathlib.Path(stage)
+                staged_ids = []
+                for cid, src in todo:
+                    if src.stat().st_size < COMPRESS_MIN_SIZE:
+                        shutil.copyfile(src, self.blobs / cid)
+                        self.files[cid] = (0, cid)
+                        continue
+                    staged = stage / cid
+                    try:
+                        os.link(src, staged)
+                    except OSError:
+                        shutil.copyfile(src, staged)
+                    staged_ids.append(cid)
+                out = stage / "out"
+                out.mkdir()
+                big = sorted((c for c in staged_ids if (stage / c).stat().st_size >= BIG_FILE),
+                             key=lambda c: -(stage / c).stat().st_size)
+                small = [c for c in staged_ids if (stage / c).stat().st_size < BIG_FILE]
+                # Two zstd processes (two cores), each given half of each size class.
+                for level, ids in ((ZSTD_LEVEL_BIG, big), (ZSTD_LEVEL_SMALL, small)):
+                    procs = []
+                    for i, part in enumerate((ids[0::2], ids[1::2])):
+                        if not part:
+                            continue
+                        listing = stage / f"list-{level}-{i}"
+                        listing.write_text("".join(f"{stage / c}\n" for c in part))
+                        procs.append(subprocess.Popen(
+                            ["zstd", "-q", f"-{level}", "--no-progress", "--filelist", str(listing),
+                             "--output-dir-flat", str(out)]))
+                    for p in procs:
+                        if p.wait() != 0:
+                            raise SystemExit("zstd failed while compressing the agent image")
+                for cid in staged_ids:
+                    raw = (stage / cid).stat().st_size
+                    packed = out / f"{cid}.zst"
+                    if packed.stat().st_size <= raw * (1 - COMPRESS_MIN_GAIN):
+                        os.replace(packed, self.blobs / f"{cid}.zst")
+                        self.files[cid] = (0, f"{cid}.zst")
+                    else:
+                        shutil.copyfile(stage / cid, self.blobs / cid)
+                        self.files[cid] = (0, cid)
+            log(f"compressed in {time.monotonic() - t0:.0f} s")
+        for f in self.blobs.glob(".overlay-*"):
+            f.unlink()
+        self.pending.clear()
+
+
+def rename_ids(fsroot: list, stored: dict[str, tuple[int, str]]) -> None:
+    """Point each file entry at its stored name (ID or ID.zst)."""
+    for entry in fsroot:
+        if stat.S_ISDIR(entry[3]):
+            rename_ids(entry[6], stored)
+        elif stat.S_ISREG(entry[3]):
+            entry[6] = stored[entry[6]][1]
+
+
+def overlay_files(root: pathlib.Path, agent: bytes) -> dict[str, tuple[int, bytes]]:
+    passwd = (root / "etc/passwd").read_text()
+    passwd = re.sub(r"^(root:[^:]*:0:0:[^:]*:/root:).*$", r"\1/usr/bin/zsh", passwd, flags=re.M)
+    return {
+        # (bookworm merges /usr: /sbin is a symlink to usr/sbin)
+        "usr/sbin/pyapptron-init": (0o755, INIT_SCRIPT.read_bytes()),
+        "usr/sbin/pyapptron-agent": (0o755, agent),
+        "etc/passwd": (0o644, passwd.encode()),
+        "etc/hostname": (0o644, b"pyapptron\n"),
+        "etc/hosts": (0o644, b"127.0.0.1\tlocalhost\n127.0.1.1\tpyapptron\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
+        "etc/default/locale": (0o644, b"LANG=C.UTF-8\n"),
+        "etc/machine-id": (0o444, b""),
+        "root/.zshrc": (0o644, ZSHRC),
+        "root/.tmux.conf": (0o644, TMUX_CONF),
+    }
+
+
+# ---- main --------------------------------------------------------------------------
+
+def build(out_dir: pathlib.Path, cache_dir: pathlib.Path, manifest: dict) -> str:
+    out_dir, cache_dir = pathlib.Path(out_dir), pathlib.Path(cache_dir)
+    spec = (manifest.get("rootfs") or {}).get(IMAGE)
+    if not spec:
+        raise SystemExit('emulators/manifest.json has no "rootfs" -> "agent" entry')
+    minimal = out_dir / "images" / "minimal"
+    if not (minimal / "image.json").exists():
+        raise SystemExit("the agent image boots the minimal image's kernel and initramfs: build the guest step first")
+    cache = cache_dir / "v86-agent"
+    cache.mkdir(parents=True, exist_ok=True)
+    root = ensure_rootfs(cache, spec)
+    installed = json.loads((root / ".pyapptron-packages.json").read_text())
+    (cache / "lock.json").write_text(json.dumps(installed, indent=1, sort_keys=True) + "\n")
+    check_lock(installed, spec.get("lock"))
+
+    image_dir = out_dir / "images" / IMAGE
+    minimal_spec = json.loads((minimal / "image.json").read_text())
+    key = hashlib.sha256(json.dumps({
+        "root": root.name, "installed": installed, "init": build_minimal.sha256_file(INIT_SCRIPT),
+        "agent": build_minimal.sha256_file(build_minimal.AGENT_SRC), "boot": minimal_spec["files"],
+        "builder": build_minimal.sha256_file(pathlib.Path(__file__)), "cmdline": CMDLINE,
+    }, sort_keys=True).encode()).hexdigest()
+    key_file = image_dir / ".build-key"
+    if key_file.exists() and key_file.read_text() == key and (image_dir / "image.json").exists():
+        log(f"up to date: {image_dir}")
+        return "up to date"
+
+    with tempfile.TemporaryDirectory() as work:
+        agent = build_minimal.compile_agent(pathlib.Path(work))
+    index = Index(cache / "blobs")
+    t0 = time.monotonic()
+    fsroot = index.walk(root, overlay_files(root, agent))
+    index.store_pending()
+    rename_ids(fsroot, index.files)
+    log(f"indexed {index.counts} in {time.monotonic() - t0:.0f} s")
+
+    # Publish: fs/ holds exactly the stored contents this index names.
+    fs_dir = image_dir / "fs"
+    fs_dir.mkdir(parents=True, exist_ok=True)
+    wanted = {name for _, name in index.files.values()}
+    for old in os.listdir(fs_dir):
+        if old not in wanted:
+            (fs_dir / old).unlink()
+    stored_bytes = 0
+    for name in wanted:
+        src, dest = cache / "blobs" / name, fs_dir / name
+        if not dest.exists():
+            try:
+                os.link(src, dest)
+            except OSError:
+                shutil.copyfile(src, dest)
+        stored_bytes += dest.stat().st_size
+    fs_json = json.dumps({"version": 3, "size": index.total_size, "fsroot": fsroot},
+                         separators=(",", ":")).encode()
+    fs_gz = gzip.compress(fs_json, compresslevel=9, mtime=0)
+    build_minimal.write_if_changed(image_dir / "fs.json.gz", fs_gz)
+
+    image = {
+        "name": IMAGE,
+        "emulator": "v86",
+        "arch": "i686",
+        "kernel": "../minimal/" + minimal_spec["kernel"],
+        "initrd": "../minimal/" + minimal_spec["initrd"],
+        "cmdline": CMDLINE,
+        "memory_mib": MEMORY_MIB,
+        "agent": "virtio-console0",
+        "rootfs": {"basefs": "fs.json.gz", "baseurl": "fs/"},
+        "files": {"fs.json.gz": build_minimal.file_record(image_dir / "fs.json.gz")},
+        "sizes": {
+            "files": index.counts["files"],
+            "contents": len(wanted),
+            "uncompressed_bytes": index.total_size,
+            "stored_bytes": stored_bytes,
+            "index_bytes": len(fs_gz),
+        },
+        "sources": {"suite": spec["suite"], "packages": sorted(spec["packages"]),
+                    "installed": len(installed), "kernel": minimal_spec["sources"]["kernel"]},
+    }
+    (image_dir / "image.json").write_text(json.dumps(image, indent=2) + "\n")
+    key_file.write_text(key)
+    summary = (f"{index.counts['files']} files ({index.total_size / 1e6:.0f} MB) in {len(wanted)} contents, "
+               f"{stored_bytes / 1e6:.1f} MB stored + {len(fs_gz) / 1e6:.2f} MB index")
+    log(f"built {image_dir}: {summary}")
+    return summary
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=pathlib.Path, default=REPO / "build" / "assets")
+    ap.add_argument("--cache", type=pathlib.Path, default=REPO / "build" / "cache")
+    ap.add_argument("--manifest", type=pathlib.Path, default=MANIFEST)
+    args = ap.parse_args(argv)
+    print(build(args.out, args.cache, json.loads(args.manifest.read_text())))
+
+
+if __name__ == "__main__":
+    main()

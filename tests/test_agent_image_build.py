@@ -1,0 +1,103 @@
+"""CPython tests of the agent image recipe (emulators/v86/build_agent.py) and its output."""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGE = REPO / "build" / "assets" / "images" / "agent"
+
+
+def _load():
+    path = REPO / "emulators" / "v86" / "build_agent.py"
+    spec = importlib.util.spec_from_file_location("pyapptron_build_agent", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+build_agent = _load()
+
+
+def test_prune_rules_drop_docs_and_caches_but_keep_their_directories():
+    pruned = build_agent._pruned
+    assert pruned("usr/share/doc/git/README.md")
+    assert pruned("var/lib/apt/lists/deb.debian.org_Packages")
+    assert pruned("debootstrap") and pruned("debootstrap/debootstrap.log")
+    assert not pruned("usr/share/doc")  # the directory stays, empty but for copyright files
+    assert not pruned("usr/bin/git") and not pruned("usr/share/docs-of-something-else")
+    assert build_agent._kept("usr/share/doc/git/copyright")
+
+
+def test_index_walk_records_modes_links_overlay_and_dedups_contents(tmp_path):
+    root = tmp_path / "root"
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/share/doc/pkg").mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "usr/bin/tool").write_bytes(b"#!/bin/sh\necho hi\n" * 100)
+    os.chmod(root / "usr/bin/tool", 0o4755)
+    (root / "usr/bin/tool-copy").write_bytes(b"#!/bin/sh\necho hi\n" * 100)
+    os.symlink("tool", root / "usr/bin/alias")
+    (root / "usr/share/doc/pkg/README").write_text("docs")
+    (root / "usr/share/doc/pkg/copyright").write_text("license")
+    (root / "etc/passwd").write_text("old")
+    overlay = {"etc/passwd": (0o644, b"new"), "sbin/init": (0o755, b"#!/bin/sh\n")}
+    index = build_agent.Index(tmp_path / "blobs")
+    fsroot = index.walk(root, overlay)
+    index.store_pending()
+    build_agent.rename_ids(fsroot, index.files)
+
+    def find(entries, path):
+        name, _, rest = path.partition("/")
+        entry = next(e for e in entries if e[0] == name)
+        return find(entry[6], rest) if rest else entry
+
+    tool, copy = find(fsroot, "usr/bin/tool"), find(fsroot, "usr/bin/tool-copy")
+    assert stat.S_IMODE(tool[3]) == 0o4755 and stat.S_ISREG(tool[3])
+    assert tool[6] == copy[6]  # one stored content for identical files
+    assert (tmp_path / "blobs" / tool[6]).exists()
+    assert find(fsroot, "usr/bin/alias")[6] == "tool"
+    doc = find(fsroot, "usr/share/doc/pkg")
+    assert [e[0] for e in doc[6]] == ["copyright"]  # pruned but for the license
+    passwd = find(fsroot, "etc/passwd")
+    assert passwd[1] == 3 and (tmp_path / "blobs" / passwd[6]).read_bytes() == b"new"
+    assert stat.S_IMODE(find(fsroot, "sbin/init")[3]) == 0o755  # an overlay file in a new directory
+
+
+def _built_image():
+    if not (IMAGE / "image.json").is_file():
+        pytest.fail(f"{IMAGE}/image.json is missing: run `python emulators/build.py` (or emulators/setup.sh)",
+                    pytrace=False)
+    return json.loads((IMAGE / "image.json").read_text())
+
+
+def test_built_agent_image_index_names_only_stored_contents():
+    spec = _built_image()
+    fs = json.loads(gzip.decompress((IMAGE / spec["rootfs"]["basefs"]).read_bytes()))
+    assert fs["version"] == 3
+    stored = set(os.listdir(IMAGE / spec["rootfs"]["baseurl"]))
+    missing = []
+
+    def walk(entries, prefix):
+        for e in entries:
+            if stat.S_ISDIR(e[3]):
+                walk(e[6], prefix + e[0] + "/")
+            elif stat.S_ISREG(e[3]) and e[6] not in stored:
+                missing.append(prefix + e[0])
+
+    walk(fs["fsroot"], "/")
+    assert not missing, f"{len(missing)} files have no stored content, e.g. {missing[:5]}"
+
+
+def test_built_agent_image_fits_its_size_budget():
+    sizes = _built_image()["sizes"]
+    total = sizes["stored_bytes"] + sizes["index_bytes"]
+    assert total < 80e6, f"the agent image is {total / 1e6:.1f} MB compressed; the budget is 80 MB"

@@ -1,0 +1,195 @@
+"""In real headless Chromium: the "agent" image (Debian bookworm i386, root on 9p).
+
+One VM for the whole module: the page boots it into its xterm.js terminal, and the
+same machine answers run()/read_file() from here, so the terminal tests see what a
+user sees and the exec tests check the userland a program gets.
+"""
+
+import time
+
+import pytest
+from selenium.webdriver.common.by import By
+
+from pyapptron.host.browser import RemoteSession
+
+pytestmark = pytest.mark.browser
+
+SCREEN = """
+const buf = window.sandbox.terminal.buffer.active;
+const lines = [];
+for (let i = 0; i < buf.length; i++) lines.push(buf.getLine(i).translateToString(true));
+return lines.join("\\n");
+"""
+VISIBLE = """
+const buf = window.sandbox.terminal.buffer.active;
+const lines = [];
+for (let i = buf.viewportY; i < buf.viewportY + window.sandbox.terminal.rows; i++)
+  lines.push(buf.getLine(i).translateToString(true));
+return lines.join("\\n");
+"""
+PROMPT = "root@pyapptron"
+
+
+@pytest.fixture(scope="module")
+def session(pyapptron_browser, pyapptron_server):
+    return RemoteSession(pyapptron_browser, pyapptron_server.url + "web/index.html?image=agent", autoboot=True)
+
+
+@pytest.fixture(scope="module")
+def vm(session):
+    return session.page_machine()
+
+
+@pytest.fixture(scope="module")
+def driver(session):
+    return session.browser.driver
+
+
+def screen(driver, visible=False):
+    return driver.execute_script(VISIBLE if visible else SCREEN)
+
+
+def wait_screen(driver, needle, timeout=30, visible=False):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = screen(driver, visible)
+        if needle in text:
+            return text
+        time.sleep(0.1)
+    raise AssertionError(f"{needle!r} never appeared on the terminal; it shows:\n{screen(driver, visible)}")
+
+
+def type_keys(driver, keys):
+    driver.find_element(By.CSS_SELECTOR, "#terminal textarea").send_keys(keys)
+
+
+# -- the userland, through run() -------------------------------------------------------
+def test_the_agent_image_is_debian_bookworm_on_a_32bit_kernel(vm):
+    assert vm.capabilities["arch"] == "i686"
+    r = vm.run("uname -m; . /etc/os-release; echo $VERSION_CODENAME; readlink /proc/1/exe")
+    assert r.stdout.decode().split() == ["i686", "bookworm", "/usr/bin/dash"]
+
+
+def test_zsh_is_there_and_is_root_s_login_shell(vm):
+    assert vm.run(["zsh", "-c", "echo $ZSH_VERSION"]).stdout == b"5.9\n"
+    assert vm.run("getent passwd root").stdout.decode().strip().endswith(":/usr/bin/zsh")
+
+
+def test_tmux_starts_a_detached_session(vm):
+    r = vm.run("tmux new-session -d -s agent-test && tmux ls", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(b"agent-test: 1 windows")
+    vm.run("tmux kill-server")
+
+
+def test_git_init_commit_and_log_round_trip(vm):
+    r = vm.run(
+        "set -e; rm -rf /root/repo; mkdir /root/repo; cd /root/repo; git init -q;"
+        "git config user.email a@b.c; git config user.name tester;"
+        "echo hello > README; git add README; git commit -qm 'first commit';"
+        "git log --format=%s; git status --porcelain; git show HEAD:README", timeout=120)
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"first commit\nhello\n", b"")
+
+
+def test_python_venv_and_the_standard_library(vm):
+    r = vm.run("python3 -m venv /root/venv && /root/venv/bin/python -c "
+               "'import json, sys; print(json.dumps({\"prefix\": sys.prefix}))' && /root/venv/bin/pip --version",
+               timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert lines[0] == '{"prefix": "/root/venv"}'
+    assert lines[1].startswith("pip ") and "/root/venv/" in lines[1]
+
+
+def test_node_and_npm_run(vm):
+    r = vm.run(["node", "-e", "console.log(process.version, process.arch, 6*7)"], timeout=120)
+    assert r.returncode == 0, r.stderr
+    version, arch, answer = r.stdout.decode().split()
+    assert version.startswith("v18.") and arch == "ia32" and answer == "42"
+    r = vm.run("npm --version", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().strip().split(".")[0].isdigit()
+
+
+def test_gcc_compiles_and_runs_a_c_program(vm):
+    vm.write_file("/root/hello.c", b'#include <stdio.h>\nint main(void) { printf("hello, %d-bit world\\n", '
+                                   b'(int)(8 * sizeof(void *))); return 3; }\n')
+    r = vm.run("gcc -O2 -o /root/hello /root/hello.c", timeout=300)
+    assert (r.returncode, r.stderr) == (0, b"")
+    r = vm.run(["/root/hello"])
+    assert (r.returncode, r.stdout) == (3, b"hello, 32-bit world\n")
+
+
+def test_curl_and_certificates_are_installed(vm):
+    r = vm.run("curl --version | head -1; ls /etc/ssl/certs/ca-certificates.crt; ssh -V 2>&1; less --version | head -1")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode()
+    assert out.startswith("curl 7.") and "/etc/ssl/certs/ca-certificates.crt" in out and "OpenSSH" in out
+
+
+def test_the_locale_is_utf8(vm):
+    r = vm.run(["python3", "-c", "import sys, locale; print(sys.getfilesystemencoding(), locale.getpreferredencoding())"])
+    assert r.stdout == b"utf-8 UTF-8\n"
+    r = vm.run("printf 'h\\303\\251llo' | wc -m")
+    assert r.stdout.strip() == b"5"
+
+
+# -- the terminal, as a user types into it ----------------------------------------------
+def test_the_terminal_shows_a_zsh_prompt_and_runs_typed_commands(driver):
+    wait_screen(driver, PROMPT, timeout=60)
+    type_keys(driver, "echo typed-$((6*7)) $ZSH_NAME\n")
+    wait_screen(driver, "typed-42 zsh")
+
+
+def test_zsh_autosuggestions_offer_history(driver):
+    type_keys(driver, "echo suggest-me-please\n")
+    wait_screen(driver, "\nsuggest-me-please")
+    type_keys(driver, "echo sugg")
+    # The suggestion is drawn after the cursor; accepting it (Right arrow) runs the whole line.
+    wait_screen(driver, "echo suggest-me-please", visible=True)
+    driver.find_element(By.CSS_SELECTOR, "#terminal textarea").send_keys("\ue014\n")  # Right, Enter
+    deadline = time.monotonic() + 20
+    while screen(driver).count("\nsuggest-me-please") < 2:
+        assert time.monotonic() < deadline, screen(driver)
+        time.sleep(0.1)
+
+
+def test_ctrl_c_interrupts_a_running_command(driver):
+    type_keys(driver, "sleep 300; echo not-interrupted\n")
+    time.sleep(1.5)
+    type_keys(driver, "\ue009c\ue009")  # Ctrl-C
+    type_keys(driver, "echo after-ctrl-c\n")
+    text = wait_screen(driver, "\nafter-ctrl-c")
+    assert "not-interrupted" not in text
+
+
+def test_tmux_splits_and_redraws_in_the_terminal(driver, vm):
+    type_keys(driver, "tmux new-session -s shown\n")
+    wait_screen(driver, "[shown]", visible=True)  # tmux's status line
+    vm.run("tmux split-window -h -t shown && tmux send-keys -t shown:0.1 'echo right-$((1+1))' Enter", timeout=60)
+    text = wait_screen(driver, "right-2", visible=True)
+    row = next(line for line in text.splitlines() if "right-2" in line)
+    cols = driver.execute_script("return window.sandbox.terminal.cols")
+    assert row.index("right-2") > cols // 3, f"the right pane's output is not on the right:\n{text}"
+    assert "│" in text  # the pane border
+    vm.run("tmux kill-server")
+    wait_screen(driver, "[exited]")
+
+
+def test_full_screen_apps_vim_and_less(driver, vm):
+    vm.write_file("/root/notes.txt", "".join(f"line {i}\n" for i in range(1, 200)))
+    type_keys(driver, "less /root/notes.txt\n")
+    wait_screen(driver, "line 1\n", visible=True)
+    type_keys(driver, "G")
+    wait_screen(driver, "line 199", visible=True)
+    type_keys(driver, "q")
+    type_keys(driver, "vim /root/vim-test.txt\n")
+    wait_screen(driver, "vim-test.txt", visible=True)
+    type_keys(driver, "iwritten in vim\ue00c:wq\n")  # Esc
+    deadline = time.monotonic() + 30
+    while True:
+        r = vm.run("cat /root/vim-test.txt 2>/dev/null")
+        if r.stdout == b"written in vim\n" or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert r.stdout == b"written in vim\n", screen(driver, visible=True)
