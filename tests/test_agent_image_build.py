@@ -42,6 +42,7 @@ def test_index_walk_records_modes_links_overlay_and_dedups_contents(tmp_path):
     (root / "usr/bin").mkdir(parents=True)
     (root / "usr/share/doc/pkg").mkdir(parents=True)
     (root / "etc").mkdir()
+    (root / "sbin").mkdir()
     (root / "usr/bin/tool").write_bytes(b"#!/bin/sh\necho hi\n" * 100)
     os.chmod(root / "usr/bin/tool", 0o4755)
     (root / "usr/bin/tool-copy").write_bytes(b"#!/bin/sh\necho hi\n" * 100)
@@ -69,7 +70,10 @@ def test_index_walk_records_modes_links_overlay_and_dedups_contents(tmp_path):
     assert [e[0] for e in doc[6]] == ["copyright"]  # pruned but for the license
     passwd = find(fsroot, "etc/passwd")
     assert passwd[1] == 3 and (tmp_path / "blobs" / passwd[6]).read_bytes() == b"new"
-    assert stat.S_IMODE(find(fsroot, "sbin/init")[3]) == 0o755  # an overlay file in a new directory
+    assert stat.S_IMODE(find(fsroot, "sbin/init")[3]) == 0o755  # an overlay file new to its directory
+    # an overlay path the tree cannot hold (here: through a symlinked directory) is an error, not a loss
+    with pytest.raises(SystemExit, match="usr/bin/alias/x"):
+        build_agent.Index(tmp_path / "blobs2").walk(root, {"usr/bin/alias/x": (0o644, b"")})
 
 
 def _built_image():

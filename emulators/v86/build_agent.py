@@ -61,7 +61,7 @@ CMDLINE = build_minimal.CMDLINE + " pyapptron.root=host9p"
 MEMORY_MIB = 512  # gcc, node and npm want room
 # zstd levels: the slow, strong one pays on the big binaries and libraries that hold
 # most of the bytes; the rest (tens of thousands of small files) gets a fast one.
-ZSTD_LEVEL_BIG, ZSTD_LEVEL_SMALL, BIG_FILE = 19, 12, 1 << 20
+ZSTD_LEVEL_BIG, ZSTD_LEVEL_SMALL, BIG_FILE = 19, 12, 128 << 10
 # Files smaller than this are stored as they are: one HTTP request costs more
 # than the bytes compression would save.
 COMPRESS_MIN_SIZE = 512
@@ -83,7 +83,21 @@ PRUNE = [
     "usr/share/vim/vim90/tutor/*",
     "usr/share/vim/vim90/lang/*",
     "usr/share/vim/vim90/spell/*",
-    "usr/bin/i686-linux-gnu-lto-dump-12",   # a GCC developer's tool, 35 MB
+    # GCC parts that cost much and serve few (README: what the agent image leaves out):
+    # link-time optimisation (-flto), the sanitizer runtimes (-fsanitize=), gprofng.
+    "usr/bin/i686-linux-gnu-lto-dump-12",
+    "usr/lib/gcc/i686-linux-gnu/12/lto1",
+    "usr/lib/gcc/i686-linux-gnu/12/libasan*",
+    "usr/lib/gcc/i686-linux-gnu/12/libubsan*",
+    "usr/lib/gcc/i686-linux-gnu/12/liblsan*",
+    "usr/lib/gcc/i686-linux-gnu/12/libhwasan*",
+    "usr/lib/i386-linux-gnu/libasan.so*",
+    "usr/lib/i386-linux-gnu/libubsan.so*",
+    "usr/lib/i386-linux-gnu/liblsan.so*",
+    "usr/lib/i386-linux-gnu/libgprofng.so*",
+    # static OpenSSL, pulled in by node-gyp's headers (the shared one stays)
+    "usr/lib/i386-linux-gnu/libcrypto.a",
+    "usr/lib/i386-linux-gnu/libssl.a",
     "var/lib/apt/lists/*",
     "var/cache/apt/*",
     "var/cache/debconf/*-old",
@@ -248,7 +262,7 @@ def _pruned(rel: str) -> bool:
         if pattern.endswith("/*"):
             if rel.startswith(pattern[:-1]):
                 return True
-        elif rel == pattern or rel.startswith(pattern + "/"):
+        elif rel == pattern or rel.startswith(pattern + "/") or fnmatch.fnmatchcase(rel, pattern):
             return True
     return False
 
@@ -456,7 +470,12 @@ def build(out_dir: pathlib.Path, cache_dir: pathlib.Path, manifest: dict) -> str
 
     with tempfile.TemporaryDirectory() as work:
         agent = build_minimal.compile_agent(pathlib.Path(work))
-    index = Index(cache / "blobs")
+    # Stored contents are keyed by content; the directory by how they were compressed.
+    blobs = cache / f"blobs-zstd{ZSTD_LEVEL_BIG}-{ZSTD_LEVEL_SMALL}-{BIG_FILE}"
+    for old in cache.glob("blobs*"):
+        if old != blobs:
+            shutil.rmtree(old)
+    index = Index(blobs)
     t0 = time.monotonic()
     fsroot = index.walk(root, overlay_files(root, agent))
     index.store_pending()
@@ -472,7 +491,7 @@ def build(out_dir: pathlib.Path, cache_dir: pathlib.Path, manifest: dict) -> str
             (fs_dir / old).unlink()
     stored_bytes = 0
     for name in wanted:
-        src, dest = cache / "blobs" / name, fs_dir / name
+        src, dest = blobs / name, fs_dir / name
         if not dest.exists():
             try:
                 os.link(src, dest)

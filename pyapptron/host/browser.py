@@ -158,6 +158,14 @@ def _raise(error: dict) -> None:
     raise BrowserError(f"{name}: {message}\n{error.get('traceback', '')}")
 
 
+def _set_http_timeout(driver, seconds: float) -> None:
+    """Selenium's HTTP client gives up on a command after 120 s by default, however long
+    the script timeout: a long run() would fail with a bare ReadTimeoutError."""
+    config = getattr(driver.command_executor, "_client_config", None)
+    if config is not None:
+        config.timeout = seconds
+
+
 class RemoteSession:
     """The page open in a Browser, ready for requests. One per browser tab.
 
@@ -182,7 +190,9 @@ class RemoteSession:
         payload = json.dumps({"op": op, "vm": vm, "args": encode(args)})
         # The page enforces the request's own timeout; WebDriver's is only a backstop.
         own = args.get("timeout")
-        self.browser.driver.set_script_timeout(max(900, own + 120) if isinstance(own, (int, float)) else 24 * 3600)
+        backstop = max(900, own + 120) if isinstance(own, (int, float)) else 24 * 3600
+        self.browser.driver.set_script_timeout(backstop)
+        _set_http_timeout(self.browser.driver, backstop + 30)
         try:
             answer = json.loads(self.browser.driver.execute_async_script(_REMOTE, payload))
         except TimeoutException as exc:
