@@ -118,7 +118,9 @@ HISTSIZE=5000
 SAVEHIST=5000
 setopt HIST_IGNORE_DUPS SHARE_HISTORY
 bindkey -e
-autoload -Uz compinit && compinit -C -d /tmp/.zcompdump-$USER
+# The completion dump is made when the image is built: without it compinit scans
+# every completion function, which takes many seconds over 9p.
+autoload -Uz compinit && compinit -C -d /var/cache/zsh-completion-dump
 autoload -Uz colors && colors
 PROMPT='%F{green}%n@%m%f:%F{blue}%~%f%# '
 alias ls='ls --color=auto'
@@ -422,6 +424,17 @@ def rename_ids(fsroot: list, stored: dict[str, tuple[int, str]]) -> None:
             entry[6] = stored[entry[6]][1]
 
 
+def zsh_completion_dump(root: pathlib.Path) -> bytes:
+    """compinit's dump of the image's completion functions, made by the image's own zsh."""
+    out = "/tmp/pyapptron-zcompdump"
+    try:
+        run(["chroot", str(root), "/usr/bin/zsh", "-f", "-c", f"autoload -Uz compinit && compinit -d {out}"],
+            env=_chroot_env(), capture_output=True)
+        return (root / out.lstrip("/")).read_bytes()
+    finally:
+        (root / out.lstrip("/")).unlink(missing_ok=True)
+
+
 def overlay_files(root: pathlib.Path, agent: bytes) -> dict[str, tuple[int, bytes]]:
     passwd = (root / "etc/passwd").read_text()
     passwd = re.sub(r"^(root:[^:]*:0:0:[^:]*:/root:).*$", r"\1/usr/bin/zsh", passwd, flags=re.M)
@@ -435,6 +448,7 @@ def overlay_files(root: pathlib.Path, agent: bytes) -> dict[str, tuple[int, byte
         "etc/default/locale": (0o644, b"LANG=C.UTF-8\n"),
         "etc/machine-id": (0o444, b""),
         "root/.zshrc": (0o644, ZSHRC),
+        "var/cache/zsh-completion-dump": (0o644, zsh_completion_dump(root)),
         "root/.tmux.conf": (0o644, TMUX_CONF),
     }
 
