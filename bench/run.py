@@ -141,7 +141,12 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     args = ap.parse_args()
     images = set(args.images.split(","))
-    figures = {
+    # Measuring one image keeps the other's figures from the last run.
+    try:
+        figures = json.loads(args.out.read_text())
+    except (OSError, ValueError):
+        figures = {}
+    figures |= {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
     }

@@ -98,6 +98,9 @@ def cmd_demo(args) -> int:
             print(vm.run(["cat", "/root/hello.txt"]).stdout.decode(), end="")
             vm.run("echo 'written in the guest' > /root/reply.txt")
             print(f"read back from the guest: {vm.read_file('/root/reply.txt')!r}")
+            r = vm.run("for tool in zsh tmux git python3 node npm gcc; do command -v $tool >/dev/null "
+                       "&& printf '%s ' $tool; done", timeout=60)
+            print(f"tools in this image: {r.stdout.decode().strip() or 'busybox only'}")
             r = vm.run("echo out; echo err >&2; exit 7")
             print(f"$ echo out; echo err >&2; exit 7\n  stdout={r.stdout!r} stderr={r.stderr!r} returncode={r.returncode}")
     except PyapptronError as exc:
