@@ -35,8 +35,10 @@ const t0 = Date.now();
     assert text.startswith("uname -a → Linux pyapptron") and text.endswith("(exit 0)")
 
 
-def test_pytest_fixture_example_passes():
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLES / "test_with_vm.py")],
-                       capture_output=True, text=True, timeout=600, cwd=EXAMPLES)
+def test_pytest_fixture_examples_pass():
+    """Two modules, two machines: the default image, and the agent image by marker."""
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        str(EXAMPLES / "test_with_vm.py"), str(EXAMPLES / "test_agent_image.py")],
+                       capture_output=True, text=True, timeout=900, cwd=EXAMPLES)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "2 passed" in r.stdout
+    assert "4 passed" in r.stdout
