@@ -240,7 +240,7 @@ def _remove_tree(path: pathlib.Path) -> None:
     shutil.rmtree(path)
 
 
-def check_lock(installed: dict[str, str], lock: dict[str, str] | None) -> None:
+def check_lock(installed: dict[str, str], lock: dict[str, str] | None, lock_path: pathlib.Path) -> None:
     if installed == lock:
         return
     lock = lock or {}
@@ -253,8 +253,7 @@ def check_lock(installed: dict[str, str], lock: dict[str, str] | None) -> None:
         "the agent image's packages differ from the lock in emulators/manifest.json "
         f"(rootfs.agent.lock): {len(changed)} changed, {len(added)} added, {len(removed)} gone.\n  "
         + "\n  ".join(lines)
-        + "\nTo pin what was built, set rootfs.agent.lock to the contents of "
-          "build/cache/v86-agent/lock.json.")
+        + f"\nTo pin what was built, set rootfs.agent.lock to the contents of {lock_path}.")
 
 
 # ---- the 9p index ------------------------------------------------------------------
@@ -468,7 +467,7 @@ def build(out_dir: pathlib.Path, cache_dir: pathlib.Path, manifest: dict) -> str
     root = ensure_rootfs(cache, spec)
     installed = json.loads((root / ".pyapptron-packages.json").read_text())
     (cache / "lock.json").write_text(json.dumps(installed, indent=1, sort_keys=True) + "\n")
-    check_lock(installed, spec.get("lock"))
+    check_lock(installed, spec.get("lock"), cache / "lock.json")
 
     image_dir = out_dir / "images" / IMAGE
     minimal_spec = json.loads((minimal / "image.json").read_text())
