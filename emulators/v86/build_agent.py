@@ -180,8 +180,10 @@ def make_rootfs(target: pathlib.Path, suite: str, packages: list[str], debs: pat
          suite, str(target), mirror], stdout=subprocess.DEVNULL)
     log(f"debootstrap done in {time.monotonic() - t0:.0f} s; apt-get install {len(packages)} packages")
     archives = target / "var/cache/apt/archives"
-    proc = target / "proc"
+    proc, pts = target / "proc", target / "dev/pts"
+    pts.mkdir(parents=True, exist_ok=True)
     run(["mount", "-t", "proc", "proc", str(proc)])
+    run(["mount", "-t", "devpts", "devpts", str(pts)])  # apt and dpkg log through a pty
     run(["mount", "--bind", str(debs), str(archives)])  # downloads land in the cache
     try:
         env = _chroot_env()
@@ -190,8 +192,8 @@ def make_rootfs(target: pathlib.Path, suite: str, packages: list[str], debs: pat
              *packages], env=env, stdout=subprocess.DEVNULL)
         run(["chroot", str(target), "apt-get", "clean"], env=env)
     finally:
-        subprocess.run(["umount", str(archives)])
-        subprocess.run(["umount", str(proc)])
+        for mounted in (archives, pts, proc):
+            subprocess.run(["umount", str(mounted)])
     log(f"root file system ready in {time.monotonic() - t0:.0f} s")
 
 
@@ -235,7 +237,7 @@ def _remove_tree(path: pathlib.Path) -> None:
     if not path.exists():
         return
     # A build killed mid-way can leave its mounts behind: never delete through them.
-    for sub in ("var/cache/apt/archives", "proc"):
+    for sub in ("var/cache/apt/archives", "dev/pts", "proc"):
         subprocess.run(["umount", str(path / sub)], stderr=subprocess.DEVNULL)
     shutil.rmtree(path)
 
