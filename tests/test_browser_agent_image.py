@@ -191,6 +191,20 @@ def test_ctrl_c_interrupts_a_running_command(driver):
     assert "finished-42" not in text
 
 
+def test_tmux_splits_and_redraws_in_the_terminal(driver, vm):
+    wait_prompt(driver)
+    type_keys(driver, "tmux new-session -s shown\n")
+    wait_screen(driver, "[shown]", visible=True, timeout=240)  # tmux's status line
+    vm.run("tmux split-window -h -t shown && tmux send-keys -t shown:0.1 'echo right-$((1+1))' Enter", timeout=120)
+    text = wait_screen(driver, "right-2", visible=True, timeout=240)
+    row = next(line for line in text.splitlines() if "right-2" in line)
+    cols = driver.execute_script("return window.sandbox.terminal.cols")
+    assert row.index("right-2") > cols // 3, f"the right pane's output is not on the right:\n{text}"
+    assert "│" in text  # the pane border
+    vm.run("tmux kill-server")
+    wait_screen(driver, "exited]", timeout=60)  # "[server exited]"
+
+
 def test_full_screen_apps_vim_and_less(driver, vm):
     vm.write_file("/root/notes.txt", "".join(f"line {i}\n" for i in range(1, 200)))
     wait_prompt(driver)

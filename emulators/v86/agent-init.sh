@@ -39,10 +39,14 @@ echo 1 > /proc/sys/kernel/printk
 hostname -F /etc/hostname 2>/dev/null
 ip link set lo up 2>/dev/null
 
-# The human's shell: a zsh login on the serial console, made its controlling tty.
+# The human's shell: a zsh login on the serial console, run on a pseudo-terminal that
+# `script` relays to ttyS0, as a terminal emulator or sshd would.  Programs that poll
+# their terminal for writability (tmux) never get it from v86's UART directly and would
+# not draw; on the pty they do.  script also passes the window size on (SIGWINCH), so
+# `stty -F /dev/ttyS0 rows R cols C` from the host still resizes the shell.
 export HOME=/root TERM=xterm-256color LANG=C.UTF-8 SHELL=/usr/bin/zsh USER=root LOGNAME=root
 cd /root
 while :; do
-    setsid -c /usr/bin/zsh -l </dev/ttyS0 >/dev/ttyS0 2>&1
+    setsid -c script -qfec "/usr/bin/zsh -l" /dev/null </dev/ttyS0 >/dev/ttyS0 2>&1
     sleep 0.2
 done
