@@ -26,12 +26,11 @@ package list), compressed contents (keyed by content), and the outputs (keyed by
 every input). Needs root (debootstrap, chroot) and the ``debootstrap`` and
 ``zstd`` packages.
 
-Usage: python emulators/v86/build_agent.py --out build/assets --cache build/cache
+Built by the asset command: python emulators/build.py (--only guest,agent for just the images).
 """
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import gzip
 import hashlib
@@ -70,8 +69,9 @@ COMPRESS_MIN_GAIN = 0.05
 
 # What a running sandbox never reads: documentation, translations, apt's
 # download lists and caches (the guest has no network to use them), logs and
-# the debootstrap leftovers. Patterns match paths relative to the root; a
-# directory pattern removes the whole tree, but the directory itself stays.
+# the debootstrap leftovers. Patterns match paths relative to the root: "DIR/*"
+# empties DIR (the directory stays), any other pattern (globs allowed) removes
+# what it matches, a whole tree for a directory.
 PRUNE = [
     "usr/share/doc/*",            # (copyright files are kept, see KEEP)
     "usr/share/man/*",
@@ -108,8 +108,8 @@ PRUNE = [
 ]
 KEEP = ["usr/share/doc/*/copyright"]
 
-# Files the image adds or replaces: path -> (mode, content). The agent binary and
-# the init script are added in build().
+# Shell and tmux configuration for the image (overlay_files() lists everything the
+# image adds to or replaces in the Debian root).
 ZSHRC = b"""\
 # pyapptron: the login shell on the console (/etc/zsh/zshrc.d is not a Debian
 # convention, so this sits in /root/.zshrc; a user's own edits live there too).
@@ -545,16 +545,3 @@ def build(out_dir: pathlib.Path, cache_dir: pathlib.Path, manifest: dict) -> str
                f"{stored_bytes / 1e6:.1f} MB stored + {len(fs_gz) / 1e6:.2f} MB index")
     log(f"built {image_dir}: {summary}")
     return summary
-
-
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=pathlib.Path, default=REPO / "build" / "assets")
-    ap.add_argument("--cache", type=pathlib.Path, default=REPO / "build" / "cache")
-    ap.add_argument("--manifest", type=pathlib.Path, default=MANIFEST)
-    args = ap.parse_args(argv)
-    print(build(args.out, args.cache, json.loads(args.manifest.read_text())))
-
-
-if __name__ == "__main__":
-    main()
