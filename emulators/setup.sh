@@ -29,8 +29,8 @@ now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
 
 # Debian packages the project needs (chromium for the page and tests; the rest
-# builds the v86 guest from Debian i386 packages).
-APT_PACKAGES=(chromium chromium-driver gcc-multilib kmod cpio dpkg-dev zstd)
+# builds the v86 guests from Debian i386 packages; debootstrap the agent image).
+APT_PACKAGES=(chromium chromium-driver gcc-multilib kmod cpio dpkg-dev zstd debootstrap)
 
 SUDO=()
 if [ "$(id -u)" -ne 0 ]; then
