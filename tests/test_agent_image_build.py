@@ -99,3 +99,25 @@ def test_built_agent_image_index_names_only_stored_contents():
 
     walk(fs["fsroot"], "/")
     assert not missing, f"{len(missing)} files have no stored content, e.g. {missing[:5]}"
+
+
+def test_the_page_server_lets_browsers_cache_content_addressed_files(tmp_path):
+    import urllib.error
+    import urllib.request
+
+    from pyapptron.host import PageServer
+
+    (tmp_path / "assets.json").write_text("{}")
+    fs = tmp_path / "images" / "agent" / "fs"
+    fs.mkdir(parents=True)
+    (fs / "0123456789abcdef.zst").write_bytes(b"x")
+    (tmp_path / "images" / "agent" / "fs.json.gz").write_bytes(b"y")
+    with PageServer(assets_dir=tmp_path, refresh=False) as server:
+        def cache_control(path):
+            try:
+                return urllib.request.urlopen(server.url + path).headers["Cache-Control"]
+            except urllib.error.HTTPError as e:
+                return e.headers["Cache-Control"]
+        assert "immutable" in cache_control("assets/images/agent/fs/0123456789abcdef.zst")
+        assert cache_control("assets/images/agent/fs.json.gz") == "no-cache"  # the index changes with a rebuild
+        assert cache_control("assets/images/agent/fs/fedcba9876543210") == "no-cache"  # a 404 is not cached

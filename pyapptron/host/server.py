@@ -13,6 +13,7 @@ import functools
 import http.server
 import importlib.util
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -46,6 +47,10 @@ def refresh_wheel(assets_dir: Path) -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.build_wheel(assets_dir)
+
+
+# Content-addressed files of an image's 9p root (emulators/v86/build_agent.py).
+IMMUTABLE = re.compile(r"^/assets/images/[^/?#]+/fs/[0-9a-f]{16}(\.zst)?$")
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -82,13 +87,21 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         return str(self._roots["/web/"] / "__not_found__")
 
     def end_headers(self) -> None:
-        self.send_header("Cache-Control", "no-cache")
+        if IMMUTABLE.match(self.path) and getattr(self, "_response_code", 200) == 200:
+            # Named by their content's hash: a reload takes them from the browser's cache.
+            self.send_header("Cache-Control", "public, max-age=31536000, immutable")
+        else:
+            self.send_header("Cache-Control", "no-cache")
         if self._isolated:
             # Cross-origin isolation: SharedArrayBuffer for the WASI engines; harmless for v86.
             self.send_header("Cross-Origin-Opener-Policy", "same-origin")
             self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
             self.send_header("Cross-Origin-Resource-Policy", "same-origin")
         super().end_headers()
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self._response_code = code
+        super().send_response(code, message)
 
     def log_message(self, format: str, *args) -> None:
         if os.environ.get("PYAPPTRON_HTTP_LOG"):
