@@ -209,3 +209,9 @@ async def worker(n):
 result = await asyncio.gather(*(worker(n) for n in range(8)))
 """)
     assert result == [True] * 8
+
+
+def test_a_9p_root_that_cannot_be_mounted_fails_the_boot_with_the_reason(pyapptron_session):
+    """An image whose root files are not served must not come up as the bare initramfs."""
+    with pytest.raises(pyapptron.BootError, match="cannot mount the root file system 'nosuchtag'"):
+        pyapptron_session.boot("v86", "minimal", cmdline_extra="pyapptron.root=nosuchtag", timeout=45)

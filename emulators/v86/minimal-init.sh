@@ -63,8 +63,11 @@ if [ -n "$root_tag" ]; then
         umount /dev/pts /dev /sys /proc
         exec switch_root /newroot /sbin/pyapptron-init
     fi
+    # No agent here: boot() must fail with this message rather than hand back a busybox
+    # machine in place of the image that was asked for.  The console stays usable.
     echo "pyapptron: cannot mount the root file system '$root_tag' (is the image's fs/ served?); staying in the initramfs" > /dev/console
     echo 7 > /proc/sys/kernel/printk
+    agent_started=no
 fi
 [ -n "$agent_started" ] || start_agent
 
