@@ -4,6 +4,7 @@ Typing goes through the browser's keyboard events into xterm.js, then to the VM'
 console; the screen is read back from xterm.js's buffer, as a user would see it.
 """
 
+import contextlib
 import time
 
 import pytest
@@ -128,3 +129,17 @@ worker.onerror = (e) => done({error: "worker error: " + e.message});
     assert "error" not in result, result.get("error")
     assert result["hasDocument"] is False
     assert result["ok"] == {"returncode": 0, "stdout": "i686\nhas-console\n", "stderr": ""}
+
+
+def test_a_crashed_tab_reports_what_chromium_logged():
+    """When the renderer dies (a V8 crash under the emulator, say), the error carries Chromium's reason."""
+    from pyapptron.host.browser import Browser, RemoteSession
+    from pyapptron.errors import BrowserError
+
+    with Browser() as browser:
+        session = RemoteSession.__new__(RemoteSession)  # no page needed: the tab is about to die
+        session.browser = browser
+        with contextlib.suppress(Exception):
+            browser.driver.get("chrome://crash")  # the renderer dies here
+        with pytest.raises(BrowserError, match="(?s)tab crashed.*Intentionally crashing"):
+            session.request("python", code="result = 1")

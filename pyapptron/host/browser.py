@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -66,6 +67,8 @@ class Browser:
             options.add_argument(flag)
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         self._tmp_profile = None
+        self._log_dir = None
+        self.log_path: str | None = None
         if config.remote_url:
             self.driver = webdriver.Remote(command_executor=config.remote_url, options=options)
         else:
@@ -82,7 +85,11 @@ class Browser:
                 self._tmp_profile = tempfile.mkdtemp(prefix="pyapptron-profile-")
                 profile = self._tmp_profile
             options.add_argument(f"--user-data-dir={profile}")
-            service = Service(executable_path=driver, log_output=subprocess.DEVNULL)
+            # Chromium's own stderr goes to a log, so a crashed tab can say why (see crash_report).
+            self._log_dir = tempfile.mkdtemp(prefix="pyapptron-chromium-log-")
+            self.log_path = os.path.join(self._log_dir, "chromium.log")
+            service = Service(executable_path=driver, log_output=self.log_path,
+                              service_args=["--enable-chrome-logs", "--log-level=WARNING"])
             try:
                 self.driver = webdriver.Chrome(service=service, options=options)
             except Exception as exc:
@@ -96,12 +103,24 @@ class Browser:
         except Exception:
             return []
 
+    def crash_report(self, lines: int = 12) -> str:
+        """The last lines Chromium logged about a failure (FATAL, Check failed, crash), if any."""
+        if not self.log_path or not os.path.exists(self.log_path):
+            return ""
+        with open(self.log_path, errors="replace") as f:
+            # Chromium's own lines look like "[pid:tid:date:LEVEL:file.cc(line)] message".
+            found = [line.rstrip() for line in f if re.match(r"\[[\d:/.]+:(ERROR|FATAL)", line)
+                     and "crashpad/util/file" not in line
+                     and re.search(r"FATAL|Check failed|crash|memory|SIG[A-Z]+", line, re.I)]
+        return "\n".join(found[-lines:])
+
     def close(self) -> None:
         try:
             self.driver.quit()
         finally:
-            if self._tmp_profile:
-                shutil.rmtree(self._tmp_profile, ignore_errors=True)
+            for path in (self._tmp_profile, self._log_dir):
+                if path:
+                    shutil.rmtree(path, ignore_errors=True)
 
     def __enter__(self) -> Browser:
         return self
@@ -198,7 +217,9 @@ class RemoteSession:
         except TimeoutException as exc:
             raise BrowserError(f"the page did not answer {op!r} in time: {exc.msg}") from None
         except WebDriverException as exc:
-            raise BrowserError(f"the browser failed during {op!r}: {exc.msg}") from None
+            report = self.browser.crash_report() if "crash" in (exc.msg or "") else ""
+            detail = f"\nChromium logged:\n{report}" if report else ""
+            raise BrowserError(f"the browser failed during {op!r}: {exc.msg}{detail}") from None
         if "error" in answer:
             _raise(answer["error"])
         return decode(answer["ok"])
