@@ -589,7 +589,9 @@ def step_adapters(out: Path, cache: Path, manifest: dict, force: bool) -> str:
     changed = 0
     adapters = sorted(HERE.glob("*/adapter.mjs"))
     for src in adapters:
-        changed += copy_if_changed(src, out / src.parent.name / "adapter.mjs", force)
+        # The adapter and the modules it imports beside it (v86/persist.mjs).
+        for module in sorted(src.parent.glob("*.mjs")):
+            changed += copy_if_changed(module, out / src.parent.name / module.name, force)
     return f"{len(adapters)} adapters, {changed} updated"
 
 

@@ -24,12 +24,17 @@ from .errors import (
     InvalidOption,
     MachineClosed,
     NotSupported,
+    PersistDamaged,
+    PersistError,
+    PersistLocked,
+    PersistQuotaExceeded,
     PyapptronError,
     TimeoutExpired,
     UnknownEmulator,
     WaitTimeout,
 )
 from .machine import CompletedProcess, Machine
+from .persist import Persist
 
 __version__ = "0.1.0"
 
@@ -42,6 +47,7 @@ __all__ = [
     "Console", "DirEntry", "PyapptronError", "UnknownEmulator", "ImageNotFound", "InvalidOption",
     "AssetsMissing", "BootError", "NotSupported", "MachineClosed", "AgentError", "CommandTooLong",
     "TimeoutExpired", "CalledProcessError", "WaitTimeout", "ConsoleEOF", "BrowserError",
+    "Persist", "PersistError", "PersistLocked", "PersistQuotaExceeded", "PersistDamaged",
 ]
 
 
@@ -52,6 +58,7 @@ async def boot(
     memory_mib: int | None = None,
     timeout: float = DEFAULT_BOOT_TIMEOUT,
     assets_url: str | None = None,
+    persist: bool | str | Persist | None = None,
     **options,
 ) -> Machine:
     """Boot a VM and return it once its guest agent answers.
@@ -61,9 +68,14 @@ async def boot(
     memory_mib: guest RAM (default: the image's).
     timeout: seconds to wait for the guest to be ready.
     assets_url: where the built assets are served (default: /assets/ on this origin).
+    persist: keep the guest's home, packages and /persist in IndexedDB across reloads:
+        True (the store "default"), a store name, or pyapptron.Persist(...). See vm.persist.
     Other keyword options are the backend's own (see its `options`).
     """
     cls = backend_class(emulator)
+    persist_spec = Persist.from_option(persist)
+    if persist_spec is not None and not cls.persist_supported:
+        raise NotSupported(f"{emulator} cannot keep files across reloads (persist=); use v86")
     if memory_mib is not None and (isinstance(memory_mib, bool) or not isinstance(memory_mib, int)):
         raise InvalidOption(f"memory_mib must be an integer number of MiB, not {memory_mib!r}")
     if not isinstance(timeout, (int, float)) or timeout <= 0:
@@ -71,7 +83,7 @@ async def boot(
     for key, value in options.items():
         expected = cls.options.get(key)
         if expected is None:
-            known = ", ".join(["memory_mib", "timeout", "assets_url", *cls.options])
+            known = ", ".join(["memory_mib", "timeout", "assets_url", "persist", *cls.options])
             raise InvalidOption(f"{emulator} has no option {key!r}; options: {known}")
         if not isinstance(value, expected):
             raise InvalidOption(f"option {key!r} must be {getattr(expected, '__name__', expected)}, not {value!r}")
@@ -79,7 +91,8 @@ async def boot(
         raise InvalidOption(f"image must be an image name (str), not {image!r}")
     assets = await Assets.load(assets_url)
     spec = await assets.image(emulator, image)
-    machine = Machine(cls(assets, spec, memory_mib, **options), emulator=emulator, image=image)
+    backend = cls(assets, spec, memory_mib, persist=persist_spec, **options)
+    machine = Machine(backend, emulator=emulator, image=image)
     await machine._start(timeout)
     return machine
 

@@ -54,6 +54,27 @@ class BrowserError(PyapptronError, RuntimeError):
     """Host side: the headless browser failed, or Python in the page raised."""
 
 
+class PersistError(PyapptronError, RuntimeError):
+    """Persistent storage failed; the store's last committed version is intact."""
+
+
+class PersistLocked(PersistError):
+    """The store is in use by another machine (in this tab or another): one writer at a time."""
+
+
+class PersistQuotaExceeded(PersistError):
+    """The browser's storage quota is full. Nothing was lost: the last committed version stands."""
+
+
+class PersistDamaged(PersistError):
+    """Part of a store could not be read back (`layer`, `path`); the rest was restored."""
+
+    def __init__(self, message: str, layer: str | None = None, path: str | None = None):
+        super().__init__(message)
+        self.layer = layer
+        self.path = path
+
+
 class TimeoutExpired(PyapptronError, subprocess.TimeoutExpired):
     """vm.run(..., timeout=) ran out. The command was killed; the VM is still usable.
 

@@ -6,15 +6,19 @@ import asyncio
 import shlex
 import subprocess
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 
 from .agent import AgentClient, DirEntry
 from .backends import Backend, Capabilities
 from .console import Console
+from .persist import PersistedFiles
 from .errors import BootError, CalledProcessError, InvalidOption, MachineClosed, NotSupported, TimeoutExpired
 
 #: How long a killed command may take to report its exit before we stop waiting.
 KILL_GRACE_S = 5.0
+#: The last sync before a persisting machine stops may take this long.
+PERSIST_SHUTDOWN_SYNC_S = 300.0
 
 
 class CompletedProcess(subprocess.CompletedProcess):
@@ -53,6 +57,9 @@ class Machine:
         self._agent = AgentClient(backend.write_agent)
         self._closed = False
         self.boot_seconds: float | None = None
+        self._persist: PersistedFiles | None = None
+        self._booted = False
+        backend.on_persist_changed = self._persist_changed
 
     # -- lifetime --------------------------------------------------------------------
     async def _start(self, timeout: float) -> None:
@@ -71,16 +78,48 @@ class Machine:
             await self.shutdown()
             raise
         self.boot_seconds = time.monotonic() - started
+        self._booted = True
 
     async def _start_and_wait(self) -> None:
         await self.backend.start(self.console.feed, self._agent.feed)
+        store = self.backend.persist_store
+        if store is not None:
+            spec = getattr(self.backend, "persist", None)
+            self._persist = PersistedFiles(spec, store, guest_sync=self._flush_guest if self.capabilities.exec else None)
         if self.capabilities.exec:
             await self._agent.wait_ready()
 
+    async def _flush_guest(self) -> None:
+        # The guest may cache writes to a 9p root (cache=loose): flush them to the tree first.
+        if not self._closed:
+            await self.run(["sync"], timeout=60)
+
+    def _persist_changed(self) -> None:
+        if self._persist is not None and not self._closed:
+            self._persist.changed()
+
+    @property
+    def persist(self) -> PersistedFiles:
+        """The persistent layers (boot(..., persist=True)): sync(), usage(), export(), import_(), reset()."""
+        if self._persist is None:
+            raise NotSupported("this machine keeps nothing across reloads: boot it with persist=True "
+                               "(or a store name) to get vm.persist")
+        return self._persist
+
     async def shutdown(self) -> None:
-        """Stop the emulator and release its memory. Safe to call twice."""
+        """Stop the emulator and release its memory. Safe to call twice.
+
+        With persist, the layers are synced first, so what the guest wrote is kept.
+        """
         if self._closed:
             return
+        if self._persist is not None and self._booted:
+            try:
+                await asyncio.wait_for(self._persist.sync(), PERSIST_SHUTDOWN_SYNC_S)
+            except Exception as exc:  # the machine still stops; the last committed version stands
+                warnings.warn(f"persist sync at shutdown failed: {exc}", RuntimeWarning, stacklevel=2)
+        if self._persist is not None:
+            await self._persist.close()
         self._closed = True
         self._agent.close(MachineClosed("the machine was shut down"))
         self.console.close()

@@ -44,7 +44,9 @@ async function inflatedUrl(url) {
 }
 
 export async function start(options, sinks) {
-  const { libv86_url, ...v86options } = options;
+  const { libv86_url, persist, ...v86options } = options;
+  // With persistent layers the guest must not run before they are back in its 9p tree.
+  if (persist) v86options.autostart = false;
   const fs = v86options.filesystem;
   const blobUrl = fs && fs.basefs && fs.basefs.endsWith(".gz") ? await inflatedUrl(fs.basefs) : null;
   if (blobUrl) v86options.filesystem = { ...fs, basefs: blobUrl };
@@ -67,8 +69,25 @@ export async function start(options, sinks) {
   } finally {
     if (blobUrl) URL.revokeObjectURL(blobUrl);
   }
+  let session = null;
+  let restored = null;
+  if (persist) {
+    try {
+      const { PersistSession } = await import(new URL("./persist.mjs", import.meta.url));
+      session = await PersistSession.open(emulator.fs9p, persist.store, persist.layers,
+                                          () => { if (!stopped) sinks.persist_changed(); });
+      restored = await session.restore();
+    } catch (e) {
+      if (session) session.close();
+      await emulator.destroy();
+      throw e;
+    }
+    emulator.run();
+  }
   return {
     emulator,
+    persist: session,
+    restored,
     send(channel, data) {
       if (stopped) return;
       if (channel === "agent") emulator.bus.send("virtio-console0-input-bytes", data);
@@ -78,6 +97,7 @@ export async function start(options, sinks) {
     async stop() {
       if (stopped) return;
       stopped = true;
+      if (session) session.close();
       await emulator.destroy();
     },
   };

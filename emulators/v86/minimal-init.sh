@@ -44,6 +44,9 @@ start_agent() {
 }
 
 root_tag=$(sed -n 's/.*pyapptron\.root=\([^ ]*\).*/\1/p' /proc/cmdline)
+# Persisted directories (boot(persist=...)): they live in the 9p tree, which the host
+# keeps in IndexedDB; bind them into place before anyone (the agent) can write there.
+persist_paths=$(sed -n 's/.*pyapptron\.persist=\([^ ]*\).*/\1/p' /proc/cmdline)
 
 # virtio transport, console, net and 9p, dependencies first.  The agent starts
 # as soon as its console port exists: the host's first exec need not wait for
@@ -51,7 +54,7 @@ root_tag=$(sed -n 's/.*pyapptron\.root=\([^ ]*\).*/\1/p' /proc/cmdline)
 while read -r mod; do
     [ -n "$mod" ] || continue
     insmod "/lib/modules/pyapptron/$mod" 2>/dev/null
-    case "$mod" in *-virtio_console.ko) [ -n "$root_tag" ] || { start_agent; agent_started=1; } ;; esac
+    case "$mod" in *-virtio_console.ko) [ -n "$root_tag$persist_paths" ] || { start_agent; agent_started=1; } ;; esac
 done < /lib/modules/pyapptron/order
 
 if [ -n "$root_tag" ]; then
@@ -69,12 +72,23 @@ if [ -n "$root_tag" ]; then
     echo 7 > /proc/sys/kernel/printk
     agent_started=no
 fi
+# The host's shared directory, when the emulator offers one.  Not fatal.
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=8192 host9p /mnt/host 2>/dev/null && host_mounted=1
+
+if [ -n "$persist_paths" ]; then
+    if [ -n "$host_mounted" ]; then
+        for dir in $(echo "$persist_paths" | tr , ' '); do
+            mkdir -p "$dir" "/mnt/host$dir" && mount --bind "/mnt/host$dir" "$dir"
+        done
+    else
+        # No agent: boot() fails with this message instead of losing what the guest writes.
+        echo "pyapptron: the persistent store (9p) could not be mounted; staying in the initramfs" > /dev/console
+        agent_started=no
+    fi
+fi
 [ -n "$agent_started" ] || start_agent
 
 ip link set lo up 2>/dev/null
-
-# The host's shared directory, when the emulator offers one.  Not fatal.
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=8192 host9p /mnt/host 2>/dev/null
 
 # The human's shell: a login shell on the serial console with job control
 # (setsid + cttyhack make ttyS0 its controlling terminal).  /etc/profile sets

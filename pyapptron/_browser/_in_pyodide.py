@@ -10,7 +10,7 @@ import js  # type: ignore[import-not-found]
 from pyodide.code import run_js  # type: ignore[import-not-found]
 from pyodide.ffi import create_proxy, to_js  # type: ignore[import-not-found]
 
-from ..errors import AssetsMissing, BootError
+from ..errors import AssetsMissing, BootError, PersistLocked
 
 _import = run_js("(url) => import(url)")
 
@@ -46,12 +46,46 @@ def page_machine():
     return None if sandbox is None else sandbox.vm
 
 
+class PersistHandle:
+    """The adapter's persistent store (emulators/v86/persist.mjs), in Python terms."""
+
+    def __init__(self, session, restored):
+        self._session = session
+        self.restored = restored.to_py() if restored is not None else {}
+
+    async def sync(self) -> dict:
+        return (await self._session.sync()).to_py()
+
+    async def records(self) -> dict:
+        return (await self._session.records()).to_py()
+
+    async def blob(self, ref: str) -> bytes | None:
+        data = await self._session.readBlob(ref)
+        return None if data is None else data.to_bytes()
+
+    async def import_entries(self, entries: list, blobs: dict[str, bytes]) -> list:
+        js_blobs = js.Object.new()
+        for ref, data in blobs.items():
+            setattr(js_blobs, ref, to_js(data))
+        damaged = await self._session.importEntries(to_js(entries), js_blobs)
+        return damaged.to_py()
+
+    async def reset(self, layer: str) -> None:
+        await self._session.reset(layer)
+
+    async def estimate(self) -> dict | None:
+        found = await self._session.estimate()
+        return None if found is None else found.to_py()
+
+
 class EmulatorHandle:
     """A running JS emulator adapter: bytes in, bytes out, stop."""
 
     def __init__(self, adapter, proxies):
         self._adapter = adapter
         self._proxies = proxies
+        session = getattr(adapter, "persist", None)
+        self.persist = PersistHandle(session, adapter.restored) if session is not None else None
 
     def send(self, channel: str, data: bytes) -> None:
         self._adapter.send(channel, to_js(data))
@@ -72,7 +106,8 @@ def _bytes_sink(callback: Callable[[bytes], None]):
     return create_proxy(sink)
 
 
-async def start_emulator(adapter_url: str, options: dict, on_console, on_agent) -> EmulatorHandle:
+async def start_emulator(adapter_url: str, options: dict, on_console, on_agent,
+                         on_persist_changed=None) -> EmulatorHandle:
     """Import the emulator's JS adapter and start it; output arrives in batches, not bytes."""
     try:
         module = await _import(adapter_url)
@@ -82,6 +117,9 @@ async def start_emulator(adapter_url: str, options: dict, on_console, on_agent) 
     sinks = js.Object.new()
     sinks.console = proxies[0]
     sinks.agent = proxies[1]
+    if on_persist_changed is not None:
+        proxies.append(create_proxy(lambda: on_persist_changed()))
+        sinks.persist_changed = proxies[-1]
     def destroy_proxies(*_):
         for proxy in proxies:
             proxy.destroy()
@@ -96,6 +134,11 @@ async def start_emulator(adapter_url: str, options: dict, on_console, on_agent) 
         raise
     except Exception as exc:
         destroy_proxies()
+        if "PersistLocked" in str(exc):
+            raise PersistLocked(
+                f"the persist store {options['persist']['store']!r} is in use by another machine (in this "
+                "page or another tab): shut that one down, or boot with another store name"
+            ) from None
         raise BootError(f"the emulator did not start: {exc}") from exc
     return EmulatorHandle(adapter, proxies)
 

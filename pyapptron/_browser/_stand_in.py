@@ -12,6 +12,8 @@ _WHY = (
 
 
 class EmulatorHandle:
+    persist = None
+
     def send(self, channel: str, data: bytes) -> None:
         raise NotSupported(_WHY)
 
@@ -31,7 +33,7 @@ def page_machine():
     return None
 
 
-async def start_emulator(adapter_url, options, on_console, on_agent) -> EmulatorHandle:
+async def start_emulator(adapter_url, options, on_console, on_agent, on_persist_changed=None) -> EmulatorHandle:
     raise NotSupported(_WHY)
 
 

@@ -26,6 +26,7 @@ class Capabilities:
     console: bool  # an interactive console stream
     snapshot: bool  # save / restore machine state
     network: bool  # the guest has a network device
+    persist: bool = False  # boot(persist=...): files kept in IndexedDB across reloads
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -41,7 +42,14 @@ class Backend(abc.ABC):
     #: Extra keyword options boot() accepts for this backend, with their types.
     options: ClassVar[dict[str, type | tuple[type, ...]]] = {}
 
+    #: Whether boot(persist=...) works with this emulator.
+    persist_supported: ClassVar[bool] = False
+
     capabilities: Capabilities
+    #: After start, with persist: the adapter's store (pyapptron.persist.PersistStore).
+    persist_store: Any = None
+    #: Set by Machine before start: called when the guest changes a persisted tree.
+    on_persist_changed: Callable[[], None] | None = None
 
     @abc.abstractmethod
     async def start(self, on_console: Sink, on_agent: Sink) -> None:

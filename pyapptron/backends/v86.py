@@ -11,6 +11,9 @@ Quirks this backend owns:
   index, gzip'd, and a directory of content-addressed files). v86 fetches a file the
   first time the guest opens it; the adapter inflates the index (v86 reads it as plain
   JSON only).
+- Persistent layers (boot(persist=...)) live in that same 9p tree: the adapter puts the
+  committed files back before the CPU starts (emulators/v86/persist.mjs) and sees every
+  9p write. On the initramfs image the init bind-mounts them (pyapptron.persist=...).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import posixpath
 from .. import _browser
 from ..assets import Assets
 from ..errors import InvalidOption
+from ..persist import Persist
 from . import Backend, Capabilities, Sink
 
 MIN_MEMORY_MIB = 128
@@ -32,8 +36,10 @@ class V86Backend(Backend):
     #: The guest device behind the interactive console (for telling it the terminal size).
     console_tty = "/dev/ttyS0"
 
+    persist_supported = True
+
     def __init__(self, assets: Assets, image: dict, memory_mib: int | None = None,
-                 cmdline_extra: str = ""):
+                 persist: Persist | None = None, cmdline_extra: str = ""):
         memory = image.get("memory_mib", MIN_MEMORY_MIB) if memory_mib is None else memory_mib
         if not MIN_MEMORY_MIB <= memory <= MAX_MEMORY_MIB:
             raise InvalidOption(
@@ -43,10 +49,15 @@ class V86Backend(Backend):
         self.assets = assets
         self.image = image
         self.memory_mib = memory
-        self.cmdline = " ".join(filter(None, [image.get("cmdline", ""), cmdline_extra]))
+        self.persist = persist
+        # On an initramfs root the init bind-mounts the persisted paths from the 9p tree;
+        # an image whose root is that tree already has them in place.
+        persist_arg = ("pyapptron.persist=" + ",".join(persist.all_paths())
+                       if persist and not image.get("rootfs") else "")
+        self.cmdline = " ".join(filter(None, [image.get("cmdline", ""), persist_arg, cmdline_extra]))
         self.capabilities = Capabilities(
             arch=image.get("arch", "i686"), exec=bool(image.get("agent")), files=bool(image.get("agent")),
-            console=True, snapshot=False, network=False,
+            console=True, snapshot=False, network=False, persist=persist is not None,
         )
         self._handle: _browser.EmulatorHandle | None = None
 
@@ -83,12 +94,20 @@ class V86Backend(Backend):
                 "basefs": image_file(rootfs["basefs"]),
                 "baseurl": a.url(posixpath.normpath(image_dir + rootfs["baseurl"]) + "/"),
             }
+        if self.persist is not None:
+            options["persist"] = self.persist.js_options()
         return options
 
     async def start(self, on_console: Sink, on_agent: Sink) -> None:
         self._handle = await _browser.start_emulator(
-            self.assets.require("v86/adapter.mjs"), self.emulator_options(), on_console, on_agent
+            self.assets.require("v86/adapter.mjs"), self.emulator_options(), on_console, on_agent,
+            on_persist_changed=self._persist_changed if self.persist else None,
         )
+        self.persist_store = self._handle.persist
+
+    def _persist_changed(self) -> None:
+        if self.on_persist_changed is not None:
+            self.on_persist_changed()
 
     def write_console(self, data: bytes) -> None:
         if self._handle is not None:
