@@ -8,6 +8,7 @@ page. Bytes travel as {"b64": ...}; errors come back typed, with their attribute
 from __future__ import annotations
 
 import ast
+import dataclasses
 import itertools
 import json
 import time
@@ -50,6 +51,8 @@ def _register(vm: pyapptron.Machine, boot_seconds: float | None) -> dict:
 
 async def _op_boot(args):
     started = time.perf_counter()
+    if isinstance(args.get("persist"), dict):
+        args["persist"] = pyapptron.Persist(**args["persist"])
     vm = await pyapptron.boot(**args)
     return _register(vm, time.perf_counter() - started)
 
@@ -99,7 +102,31 @@ async def _op_write_file(vm, args):
     await vm.write_file(**args)
 
 
+async def _op_persist(vm, args):
+    """vm.persist.<method>(...) with plain-data answers."""
+    persist = vm.persist
+    method = args["method"]
+    if method == "sync":
+        return dataclasses.asdict(await persist.sync())
+    if method == "usage":
+        usage = await persist.usage()
+        usage["layers"] = {k: dataclasses.asdict(v) for k, v in usage["layers"].items()}
+        return usage
+    if method == "export":
+        return await persist.export()
+    if method == "import_":
+        return await persist.import_(args["data"])
+    if method == "reset":
+        return await persist.reset(args["layer"])
+    if method == "state":
+        return {"restored": persist.restored, "store": persist.store,
+                "damaged": [{"message": str(e), "layer": e.layer, "path": e.path} for e in persist.damaged],
+                "auto_sync_errors": [str(e) for e in persist.auto_sync_errors]}
+    raise pyapptron.InvalidOption(f"unknown persist method {method!r}")
+
+
 _VM_OPS = {
+    "persist": _op_persist,
     "run": _op_run, "read_file": _op_read_file, "write_file": _op_write_file,
     "list_dir": _op_list_dir, "wait_for": _op_wait_for, "send": _op_send,
     "transcript": _op_transcript, "shutdown": _op_shutdown,

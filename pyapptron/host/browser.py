@@ -260,6 +260,36 @@ class RemoteConsole:
         return self._m._call("transcript")
 
 
+class RemotePersist:
+    """vm.persist of a VM in the page (see pyapptron.persist.PersistedFiles), synchronous."""
+
+    def __init__(self, machine: RemoteMachine):
+        self._m = machine
+
+    def _call(self, method: str, **args) -> Any:
+        return self._m._call("persist", method=method, **args)
+
+    def sync(self) -> dict:
+        """Commit now; returns {files, bytes, written_bytes, seconds}."""
+        return self._call("sync")
+
+    def usage(self) -> dict:
+        return self._call("usage")
+
+    def export(self) -> bytes:
+        return self._call("export")
+
+    def import_(self, data: bytes) -> int:
+        return self._call("import_", data=data)
+
+    def reset(self, layer: str) -> None:
+        self._call("reset", layer=layer)
+
+    def state(self) -> dict:
+        """What boot restored, and any damage it found: {restored, store, damaged, auto_sync_errors}."""
+        return self._call("state")
+
+
 class RemoteMachine:
     """A VM in the page, driven from CPython with Machine's method names (synchronous)."""
 
@@ -288,6 +318,10 @@ class RemoteMachine:
 
     def shutdown(self) -> None:
         self._call("shutdown")
+
+    @property
+    def persist(self) -> RemotePersist:
+        return RemotePersist(self)
 
     def __enter__(self) -> RemoteMachine:
         return self

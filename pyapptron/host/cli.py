@@ -7,7 +7,7 @@ import contextlib
 import sys
 import time
 
-from ..errors import PyapptronError, TimeoutExpired
+from ..errors import InvalidOption, PyapptronError, TimeoutExpired
 
 
 def _browser_args(parser: argparse.ArgumentParser) -> None:
@@ -17,19 +17,29 @@ def _browser_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--browser-binary", default=None, help="Chromium executable")
     parser.add_argument("--remote", default=None, metavar="URL", help="remote WebDriver URL instead of a local Chromium")
     parser.add_argument("--profile", default=None, metavar="DIR", help="keep the browser profile in DIR")
+    parser.add_argument("--persist", nargs="?", const="default", default=None, metavar="STORE",
+                        help="keep /root, /persist and installed packages in the profile's IndexedDB "
+                             "(store STORE, default 'default'); needs --profile")
 
 
 @contextlib.contextmanager
 def booted(args):
     """A served page in a headless browser with one VM booted: yields (session, vm)."""
     from .browser import Browser, BrowserConfig, RemoteSession
-    from .server import PageServer
+    from .server import PageServer, profile_port
 
-    with PageServer() as server, Browser(BrowserConfig(
+    port = 0
+    if getattr(args, "persist", None):
+        if not args.profile:
+            raise InvalidOption("--persist needs --profile DIR: the browser keeps the store (IndexedDB) in its profile")
+        port = profile_port(args.profile)  # the store belongs to the page's origin, port included
+    with PageServer(port) as server, Browser(BrowserConfig(
         binary=args.browser_binary, remote_url=args.remote, profile_dir=args.profile,
     )) as browser:
         session = RemoteSession(browser, server.url)
         options = {"memory_mib": args.memory} if args.memory else {}
+        if getattr(args, "persist", None):
+            options["persist"] = args.persist
         vm = session.boot(args.emulator, args.image, **options)
         try:
             yield session, vm

@@ -17,7 +17,11 @@ import re
 import threading
 from pathlib import Path
 
-from ..errors import AssetsMissing
+from ..errors import AssetsMissing, BrowserError
+
+
+class PageServerError(BrowserError):
+    """The page could not be served (its port is taken)."""
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,6 +112,31 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             super().log_message(format, *args)
 
 
+PORT_FILE = "pyapptron-port"
+
+
+def profile_port(profile_dir: str | os.PathLike) -> int:
+    """The port to serve a persistent profile's page on, the same every run.
+
+    IndexedDB belongs to an origin (scheme, host AND port): serving the page on another
+    port would show the guest an empty store. The first run picks a free port and writes
+    it into the profile; later runs reuse it.
+    """
+    import socket
+
+    path = Path(profile_dir) / PORT_FILE
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        pass
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{port}\n")
+    return port
+
+
 class PageServer:
     """A threaded HTTP server on 127.0.0.1; use as a context manager or start()/stop()."""
 
@@ -121,7 +150,14 @@ class PageServer:
         roots = {"/web/": self.web_dir, "/assets/": self.assets_dir, "/examples/": REPO / "examples",
                  **(extra_roots or {})}
         handler = functools.partial(_Handler, roots=roots, isolated=isolated)
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+        try:
+            self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+        except OSError as exc:
+            raise PageServerError(
+                f"cannot serve on 127.0.0.1:{port}: {exc.strerror}. A persistent profile's page must use the "
+                "port its store was made on: stop the other program on that port (another pyapptron run "
+                "with this profile?)"
+            ) from None
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
