@@ -349,7 +349,7 @@ def tar_entries(data: bytes, layers: Mapping[str, tuple[str, ...]]) -> tuple[lis
                 if member.isdir():
                     mode, size, ref = stat.S_IFDIR | member.mode, 0, None
                 elif member.issym():
-                    mode, size, ref = stat.S_IFLNK | 0o777, 0, member.linkname
+                    mode, size, ref = stat.S_IFLNK | member.mode, 0, member.linkname
                 elif member.isreg():
                     content = tar.extractfile(member).read()
                     mode, size = stat.S_IFREG | member.mode, len(content)

@@ -1,0 +1,191 @@
+"""boot(persist=...): what the guest writes survives a reload and a browser restart.
+
+Real Chromium, real IndexedDB, one profile and one origin (the same server) for the
+whole module; each test uses a store of its own.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pytest
+
+from pyapptron.errors import InvalidOption, PersistLocked
+from pyapptron.host.browser import Browser, BrowserConfig, RemoteSession
+from pyapptron.host.server import PageServer
+
+# What `stat` says of every path under the persisted directories: name, octal mode,
+# size, mtime, type and (for a symlink) its target.
+LISTING = ("find /root /persist /usr/local -exec stat -c '%n %a %s %Y %F %N' {} + | sort")
+
+
+@pytest.fixture(scope="module")
+def server():
+    with PageServer() as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("profile"))
+
+
+class Page:
+    """One browser on the module's profile; reload() and restart() keep the origin."""
+
+    def __init__(self, server, profile):
+        self.server, self.profile = server, profile
+        self.browser = Browser(BrowserConfig(profile_dir=profile))
+        self.session = RemoteSession(self.browser, server.url, autoboot=False)
+
+    def reload(self):
+        self.session = RemoteSession(self.browser, self.server.url, autoboot=False)
+
+    def restart(self):
+        self.browser.close()
+        self.browser = Browser(BrowserConfig(profile_dir=self.profile))
+        self.reload()
+
+    def boot(self, store, image="minimal", **options):
+        return self.session.boot("v86", image, persist=store, **options)
+
+    def close(self):
+        self.browser.close()
+
+
+@pytest.fixture
+def page(server, profile):
+    p = Page(server, profile)
+    yield p
+    p.close()
+
+
+def test_files_survive_a_reload_and_a_browser_restart_exactly(page):
+    vm = page.boot("exact")
+    data = bytes(range(256)) * 64
+    vm.write_file("/root/all-bytes.bin", data, mode=0o751)
+    vm.run("mkdir -p /persist/empty /persist/deep/er /usr/local/bin && echo tool > /usr/local/bin/tool && "
+           "chmod 755 /usr/local/bin/tool && ln -s ../all-bytes.bin /persist/deep/link && "
+           "ln -s /nowhere /persist/dangling && : > /persist/zero && touch -d @1600000000 /persist/zero && "
+           "touch -d @1500000000 /persist/deep/er && chmod 700 /persist/deep", check=True)
+    before = vm.run(LISTING, check=True).stdout
+    page.session.request("persist", vm=vm.id, method="sync")
+
+    page.reload()
+    vm = page.boot("exact")
+    assert vm.read_file("/root/all-bytes.bin") == data
+    assert vm.run(LISTING, check=True).stdout == before
+
+    page.restart()
+    vm = page.boot("exact")
+    assert vm.read_file("/root/all-bytes.bin") == data
+    assert vm.run(LISTING, check=True).stdout == before
+
+
+def test_changes_are_kept_without_calling_sync(page):
+    """The automatic sync: a change, a short quiet spell, and it is committed."""
+    vm = page.boot("auto")
+    vm.run("echo by-itself > /persist/auto.txt", check=True)
+    vm.run("sleep 5")  # the debounce is 2 s
+    page.reload()  # no sync, no shutdown: the page is simply gone
+    vm = page.boot("auto")
+    assert vm.read_file("/persist/auto.txt") == b"by-itself\n"
+
+
+def test_shutdown_keeps_what_was_written(page):
+    vm = page.boot("at-shutdown")
+    vm.run("echo last-words > /root/note", check=True)
+    vm.shutdown()
+    vm = page.boot("at-shutdown")
+    assert vm.read_file("/root/note") == b"last-words\n"
+
+
+def test_export_then_import_into_a_fresh_profile(page, server, tmp_path):
+    vm = page.boot("exported")
+    vm.run("mkdir -p /persist/proj/src && echo 'print(1)' > /persist/proj/src/main.py && "
+           "chmod 640 /persist/proj/src/main.py && ln -s src/main.py /persist/proj/entry && "
+           "touch -d @1700000000 /persist/proj/src/main.py && echo rc > /root/.myrc", check=True)
+    vm.persist.sync()
+    archive = vm.persist.export()
+    names = tarfile.open(fileobj=io.BytesIO(archive)).getnames()
+    assert {"persist/proj/src/main.py", "persist/proj/entry", "root/.myrc"} <= set(names)
+    listing = vm.run("stat -c '%n %a %s %Y %N' /persist/proj/src/main.py /persist/proj/entry /root/.myrc").stdout
+
+    fresh = Page(server, str(tmp_path / "fresh-profile"))
+    try:
+        vm2 = fresh.boot("imported")
+        assert vm2.persist.import_(archive) == len(names)
+        assert vm2.run("stat -c '%n %a %s %Y %N' /persist/proj/src/main.py /persist/proj/entry /root/.myrc").stdout == listing
+        fresh.reload()
+        vm2 = fresh.boot("imported")
+        assert vm2.read_file("/persist/proj/src/main.py") == b"print(1)\n"
+        assert vm2.run("cat /root/.myrc; readlink /persist/proj/entry").stdout == b"rc\nsrc/main.py\n"
+    finally:
+        fresh.close()
+
+
+def test_an_archive_outside_the_layers_is_refused_and_nothing_changes(page):
+    vm = page.boot("refused")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in ("persist/ok.txt", "etc/passwd"):
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"x\n"))
+    with pytest.raises(InvalidOption, match="outside every persist layer.*/etc/passwd"):
+        vm.persist.import_(buf.getvalue())
+    assert vm.run("test -e /persist/ok.txt").returncode == 1
+
+
+def test_reset_of_one_layer_leaves_the_others(page):
+    vm = page.boot("reset")
+    vm.run("echo home > /root/h && echo mine > /persist/p && mkdir -p /usr/local/lib && echo pkg > /usr/local/lib/k",
+           check=True)
+    vm.persist.sync()
+    vm.persist.reset("home")
+    usage = vm.persist.usage()["layers"]
+    assert usage["home"]["files"] == 0 and usage["persist"]["files"] == 1 and usage["packages"]["files"] == 1
+    page.reload()
+    vm = page.boot("reset")
+    assert vm.run("cat /root/h").returncode != 0
+    assert vm.run("cat /persist/p /usr/local/lib/k").stdout == b"mine\npkg\n"
+
+
+def test_a_damaged_record_is_reported_and_the_rest_loads(page):
+    vm = page.boot("damaged")
+    vm.run("echo one > /persist/one && echo two > /persist/two && echo home > /root/h", check=True)
+    vm.persist.sync()
+    vm.shutdown()
+    # Damage the store behind pyapptron's back: one file's bytes, and the whole home record.
+    page.browser.driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const open = indexedDB.open("pyapptron-persist:damaged");
+        open.onsuccess = async () => {
+          const db = open.result;
+          const read = db.transaction("layers").objectStore("layers").get("persist");
+          read.onsuccess = () => {
+            const entry = read.result.entries.find((e) => e[0] === "/persist/two");
+            const tx = db.transaction(["blobs", "layers"], "readwrite");
+            tx.objectStore("blobs").put("not bytes", entry[6]);
+            tx.objectStore("layers").put({garbage: true}, "home");
+            tx.oncomplete = () => { db.close(); done(true); };
+          };
+        };
+    """)
+    page.reload()
+    vm = page.boot("damaged")
+    state = vm.persist.state()
+    messages = " | ".join(d["message"] for d in state["damaged"])
+    assert "/persist/two: its data is damaged" in messages
+    assert "layer 'home'" in messages and "not a layer record" in messages
+    assert vm.read_file("/persist/one") == b"one\n"  # the rest of the store loaded
+    assert vm.run("test -e /persist/two").returncode == 1
+
+
+def test_one_store_serves_one_machine_at_a_time(page):
+    first = page.boot("single")
+    with pytest.raises(PersistLocked, match="in use by another machine"):
+        page.boot("single")
+    first.shutdown()
+    page.boot("single")
