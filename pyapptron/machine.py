@@ -89,10 +89,11 @@ class Machine:
         if self.capabilities.exec:
             await self._agent.wait_ready()
 
-    async def _flush_guest(self) -> None:
-        # The guest may cache writes to a 9p root (cache=loose): flush them to the tree first.
+    async def _flush_guest(self, drop_caches: bool = False) -> None:
+        # The guest may cache writes to a 9p root (cache=loose): flush them to the tree first;
+        # after the host wrote into the tree, also drop what it cached.
         if not self._closed:
-            await self.run(["sync"], timeout=60)
+            await self.run("sync; echo 3 > /proc/sys/vm/drop_caches" if drop_caches else ["sync"], timeout=60)
 
     def _persist_changed(self) -> None:
         if self._persist is not None and not self._closed:

@@ -160,6 +160,8 @@ class PersistStore(Protocol):
     async def blob(self, ref: str) -> bytes | None: ...
     async def import_entries(self, entries: list, blobs: dict[str, bytes]) -> list: ...
     async def reset(self, layer: str) -> None: ...
+    async def read_live(self, path: str) -> bytes | None: ...
+    async def write_live(self, path: str, data: bytes, mode: int) -> bool: ...
     async def estimate(self) -> dict | None: ...
 
 
@@ -296,8 +298,42 @@ class PersistedFiles:
             damaged = await self._store.import_entries(entries, blobs)
         if damaged:
             raise PersistError(f"import could not place {len(damaged)} entries: {damaged[:3]}")
+        if self._guest_sync is not None:
+            await self._guest_sync(drop_caches=True)  # a guest that caches its root must read it anew
         await self.sync()
         return len(entries)
+
+    # -- the files themselves, from Python in the page ------------------------------------
+    async def read_file(self, path: str) -> bytes:
+        """A file in the persisted tree, read directly (no guest agent; fast for large files)."""
+        self._inside_layers(path)
+        data = await self._store.read_live(posixpath.normpath(path))
+        if data is None:
+            raise FileNotFoundError(2, "no such file in the persisted tree", path)
+        return data
+
+    async def write_file(self, path: str, data: bytes | str, mode: int = 0o644) -> None:
+        """Create or replace a file in the persisted tree; the guest sees it, the next sync keeps it."""
+        self._inside_layers(path)
+        if isinstance(data, str):
+            data = data.encode()
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidOption(f"data must be bytes or str, not {type(data).__name__}")
+        if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
+            raise InvalidOption(f"mode must be a permission number like 0o644, not {mode!r}")
+        if not await self._store.write_live(posixpath.normpath(path), bytes(data), mode):
+            raise FileNotFoundError(2, "its directory does not exist in the persisted tree", path)
+        if self._guest_sync is not None:
+            await self._guest_sync(drop_caches=True)  # a guest that caches its root must read it anew
+
+    def _inside_layers(self, path: str) -> None:
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise InvalidOption(f"a persisted path must be absolute, not {path!r}")
+        normal = posixpath.normpath(path)
+        roots = [p for paths in self.layers.values() for p in paths]
+        if not any(normal.startswith(r + "/") for r in roots):
+            raise InvalidOption(f"{path} is not inside a persist layer ({', '.join(sorted(roots))}); "
+                                "use vm.read_file / vm.write_file for the rest of the guest")
 
     async def reset(self, layer: str) -> None:
         """Forget one layer in the store (the others stay). This machine keeps its files but no

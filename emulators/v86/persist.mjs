@@ -81,6 +81,7 @@ export class PersistSession {
     this.detached = new Set(); // layers reset in this session: no longer synced
     this.quiet = false;
     this.dirty = false;
+    this.phase = "idle";
     this.chain = Promise.resolve();
   }
 
@@ -286,6 +287,15 @@ export class PersistSession {
     const started = performance.now();
     this.dirty = false;
     this.pendingKnown = null;
+    this.phase = "walk"; // then "blobs", "commit", "idle": for tests that kill a sync halfway
+    try {
+      return await this.syncSteps(started);
+    } finally {
+      this.phase = "idle";
+    }
+  }
+
+  async syncSteps(started) {
     const fs = this.fs;
     const pending = new Map(); // ref -> Uint8Array
     const records = {};
@@ -312,6 +322,7 @@ export class PersistSession {
       batch = [];
       batchBytes = 0;
     };
+    this.phase = "blobs";
     try {
       for (const [ref, data] of pending) {
         batch.push([ref, data]);
@@ -320,6 +331,7 @@ export class PersistSession {
         if (batchBytes >= BLOB_BATCH_BYTES) await flush();
       }
       await flush();
+      this.phase = "commit";
       await this.commit(records, []);
     } catch (e) {
       // What the store had committed before stays; the blobs written here are dropped by the next commit.
@@ -414,6 +426,30 @@ export class PersistSession {
       for (const [id, info] of this.known) if (map.has(info.ref)) this.known.delete(id); // not yet in the store
       return damaged;
     });
+  }
+
+  // ---- the live tree, for Python in the page (no guest agent involved) -------------------
+  async readLive(path) {
+    const id = this.lookup(path);
+    if (id === -1) return null;
+    const inode = this.fs.inodes[id];
+    if ((inode.mode & S_IFMT) !== S_IFREG) throw new Error(`IsADirectoryError: ${path} is not a regular file`);
+    const data = inode.size ? await this.fs.get_data(id, 0, inode.size) : null;
+    return data ? data.slice(0, inode.size) : new Uint8Array(0);
+  }
+
+  async writeLive(path, data, mode) {
+    const parent = this.lookup(dirname(path));
+    if (parent === -1) return false;
+    let id = this.fs.Search(parent, basename(path));
+    if (id !== -1 && (this.fs.inodes[id].mode & S_IFMT) !== S_IFREG) throw new Error(`IsADirectoryError: ${path} is not a regular file`);
+    if (id === -1) id = this.fs.CreateFile(basename(path), parent);
+    const inode = this.fs.inodes[id];
+    await this.fs.set_data(id, data.slice());
+    inode.size = data.length;
+    inode.mode = S_IFREG | mode;
+    inode.mtime = inode.ctime = Math.round(Date.now() / 1000);
+    return true;
   }
 
   async estimate() {

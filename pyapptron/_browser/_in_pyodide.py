@@ -73,6 +73,13 @@ class PersistHandle:
     async def reset(self, layer: str) -> None:
         await self._session.reset(layer)
 
+    async def read_live(self, path: str) -> bytes | None:
+        data = await self._session.readLive(path)
+        return None if data is None else data.to_bytes()
+
+    async def write_live(self, path: str, data: bytes, mode: int) -> bool:
+        return bool(await self._session.writeLive(path, to_js(data), mode))
+
     async def estimate(self) -> dict | None:
         found = await self._session.estimate()
         return None if found is None else found.to_py()
