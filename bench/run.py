@@ -8,7 +8,9 @@ alone (bench/bare_v86.mjs): a fresh V86 with the same options timed to its shell
 prompt, and the same EXEC round trip sent from JS on the very machine Python drives,
 in blocks alternating with Python's. For the "agent" image (Debian on 9p): cold boot
 to exec-ready, the image bytes fetched by then, the first `python3 -c pass`, `git
-status` in a repository of 1,000 files and `npm --version`. Nothing here is asserted: targets
+status` in a repository of 1,000 files and `npm --version`. For persistence: boot
+with a 50 MB / 20,000-file store against boot without one, sync throughput, and the
+run("true") latency while a sync runs. Nothing here is asserted: targets
 are in the README and the closing notes, measurements here.
 """
 
@@ -25,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from pyapptron.host import Browser, PageServer, RemoteSession  # noqa: E402
+from pyapptron.host import Browser, BrowserConfig, PageServer, RemoteSession  # noqa: E402
 
 PY_BENCH = """
 import time, statistics
@@ -129,6 +131,96 @@ window.pyapptronReady.then(p => done({load_s: p.pyapptronLoadSeconds, since_navi
 """
 
 
+# Persistence: a store of 50 MB in 20,000 files (made once, by import), then the figures.
+PERSIST_MAKE = """
+import io, random, tarfile, time
+vm = await pyapptron.boot("v86", "minimal", persist="bench", memory_mib=256)
+buf = io.BytesIO()
+rng = random.Random(7)
+with tarfile.open(fileobj=buf, mode="w") as tar:
+    for i in range(20000):
+        body = rng.randbytes(2500)  # 20,000 x 2,500 B = 50 MB
+        info = tarfile.TarInfo(f"persist/tree/d{i // 200}/f{i}")
+        info.size = len(body)
+        tar.addfile(info, io.BytesIO(body))
+t = time.perf_counter()
+await vm.persist.import_(buf.getvalue())
+first_sync_s = time.perf_counter() - t
+big = rng.randbytes(64 * 1024 * 1024)
+await vm.persist.write_file("/persist/big.bin", big)
+t = time.perf_counter()
+r = await vm.persist.sync()
+sync_64mb_s = time.perf_counter() - t
+t = time.perf_counter()
+await vm.persist.sync()
+noop_sync_s = time.perf_counter() - t
+await vm.run("rm /persist/big.bin")
+await vm.persist.sync()
+await vm.shutdown()
+result = {"import_and_first_sync_s": first_sync_s, "sync_64MB_s": sync_64mb_s, "sync_64MB_js_s": r.seconds,
+          "noop_sync_20000_files_s": noop_sync_s}
+"""
+
+PERSIST_MEASURE = """
+import asyncio, statistics, time
+t = time.perf_counter()
+vm = await pyapptron.boot("v86", "minimal", persist="bench", memory_mib=256)
+boot_s = time.perf_counter() - t
+restored = vm.persist.restored["persist"]
+async def latencies(n):
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        await vm.run("true")
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+quiet = await latencies(40)
+# Latency while a sync of 20,000 files (one changed, 32 MB new) runs alongside.
+await vm.persist.write_file("/persist/big.bin", bytes(32 * 1024 * 1024))
+task = asyncio.ensure_future(vm.persist.sync())
+during = []
+while not task.done():
+    during += await latencies(1)
+await vm.run("rm /persist/big.bin")
+await vm.persist.sync()
+await vm.shutdown()
+result = {"boot_s": boot_s, "restored": restored, "quiet_ms": quiet, "during_ms": during}
+"""
+
+PLAIN_BOOT = """
+import time
+t = time.perf_counter()
+vm = await pyapptron.boot("v86", "minimal", memory_mib=256)
+result = time.perf_counter() - t
+await vm.shutdown()
+"""
+
+
+def bench_persist(server) -> dict:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as profile:
+        with Browser(BrowserConfig(profile_dir=profile)) as browser:
+            made = RemoteSession(browser, server.url, autoboot=False).python(PERSIST_MAKE)
+        with Browser(BrowserConfig(profile_dir=profile)) as browser:  # a browser restart
+            session = RemoteSession(browser, server.url, autoboot=False)
+            plain = session.python(PLAIN_BOOT)
+            py = session.python(PERSIST_MEASURE)
+    q, d = py["quiet_ms"], py["during_ms"]
+    return {
+        "store": {"files": py["restored"]["files"], "MB": round(py["restored"]["bytes"] / 1e6, 1)},
+        "boot_with_store_s": round(py["boot_s"], 3),
+        "boot_without_store_s": round(plain, 3),
+        "mount_cost_s": round(py["boot_s"] - plain, 3),
+        "import_20000_files_and_first_sync_s": round(made["import_and_first_sync_s"], 3),
+        "sync_64MB_changed_MBps": round(64 * 1.048576 / made["sync_64MB_s"], 1),
+        "sync_64MB_js_side_s": round(made["sync_64MB_js_s"], 3),
+        "sync_nothing_changed_20000_files_s": round(made["noop_sync_20000_files_s"], 3),
+        "run_true_ms_quiet": {"median": round(statistics.median(q), 2), "p95": round(pct(q, 0.95), 2)},
+        "run_true_ms_during_sync": {"median": round(statistics.median(d), 2), "max": round(max(d), 2), "n": len(d)},
+    }
+
+
 def pct(values, q):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -137,7 +229,8 @@ def pct(values, q):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=200)
-    ap.add_argument("--images", default="minimal,agent", help="which images to measure (comma-separated)")
+    ap.add_argument("--images", default="minimal,agent,persist",
+                    help="what to measure (comma-separated): minimal, agent, persist (a 50 MB / 20,000-file store)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     args = ap.parse_args()
     images = set(args.images.split(","))
@@ -155,6 +248,8 @@ def main() -> int:
             figures.update(bench_minimal(server, args.rounds))
         if "agent" in images:
             figures["agent"] = bench_agent(server)
+        if "persist" in images:
+            figures["persist"] = bench_persist(server)
     text = json.dumps(figures, indent=2)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,10 +2,12 @@
 # in Pyodide's console, JupyterLite's Pyodide kernel and `pyodide.runPythonAsync`).
 # tests/test_examples.py runs these cells in order in a real page.
 
-# %% Boot a VM (the minimal busybox image on v86)
+# %% Boot a VM (the minimal busybox image on v86). persist= keeps /root, /persist and
+# installed packages in this browser's IndexedDB: rerun the notebook after a reload
+# and they are still there.
 import pyapptron
 
-vm = await pyapptron.boot("v86", image="minimal")
+vm = await pyapptron.boot("v86", image="minimal", persist="notebook")
 vm.capabilities
 
 # %% Run commands: a subprocess.CompletedProcess with exact bytes
@@ -21,6 +23,15 @@ r = await vm.run("sort -t, -k2 -n /root/data.csv | head -n 2", text=True)
 lowest = r.stdout.splitlines()
 print(lowest)
 assert lowest == ["name,score", "lin,7"]
+
+# %% Files that outlive the page: write from Python straight into the persisted tree,
+# use them in the guest, and commit (an automatic sync also runs shortly after changes)
+runs = int((await vm.run("cat /persist/runs 2>/dev/null || echo 0")).stdout) + 1
+await vm.persist.write_file("/persist/runs", f"{runs}\n")
+await vm.run("echo \"run $(cat /persist/runs)\" >> /persist/history", check=True)
+print((await vm.persist.read_file("/persist/history")).decode())
+committed = await vm.persist.sync()
+print(f"kept {committed.files} files ({committed.bytes} bytes) in {committed.seconds * 1000:.0f} ms")
 
 # %% Wait on the interactive console the way pexpect does
 await vm.console.wait_for(rb"# ", timeout=30)

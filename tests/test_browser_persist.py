@@ -273,3 +273,33 @@ result = session.phase
     vm = page.boot("big", memory_mib=256)
     assert page.session.python(READ_BIG_STORE.replace("VM", str(vm.id))) == {
         "big": made["big"], "small": _small_digest(), "version": "1"}
+
+
+def _tiny_wheel() -> bytes:
+    """A pure-Python wheel made here (the guest has no network): greet-1.0."""
+    import zipfile
+
+    files = {
+        "greet/__init__.py": "def hello():\n    return 'hello from a kept package'\n",
+        "greet-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: greet\nVersion: 1.0\n",
+        "greet-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files["greet-1.0.dist-info/RECORD"] = "".join(f"{name},,\n" for name in files) + "greet-1.0.dist-info/RECORD,,\n"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as whl:
+        for name, text in files.items():
+            whl.writestr(name, text)
+    return buf.getvalue()
+
+
+def test_a_pip_user_install_on_the_agent_image_survives_a_reload(page):
+    vm = page.boot("agent-packages", image="agent")
+    vm.write_file("/root/greet-1.0-py3-none-any.whl", _tiny_wheel())
+    r = vm.run("python3 -m pip install --user --no-index --no-deps --break-system-packages "
+               "/root/greet-1.0-py3-none-any.whl", timeout=600)
+    assert r.returncode == 0, r.stderr
+    vm.persist.sync()
+    page.reload()
+    vm = page.boot("agent-packages", image="agent")
+    r = vm.run(["python3", "-c", "import greet; print(greet.hello())"], timeout=300)
+    assert (r.returncode, r.stdout) == (0, b"hello from a kept package\n"), r.stderr
