@@ -71,7 +71,8 @@ def page(server, profile):
     p.close()
 
 
-def test_files_survive_a_reload_and_a_browser_restart_exactly(page):
+def test_files_survive_sync_autosync_shutdown_reload_and_restart_exactly(page):
+    """The durability contract, one step at a time, on one store."""
     vm = page.boot("exact")
     data = bytes(range(256)) * 64
     vm.write_file("/root/all-bytes.bin", data, mode=0o751)
@@ -80,35 +81,29 @@ def test_files_survive_a_reload_and_a_browser_restart_exactly(page):
            "ln -s /nowhere /persist/dangling && : > /persist/zero && touch -d @1600000000 /persist/zero && "
            "touch -d @1500000000 /persist/deep/er && chmod 700 /persist/deep", check=True)
     before = vm.run(LISTING, check=True).stdout
-    page.session.request("persist", vm=vm.id, method="sync")
+    vm.persist.sync()
+    # The automatic sync: a change, a quiet spell (2 s), and it is committed without sync().
+    vm.run("echo by-itself > /persist/auto.txt; sleep 5", check=True)
+    with_auto = vm.run(LISTING, check=True).stdout
 
-    page.reload()
-    vm = page.boot("exact")
-    assert vm.read_file("/root/all-bytes.bin") == data
-    assert vm.run(LISTING, check=True).stdout == before
-
-    page.restart()
-    vm = page.boot("exact")
-    assert vm.read_file("/root/all-bytes.bin") == data
-    assert vm.run(LISTING, check=True).stdout == before
-
-
-def test_changes_are_kept_without_calling_sync(page):
-    """The automatic sync: a change, a short quiet spell, and it is committed."""
-    vm = page.boot("auto")
-    vm.run("echo by-itself > /persist/auto.txt", check=True)
-    vm.run("sleep 5")  # the debounce is 2 s
     page.reload()  # no sync, no shutdown: the page is simply gone
-    vm = page.boot("auto")
+    vm = page.boot("exact")
+    assert vm.read_file("/root/all-bytes.bin") == data
+    assert vm.run(LISTING, check=True).stdout == with_auto
     assert vm.read_file("/persist/auto.txt") == b"by-itself\n"
+    assert with_auto != before
 
-
-def test_shutdown_keeps_what_was_written(page):
-    vm = page.boot("at-shutdown")
-    vm.run("echo last-words > /root/note", check=True)
-    vm.shutdown()
-    vm = page.boot("at-shutdown")
+    vm.run("rm /persist/auto.txt && echo last-words > /root/note", check=True)
+    vm.shutdown()  # syncs first
+    vm = page.boot("exact")
     assert vm.read_file("/root/note") == b"last-words\n"
+    vm.run("rm /root/note", check=True)
+    vm.persist.sync()
+
+    page.restart()  # a new browser on the same profile
+    vm = page.boot("exact")
+    assert vm.read_file("/root/all-bytes.bin") == data
+    assert vm.run(LISTING, check=True).stdout == before
 
 
 def test_export_then_import_into_a_fresh_profile(page, server, tmp_path):
@@ -121,6 +116,17 @@ def test_export_then_import_into_a_fresh_profile(page, server, tmp_path):
     names = tarfile.open(fileobj=io.BytesIO(archive)).getnames()
     assert {"persist/proj/src/main.py", "persist/proj/entry", "root/.myrc"} <= set(names)
     listing = vm.run("stat -c '%n %a %s %Y %N' /persist/proj/src/main.py /persist/proj/entry /root/.myrc").stdout
+    # An archive with a member outside every layer is refused whole: nothing changes.
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in ("persist/ok.txt", "etc/passwd"):
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"x\n"))
+    with pytest.raises(InvalidOption, match="outside every persist layer.*/etc/passwd"):
+        vm.persist.import_(buf.getvalue())
+    assert vm.run("test -e /persist/ok.txt").returncode == 1
+    vm.shutdown()  # two emulators at once would only slow both
 
     fresh = Page(server, str(tmp_path / "fresh-profile"))
     try:
@@ -135,21 +141,10 @@ def test_export_then_import_into_a_fresh_profile(page, server, tmp_path):
         fresh.close()
 
 
-def test_an_archive_outside_the_layers_is_refused_and_nothing_changes(page):
-    vm = page.boot("refused")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name in ("persist/ok.txt", "etc/passwd"):
-            info = tarfile.TarInfo(name)
-            info.size = 2
-            tar.addfile(info, io.BytesIO(b"x\n"))
-    with pytest.raises(InvalidOption, match="outside every persist layer.*/etc/passwd"):
-        vm.persist.import_(buf.getvalue())
-    assert vm.run("test -e /persist/ok.txt").returncode == 1
-
-
-def test_reset_of_one_layer_leaves_the_others(page):
+def test_reset_of_one_layer_leaves_the_others_and_a_store_has_one_machine(page):
     vm = page.boot("reset")
+    with pytest.raises(PersistLocked, match="in use by another machine"):
+        page.boot("reset")  # one machine per store: a second writer would drop the first's files
     vm.run("echo home > /root/h && echo mine > /persist/p && mkdir -p /usr/local/lib && echo pkg > /usr/local/lib/k",
            check=True)
     vm.persist.sync()
@@ -191,14 +186,6 @@ def test_a_damaged_record_is_reported_and_the_rest_loads(page):
     assert "layer 'home'" in messages and "not a layer record" in messages
     assert vm.read_file("/persist/one") == b"one\n"  # the rest of the store loaded
     assert vm.run("test -e /persist/two").returncode == 1
-
-
-def test_one_store_serves_one_machine_at_a_time(page):
-    first = page.boot("single")
-    with pytest.raises(PersistLocked, match="in use by another machine"):
-        page.boot("single")
-    first.shutdown()
-    page.boot("single")
 
 
 # Made in the page, by Python: 20,000 small files (a node_modules-like tree, by tar import)

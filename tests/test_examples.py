@@ -19,10 +19,8 @@ def test_notebook_cells_run_in_order_in_the_page(pyapptron_session):
     assert answers[-1] == "notebook done"
 
 
-def test_embedding_page_boots_and_runs_uname(pyapptron_browser, pyapptron_server):
-    driver = pyapptron_browser.driver
-    driver.get(pyapptron_server.url + "examples/embed.html")
-    text = driver.execute_async_script("""
+def _embed_page_text(driver) -> str:
+    return driver.execute_async_script("""
 const done = arguments[arguments.length - 1];
 const t0 = Date.now();
 (function poll() {
@@ -32,7 +30,15 @@ const t0 = Date.now();
   else setTimeout(poll, 100);
 })();
 """)
-    assert text.startswith("uname -a → Linux pyapptron") and text.endswith("(exit 0)")
+
+
+def test_embedding_page_boots_runs_uname_and_keeps_its_files_across_a_reload(pyapptron_browser, pyapptron_server):
+    driver = pyapptron_browser.driver
+    driver.get(pyapptron_server.url + "examples/embed.html")
+    first = _embed_page_text(driver)
+    assert first.startswith("uname -a → Linux pyapptron") and "(exit 0)\nvisit 1 " in first
+    driver.get(pyapptron_server.url + "examples/embed.html")  # a reload: same origin, same profile
+    assert "\nvisit 2 " in _embed_page_text(driver)
 
 
 def test_pytest_fixture_examples_pass():

@@ -57,12 +57,13 @@ async function loadXterm(assetsUrl) {
 
 /**
  * Boot a VM. Options: emulator ("v86"), image ("minimal"), memoryMib, terminal (an
- * element to show the console in), assetsUrl, onStatus(text).
+ * element to show the console in), assetsUrl, onStatus(text), persist (true or a store
+ * name: keep /root, /persist and installed packages in IndexedDB across reloads).
  * Resolves to {vm, pyodide, terminal, run(cmd), shutdown()}.
  */
 export async function boot({
   emulator = "v86", image = "minimal", memoryMib = null, terminal = null,
-  assetsUrl = defaultAssets, onStatus = null, terminalOptions = {},
+  assetsUrl = defaultAssets, onStatus = null, terminalOptions = {}, persist = null,
 } = {}) {
   const pyodide = await loadPyapptron({ assetsUrl, onStatus });
   let term = null;
@@ -80,6 +81,7 @@ export async function boot({
   const pyboot = pyodide.pyimport("pyapptron").boot;
   const kwargs = { image };
   if (memoryMib) kwargs.memory_mib = memoryMib;
+  if (persist) kwargs.persist = persist;
   const vm = await pyboot.callKwargs(emulator, kwargs);
   let detach = null;
   if (term) {
@@ -98,6 +100,15 @@ export async function boot({
       const r = await vm.run.callKwargs(cmd, kwargs);
       try {
         return { returncode: r.returncode, stdout: r.stdout, stderr: r.stderr };
+      } finally {
+        r.destroy();
+      }
+    },
+    /** Commit the persisted directories now (with persist); resolves when they are safe. */
+    async sync() {
+      const r = await vm.persist.sync();
+      try {
+        return { files: r.files, bytes: r.bytes, seconds: r.seconds };
       } finally {
         r.destroy();
       }
