@@ -86,8 +86,9 @@ export async function start(options, sinks) {
   }
   return {
     emulator,
-    persist: session,
-    restored,
+    // undefined, not null, when absent: Pyodide turns undefined into None, null into JsNull.
+    persist: session ?? undefined,
+    restored: restored ?? undefined,
     send(channel, data) {
       if (stopped) return;
       if (channel === "agent") emulator.bus.send("virtio-console0-input-bytes", data);

@@ -51,7 +51,7 @@ class PersistHandle:
 
     def __init__(self, session, restored):
         self._session = session
-        self.restored = restored.to_py() if restored is not None else {}
+        self.restored = restored.to_py() if hasattr(restored, "to_py") else {}
 
     async def sync(self) -> dict:
         return (await self._session.sync()).to_py()
@@ -92,7 +92,8 @@ class EmulatorHandle:
         self._adapter = adapter
         self._proxies = proxies
         session = getattr(adapter, "persist", None)
-        self.persist = PersistHandle(session, adapter.restored) if session is not None else None
+        present = session is not None and type(session).__name__ != "JsNull"
+        self.persist = PersistHandle(session, getattr(adapter, "restored", None)) if present else None
 
     def send(self, channel: str, data: bytes) -> None:
         self._adapter.send(channel, to_js(data))
