@@ -78,6 +78,9 @@ export class PersistSession {
     this.notify = notify;
     this.roots = new Set(layers.flatMap((l) => l.paths));
     this.known = new Map(); // inode id -> {ref, size}: file data already in the store
+    // inode id -> count of data writes: a write that lands while a sync reads the file
+    // must not let the sync call its (older) copy "known".
+    this.generation = new Map();
     this.detached = new Set(); // layers reset in this session: no longer synced
     this.quiet = false;
     this.dirty = false;
@@ -118,7 +121,10 @@ export class PersistSession {
       const original = fs[name];
       const data = dataChanged.includes(name);
       fs[name] = (...args) => {
-        if (data) this.known.delete(args[0]);
+        if (data) {
+          this.known.delete(args[0]);
+          this.generation.set(args[0], (this.generation.get(args[0]) || 0) + 1);
+        }
         if (!this.quiet && !this.dirty) {
           this.dirty = true; // one notice per dirty period, not one per 9p write
           this.notify();
@@ -338,7 +344,9 @@ export class PersistSession {
       this.pendingKnown = null;
       throw typedError(e);
     }
-    for (const [id, info] of this.pendingKnown || []) this.known.set(id, info);
+    for (const [id, info] of this.pendingKnown || []) {
+      if ((this.generation.get(id) || 0) === info.generation) this.known.set(id, { ref: info.ref, size: info.size });
+    }
     this.pendingKnown = null;
     return { files, bytes, written, blobs: pending.size, seconds: (performance.now() - started) / 1000 };
   }
@@ -355,10 +363,11 @@ export class PersistSession {
         const known = this.known.get(id);
         if (known && known.size === size) ref = known.ref;
         else {
+          const generation = this.generation.get(id) || 0;
           const data = await fs.get_data(id, 0, size);
           ref = uid();
           pending.set(ref, data ? data.slice(0, size) : new Uint8Array(size));
-          (this.pendingKnown ||= new Map()).set(id, { ref, size });
+          (this.pendingKnown ||= new Map()).set(id, { ref, size, generation });
         }
       }
     } else if (type === S_IFLNK) {
