@@ -50,7 +50,6 @@ class Page:
 
     def kill(self):
         """SIGKILL the browser, as a crash or a killed tab would: no unload, no cleanup."""
-        import signal
         import subprocess
 
         subprocess.run(["pkill", "-KILL", "-f", f"user-data-dir={self.profile}"], check=False)
@@ -64,11 +63,18 @@ class Page:
         self.browser.close()
 
 
-@pytest.fixture
-def page(server, profile):
+@pytest.fixture(scope="module")
+def _module_page(server, profile):
     p = Page(server, profile)
     yield p
     p.close()
+
+
+@pytest.fixture
+def page(_module_page):
+    """The module's browser, on a freshly loaded page (a browser start costs seconds)."""
+    _module_page.reload()
+    return _module_page
 
 
 def test_files_survive_sync_autosync_shutdown_reload_and_restart_exactly(page):
@@ -95,14 +101,12 @@ def test_files_survive_sync_autosync_shutdown_reload_and_restart_exactly(page):
 
     vm.run("rm /persist/auto.txt && echo last-words > /root/note", check=True)
     vm.shutdown()  # syncs first
-    vm = page.boot("exact")
-    assert vm.read_file("/root/note") == b"last-words\n"
-    vm.run("rm /root/note", check=True)
-    vm.persist.sync()
 
     page.restart()  # a new browser on the same profile
     vm = page.boot("exact")
     assert vm.read_file("/root/all-bytes.bin") == data
+    assert vm.read_file("/root/note") == b"last-words\n"
+    vm.run("rm /root/note", check=True)
     assert vm.run(LISTING, check=True).stdout == before
 
 
