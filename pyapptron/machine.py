@@ -84,8 +84,8 @@ class Machine:
         await self.backend.start(self.console.feed, self._agent.feed)
         store = self.backend.persist_store
         if store is not None:
-            spec = getattr(self.backend, "persist", None)
-            self._persist = PersistedFiles(spec, store, guest_sync=self._flush_guest if self.capabilities.exec else None)
+            flush = self._flush_guest if self.capabilities.exec else None
+            self._persist = PersistedFiles(self.backend.persist, store, guest_sync=flush)
         if self.capabilities.exec:
             await self._agent.wait_ready()
 

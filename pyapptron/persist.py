@@ -120,7 +120,7 @@ def _guest_dir(path: Any, layer: str) -> str:
     normal = posixpath.normpath(path)
     if normal.startswith("//"):
         normal = normal[1:]
-    if any(c in normal for c in ", \t\n") :
+    if any(c in normal for c in ", \t\n"):
         raise InvalidOption(f"persist layer {layer!r}: {path!r} may not contain spaces or commas")
     if normal in _RESERVED or normal.startswith(("/proc/", "/sys/", "/dev/", "/run/", "/tmp/")):
         raise InvalidOption(
@@ -196,7 +196,7 @@ class PersistedFiles:
         self.damaged = damage_errors(store.restored or {})
         for err in self.damaged:
             warnings.warn(str(err), RuntimeWarning, stacklevel=2)
-        self.restored = {k: v for k, v in (store.restored or {}).get("layers", {}).items()}
+        self.restored = dict((store.restored or {}).get("layers", {}))
 
     @property
     def store(self) -> str:

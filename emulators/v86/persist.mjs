@@ -192,7 +192,8 @@ export class PersistSession {
           report.layers[layer.name] = { files: 0, bytes: 0, restored: false };
           continue;
         }
-        report.layers[layer.name] = await this.applyRecord(layer, record, report.damaged);
+        const blobs = await this.blobs(fileRefs(record.entries));
+        report.layers[layer.name] = this.applyRecord(layer, record, blobs, report.damaged);
       }
     } finally {
       this.quiet = false;
@@ -200,10 +201,9 @@ export class PersistSession {
     return report;
   }
 
-  async applyRecord(layer, record, damaged) {
+  // Put a record's entries into the live tree (blobs: ref -> bytes), replacing what is there.
+  applyRecord(layer, record, blobs, damaged) {
     const fs = this.fs;
-    const refs = record.entries.filter((e) => (e[1] & S_IFMT) === S_IFREG && e[5] > 0).map((e) => e[6]);
-    const blobs = await this.blobs(refs);
     for (const root of layer.paths) this.emptyTree(root);
     const ids = new Map();
     let files = 0, bytes = 0;
@@ -236,7 +236,7 @@ export class PersistSession {
           }
           id = fs.CreateFile(basename(path), parent);
           fs.inodedata[id] = data;
-          if (size > 0) this.known.set(id, { ref, size });
+          if (size > 0 && layer.stored !== false) this.known.set(id, { ref, size });
           files += 1;
           bytes += size;
         } else continue;
@@ -292,7 +292,6 @@ export class PersistSession {
   async syncNow() {
     const started = performance.now();
     this.dirty = false;
-    this.pendingKnown = null;
     this.phase = "walk"; // then "blobs", "commit", "idle": for tests that kill a sync halfway
     try {
       return await this.syncSteps(started);
@@ -304,6 +303,7 @@ export class PersistSession {
   async syncSteps(started) {
     const fs = this.fs;
     const pending = new Map(); // ref -> Uint8Array
+    const fresh = new Map(); // inode id -> {ref, size, generation}: known once committed
     const records = {};
     let files = 0, bytes = 0, written = 0;
     for (const layer of this.layers) {
@@ -312,7 +312,7 @@ export class PersistSession {
       for (const root of layer.paths) {
         const id = this.lookup(root);
         if (id === -1) continue;
-        await this.walk(root, id, entries, pending, root);
+        await this.walk(root, id, entries, pending, fresh, root);
       }
       for (const e of entries) if ((e[1] & S_IFMT) === S_IFREG) { files += 1; bytes += e[5]; }
       records[layer.name] = { format: FORMAT, paths: layer.paths, entries, committed: Date.now() };
@@ -341,17 +341,15 @@ export class PersistSession {
       await this.commit(records, []);
     } catch (e) {
       // What the store had committed before stays; the blobs written here are dropped by the next commit.
-      this.pendingKnown = null;
       throw typedError(e);
     }
-    for (const [id, info] of this.pendingKnown || []) {
+    for (const [id, info] of fresh) {
       if ((this.generation.get(id) || 0) === info.generation) this.known.set(id, { ref: info.ref, size: info.size });
     }
-    this.pendingKnown = null;
     return { files, bytes, written, blobs: pending.size, seconds: (performance.now() - started) / 1000 };
   }
 
-  async walk(path, id, entries, pending, root) {
+  async walk(path, id, entries, pending, fresh, root) {
     const fs = this.fs;
     const inode = fs.inodes[id];
     const type = inode.mode & S_IFMT;
@@ -367,7 +365,7 @@ export class PersistSession {
           const data = await fs.get_data(id, 0, size);
           ref = uid();
           pending.set(ref, data ? data.slice(0, size) : new Uint8Array(size));
-          (this.pendingKnown ||= new Map()).set(id, { ref, size, generation });
+          fresh.set(id, { ref, size, generation });
         }
       }
     } else if (type === S_IFLNK) {
@@ -381,7 +379,7 @@ export class PersistSession {
         if (name === "." || name === "..") continue;
         const child = `${path === "/" ? "" : path}/${name}`;
         if (child !== root && this.roots.has(child)) continue; // another layer's
-        await this.walk(child, inode.direntries.get(name), entries, pending, root);
+        await this.walk(child, inode.direntries.get(name), entries, pending, fresh, root);
       }
     }
   }
@@ -393,17 +391,10 @@ export class PersistSession {
     const blobsOs = tx.objectStore("blobs");
     for (const [name, record] of Object.entries(records)) layersOs.put(record, name);
     for (const name of deleted) layersOs.delete(name);
-    const [keys, values, blobKeys] = await Promise.all([
-      request(layersOs.getAllKeys()), request(layersOs.getAll()), request(blobsOs.getAllKeys()),
-    ]);
-    const named = new Set();
-    values.forEach((record) => {
-      if (!validRecord(record)) return;
-      for (const e of record.entries) if ((e[1] & S_IFMT) === S_IFREG && e[5] > 0) named.add(e[6]);
-    });
+    const [values, blobKeys] = await Promise.all([request(layersOs.getAll()), request(blobsOs.getAllKeys())]);
+    const named = new Set(values.filter(validRecord).flatMap((record) => fileRefs(record.entries)));
     for (const key of blobKeys) if (!named.has(key)) blobsOs.delete(key);
     await finished(tx);
-    return keys.length;
   }
 
   // ---- management ------------------------------------------------------------------
@@ -414,25 +405,17 @@ export class PersistSession {
     });
   }
 
-  // Write entries (with their bytes) into the live tree, replacing what is there.
+  // Write entries (blobs: a Map ref -> bytes) into the live tree, replacing what is there.
   importEntries(entries, blobs) {
     return this.serial(async () => {
       const damaged = [];
-      const map = new Map(Object.entries(blobs));
-      const record = { format: FORMAT, paths: [], entries };
       this.quiet = true;
       try {
-        const saved = this.blobs;
-        this.blobs = async () => map;
-        try {
-          await this.applyRecord({ name: "import", paths: [] }, record, damaged);
-        } finally {
-          this.blobs = saved;
-        }
+        // Not stored yet: the files stay unknown, so the next sync writes them.
+        this.applyRecord({ name: "import", paths: [], stored: false }, { entries }, blobs, damaged);
       } finally {
         this.quiet = false;
       }
-      for (const [id, info] of this.known) if (map.has(info.ref)) this.known.delete(id); // not yet in the store
       return damaged;
     });
   }
@@ -467,6 +450,9 @@ export class PersistSession {
     return { usage, quota };
   }
 }
+
+// The blobs a record's entries name (regular files with bytes).
+const fileRefs = (entries) => entries.filter((e) => (e[1] & S_IFMT) === S_IFREG && e[5] > 0).map((e) => e[6]);
 
 function validRecord(record) {
   return record && typeof record === "object" && record.format === FORMAT && Array.isArray(record.entries)

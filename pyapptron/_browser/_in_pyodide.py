@@ -64,10 +64,8 @@ class PersistHandle:
         return None if data is None else data.to_bytes()
 
     async def import_entries(self, entries: list, blobs: dict[str, bytes]) -> list:
-        js_blobs = js.Object.new()
-        for ref, data in blobs.items():
-            setattr(js_blobs, ref, to_js(data))
-        damaged = await self._session.importEntries(to_js(entries), js_blobs)
+        # A JS Map of ref -> Uint8Array.
+        damaged = await self._session.importEntries(to_js(entries), to_js(blobs, dict_converter=js.Map.new))
         return damaged.to_py()
 
     async def reset(self, layer: str) -> None:

@@ -46,6 +46,8 @@ class Backend(abc.ABC):
     persist_supported: ClassVar[bool] = False
 
     capabilities: Capabilities
+    #: What boot(persist=...) asked this backend to keep (pyapptron.persist.Persist), if anything.
+    persist: Any = None
     #: After start, with persist: the adapter's store (pyapptron.persist.PersistStore).
     persist_store: Any = None
     #: Set by Machine before start: called when the guest changes a persisted tree.
