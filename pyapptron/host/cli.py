@@ -1,4 +1,4 @@
-"""`python -m pyapptron serve | run | demo` (CPython)."""
+"""`python -m pyapptron serve | run | demo | mcp` (CPython)."""
 
 from __future__ import annotations
 
@@ -121,6 +121,20 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_mcp(args) -> int:
+    """A stdio MCP server (for desktop agents) bridged to the VM in a page."""
+    try:
+        from .mcp_bridge import main as bridge_main
+    except ImportError as exc:
+        print(f"pyapptron mcp: {exc}: pip install 'pyapptron[host]'", file=sys.stderr)
+        return 1
+    try:
+        return bridge_main(args)
+    except PyapptronError as exc:
+        print(f"pyapptron mcp: {exc}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pyapptron", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -137,5 +151,19 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="boot a VM headless and show uname -a and a file round trip")
     _browser_args(p)
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("mcp", help="a stdio MCP server for AI agents, bridged to a VM in a browser page",
+                       description="Speak MCP on stdin/stdout (start it from an MCP client's config). The VM "
+                                   "runs in a page that connects back over a loopback WebSocket; --headless "
+                                   "opens that page in headless Chromium, otherwise the page URL is printed "
+                                   "on stderr.")
+    _browser_args(p)
+    p.add_argument("--headless", action="store_true", help="open the page in headless Chromium (no window needed)")
+    p.add_argument("--port", type=int, default=0, help="WebSocket port on 127.0.0.1 (default: any free port)")
+    p.add_argument("--page-port", type=int, default=0, help="port the page is served on (default: any free port)")
+    p.add_argument("--connect-timeout", type=float, default=120.0, metavar="S",
+                   help="how long a request waits for the page before it is refused (default 120)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="another page origin allowed to connect (repeatable)")
+    p.set_defaults(func=cmd_mcp)
     args = parser.parse_args(argv)
     return args.func(args)

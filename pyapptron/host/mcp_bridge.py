@@ -1,0 +1,344 @@
+"""`python -m pyapptron mcp`: a stdio MCP server for desktop agents, bridged to the page.
+
+The MCP server runs in the browser page next to the VM (pyapptron.mcp). This process
+only carries its JSON-RPC messages: one per line on stdin/stdout (MCP's stdio
+transport) <-> one per frame on a WebSocket that the page dials.
+
+Security: the WebSocket listens on 127.0.0.1 only, checks the page's Origin, and
+serves nothing until the page presents the random per-run token (passed in the page
+URL's fragment, which never reaches an HTTP server). Everything the bridge itself
+says goes to stderr; stdout carries protocol messages only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ..mcp.server import INVALID_REQUEST, MAX_MESSAGE_BYTES
+
+#: JSON-RPC error code for "no page can answer" (implementation-defined server error).
+NO_PAGE = -32000
+HELLO_TIMEOUT_S = 10.0
+
+
+def log(text: str) -> None:
+    print(f"pyapptron mcp: {text}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class BridgeConfig:
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    origins: list[str] = field(default_factory=list)  # page origins allowed to dial in
+    page_url: str = ""  # where a browser can open the page (for messages)
+    connect_timeout: float = 120.0  # how long a request waits for a page before it is refused
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+
+
+class Bridge:
+    """Carries messages between the stdio client and at most one page."""
+
+    def __init__(self, config: BridgeConfig, write_out):
+        self.config = config
+        self._write_out = write_out  # bytes -> None: one line to the client
+        self.page = None  # the connected, ready page's WebSocket
+        self.page_info: dict = {}
+        self.failed: str | None = None
+        self._waiting: list[tuple[str, object]] = []  # (text, id) queued until a page is ready
+        self._wait_timer: asyncio.TimerHandle | None = None
+        self._pending: dict[object, str] = {}  # request id -> method, sent to the page
+        self._initialize: str | None = None  # replayed to a page that connects later (a reload)
+        self._initialized_note: str | None = None
+        self._swallow: set[object] = set()  # ids of replayed requests: their answers are not the client's
+        self.ready_event = asyncio.Event()
+        self.url_for_humans = ""
+        self.client_gone = False
+
+    # -- client side ---------------------------------------------------------------
+    def from_client(self, text: str) -> None:
+        """One line from the stdio client."""
+        try:
+            message = json.loads(text)
+        except ValueError:
+            message = None
+        request_id = None
+        if isinstance(message, dict):
+            method = message.get("method")
+            request_id = message.get("id")
+            if method == "initialize":
+                self._initialize = text
+            elif method == "notifications/initialized":
+                self._initialized_note = text
+            elif method == "notifications/cancelled" and isinstance(message.get("params"), dict):
+                # A cancelled request gets no answer: not from the page, not from us.
+                self._pending.pop(_key(message["params"].get("requestId")), None)
+            if method is not None and request_id is not None:
+                self._pending[_key(request_id)] = method
+        # Everything else (malformed JSON included) is the page's to answer: one validator.
+        if self.page is not None:
+            asyncio.ensure_future(self._send_page(text))
+            return
+        if self.failed:
+            self._refuse(request_id, self.failed)
+            return
+        self._waiting.append((text, request_id))
+        if self._wait_timer is None:
+            self._wait_timer = asyncio.get_running_loop().call_later(self.config.connect_timeout, self._give_up)
+
+    def too_large(self, size: int) -> None:
+        self._answer_error(None, INVALID_REQUEST,
+                           f"message of {size} bytes refused: the limit is {self.config.max_message_bytes}")
+
+    def _give_up(self) -> None:
+        self._wait_timer = None
+        waiting, self._waiting = self._waiting, []
+        for _, request_id in waiting:
+            self._refuse(request_id, self.no_page_message())
+
+    def no_page_message(self) -> str:
+        return (f"no pyapptron page is connected to this MCP bridge (waited {self.config.connect_timeout:g} s). "
+                f"Open {self.url_for_humans} in Chromium, or start the bridge with --headless so it "
+                "opens one itself")
+
+    def _refuse(self, request_id, message: str) -> None:
+        if request_id is not None:
+            self._pending.pop(_key(request_id), None)
+            self._answer_error(request_id, NO_PAGE, message)
+
+    def _answer_error(self, request_id, code: int, message: str) -> None:
+        self._write_out(json.dumps({"jsonrpc": "2.0", "id": request_id,
+                                    "error": {"code": code, "message": message}}).encode())
+
+    # -- page side -----------------------------------------------------------------
+    async def handle_page(self, ws) -> None:
+        """One page's WebSocket: hello with the token, status until ready, then messages."""
+        try:
+            hello = json.loads(await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT_S))
+            token = hello.get("token") if isinstance(hello, dict) else None
+        except (asyncio.TimeoutError, ValueError, TypeError):
+            token = None
+        if not isinstance(token, str) or not hmac.compare_digest(token.encode(), self.config.token.encode()):
+            log(f"refused a page from {ws.request.headers.get('Origin')}: wrong or missing token")
+            await ws.close(4003, "wrong token")
+            return
+        if self.page is not None:
+            await ws.close(4009, "another page is already connected to this bridge")
+            return
+        try:
+            async for frame in ws:
+                if self.page is ws:
+                    self._from_page(frame)
+                else:
+                    await self._control(ws, frame)
+        except Exception as exc:  # the connection broke; what was in flight is answered below
+            log(f"page connection lost: {exc}")
+        finally:
+            if self.page is ws:
+                self._page_gone()
+
+    async def _control(self, ws, frame) -> None:
+        try:
+            message = json.loads(frame)
+        except ValueError:
+            return
+        kind = message.get("pyapptron") if isinstance(message, dict) else None
+        if kind == "status":
+            log(f"page: {message.get('text')}")
+        elif kind == "failed":
+            self.failed = f"the page could not start its VM: {message.get('error')}"
+            log(self.failed)
+            self._give_up_with(self.failed)
+        elif kind == "ready":
+            self.page_info = {k: v for k, v in message.items() if k != "pyapptron"}
+            log(f"page ready: {self.page_info}")
+            self.page = ws
+            self.failed = None
+            if self._wait_timer is not None:
+                self._wait_timer.cancel()
+                self._wait_timer = None
+            replay = []
+            init_waiting = any(text == self._initialize for text, _ in self._waiting)
+            if self._initialize and not init_waiting:
+                # A reloaded page: bring its fresh server to the state the client set up.
+                self._swallow.add(_key(json.loads(self._initialize).get("id")))
+                replay.append(self._initialize)
+                if self._initialized_note:
+                    replay.append(self._initialized_note)
+            waiting, self._waiting = self._waiting, []
+            for text in replay + [text for text, _ in waiting]:
+                await self._send_page(text)
+            self.ready_event.set()
+
+    def _give_up_with(self, message: str) -> None:
+        if self._wait_timer is not None:
+            self._wait_timer.cancel()
+            self._wait_timer = None
+        waiting, self._waiting = self._waiting, []
+        for _, request_id in waiting:
+            self._refuse(request_id, message)
+
+    def _from_page(self, frame) -> None:
+        text = frame if isinstance(frame, str) else frame.decode()
+        try:
+            message = json.loads(text)
+        except ValueError:
+            return
+        if isinstance(message, dict) and "method" not in message and "id" in message:
+            key = _key(message["id"])
+            if key in self._swallow:
+                self._swallow.discard(key)
+                return
+            self._pending.pop(key, None)
+        self._write_out(text.encode())
+
+    def _page_gone(self) -> None:
+        self.page = None
+        self.ready_event.clear()
+        self._swallow.clear()
+        pending, self._pending = self._pending, {}
+        if self.client_gone:
+            return  # nobody to tell: the client closed stdin, so we are stopping
+        log("the page disconnected (reloaded or closed); waiting for it to come back")
+        for key, method in pending.items():
+            self._answer_error(key[1], NO_PAGE, f"{method}: the page went away (reloaded or closed) while "
+                                                "this request ran; the command may not have finished")
+
+    async def _send_page(self, text: str) -> None:
+        page = self.page
+        if page is None:
+            self._waiting.append((text, None))
+            return
+        try:
+            await page.send(text)
+        except Exception:
+            pass  # the close handler answers what is pending
+
+
+def _key(request_id):
+    """Ids 1 and "1" are different requests; True is not an id."""
+    return (type(request_id).__name__, request_id)
+
+
+# -- the process ---------------------------------------------------------------------
+def _protocol_stdout():
+    """Keep the real stdout for protocol lines; point fd 1 at stderr for everything else
+    (a chatty library or child process must not corrupt the client's stream)."""
+    sys.stdout.flush()
+    out_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    lock = threading.Lock()
+
+    def write(line: bytes) -> None:
+        data = line + b"\n"
+        with lock:
+            while data:
+                written = os.write(out_fd, data)
+                data = data[written:]
+
+    return write
+
+
+def _stdin_lines(loop, bridge: Bridge, done: asyncio.Event) -> None:
+    """Read stdin in a thread (works for pipes, files and ttys alike)."""
+    limit = bridge.config.max_message_bytes
+    stdin = sys.stdin.buffer
+    try:
+        while True:
+            line = stdin.readline(limit + 1)
+            if not line:
+                break
+            if len(line) > limit and not line.endswith(b"\n"):
+                size = len(line)
+                while True:  # drop the rest of the oversized line
+                    rest = stdin.readline(1 << 20)
+                    size += len(rest)
+                    if not rest or rest.endswith(b"\n"):
+                        break
+                loop.call_soon_threadsafe(bridge.too_large, size)
+                continue
+            text = line.decode("utf-8", "replace").strip()
+            if text:
+                loop.call_soon_threadsafe(bridge.from_client, text)
+    finally:
+        bridge.client_gone = True
+        loop.call_soon_threadsafe(done.set)
+
+
+async def serve(args) -> int:
+    from websockets.asyncio.server import serve as ws_serve
+
+    from .server import PageServer, profile_port
+
+    write_out = _protocol_stdout()
+    port = 0
+    if args.persist:
+        if not args.profile:
+            log("--persist needs --profile DIR: the browser keeps the store (IndexedDB) in its profile")
+            return 2
+        port = profile_port(args.profile)
+    elif args.page_port:
+        port = args.page_port
+    page_server = PageServer(port).start()
+    page_origin = f"http://127.0.0.1:{page_server.port}"
+    config = BridgeConfig(origins=[page_origin, f"http://localhost:{page_server.port}", *args.allow_origin],
+                          connect_timeout=args.connect_timeout)
+    bridge = Bridge(config, write_out)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    browser = None
+    started = time.monotonic()
+    try:
+        async with ws_serve(bridge.handle_page, "127.0.0.1", args.port, origins=config.origins,
+                            max_size=None, compression=None) as ws_server:
+            ws_port = ws_server.sockets[0].getsockname()[1]
+            query = [f"mcp-bridge=ws://127.0.0.1:{ws_port}/", f"emulator={args.emulator}", f"image={args.image}"]
+            if args.memory:
+                query.append(f"memory={args.memory}")
+            if args.persist:
+                query.append(f"persist={args.persist}")
+            bridge.url_for_humans = f"{page_origin}/web/index.html?{'&'.join(query)}#mcp-token={config.token}"
+            threading.Thread(target=_stdin_lines, args=(loop, bridge, stop), daemon=True,
+                             name="pyapptron-mcp-stdin").start()
+            if args.headless:
+                browser = await loop.run_in_executor(None, _open_browser, args, bridge.url_for_humans)
+                log(f"opened the page in headless Chromium ({time.monotonic() - started:.1f} s)")
+            else:
+                log(f"open this page to connect a VM: {bridge.url_for_humans}")
+            await stop.wait()
+    finally:
+        if browser is not None:
+            await loop.run_in_executor(None, browser.close)
+        page_server.stop()
+    return 0
+
+
+def _open_browser(args, url: str):
+    from .browser import Browser, BrowserConfig
+
+    browser = Browser(BrowserConfig(binary=args.browser_binary, remote_url=args.remote, profile_dir=args.profile))
+    try:
+        browser.driver.get(url)
+    except Exception:
+        browser.close()
+        raise
+    return browser
+
+
+def main(args) -> int:
+    try:
+        return asyncio.run(serve(args))
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,169 @@
+// MCP transports for a pyapptron page. The server itself is Python (pyapptron.mcp);
+// this file only carries JSON-RPC text between it and a client.
+//
+// In the page (an agent in the same page, an iframe, a browser extension):
+//   exposeMcp(sandboxOrPromise, { allowedOrigins })   // the page with the VM
+//   const mcp = await connectMcp(window);              // the agent; or connectMcp(iframe.contentWindow, {targetOrigin})
+//   await mcp.initialize();
+//   const r = await mcp.callTool("exec", { command: "uname -a" });
+//
+// From a desktop agent: `python -m pyapptron mcp` opens the page with
+// ?mcp-bridge=ws://127.0.0.1:PORT/#mcp-token=TOKEN; connectBridge() dials it.
+
+const CONNECT = "pyapptron-mcp-connect";
+const ACCEPTED = "pyapptron-mcp-accepted";
+
+/** An MCP connection to the sandbox's VM (Python); `onMessage(text)` gets every answer. */
+function pythonConnection(sandbox, onMessage) {
+  const serve = sandbox.pyodide.pyimport("pyapptron.mcp.page").serve;
+  try {
+    return serve(onMessage, sandbox.vm);
+  } finally {
+    serve.destroy();
+  }
+}
+
+/**
+ * Serve MCP to clients that post {type: "pyapptron-mcp-connect"} with a MessagePort to
+ * this window. Only `allowedOrigins` (default: this page's own origin) may connect.
+ * Call it early: connections that arrive while the sandbox still boots wait for it.
+ * Returns a function that stops accepting new clients.
+ */
+export function exposeMcp(sandboxOrPromise, { allowedOrigins = [location.origin], target = globalThis } = {}) {
+  const ready = Promise.resolve(sandboxOrPromise);
+  const onConnect = async (event) => {
+    if (!event.data || event.data.type !== CONNECT || !event.ports || !event.ports[0]) return;
+    const port = event.ports[0];
+    if (!allowedOrigins.includes("*") && !allowedOrigins.includes(event.origin)) {
+      port.postMessage({ type: ACCEPTED, error: `origin ${event.origin} may not use this sandbox's MCP server` });
+      port.close();
+      return;
+    }
+    let connection = null;
+    const early = [];
+    port.onmessage = (e) => {
+      const text = typeof e.data === "string" ? e.data : JSON.stringify(e.data);
+      if (connection) connection.receive(text); else early.push(text);
+    };
+    port.start();
+    try {
+      const sandbox = await ready;
+      connection = pythonConnection(sandbox, (text) => port.postMessage(JSON.parse(text)));
+    } catch (e) {
+      port.postMessage({ type: ACCEPTED, error: "the sandbox did not boot: " + (e && e.message || e) });
+      port.close();
+      return;
+    }
+    port.postMessage({ type: ACCEPTED });
+    for (const text of early) connection.receive(text);
+  };
+  target.addEventListener("message", onConnect);
+  return () => target.removeEventListener("message", onConnect);
+}
+
+/**
+ * A small MCP client over a MessagePort (protocol 2025-11-25). `target` is the window
+ * that called exposeMcp (this one, a parent, an iframe's contentWindow).
+ */
+export async function connectMcp(target = globalThis, { targetOrigin = location.origin, timeoutMs = 300000 } = {}) {
+  const channel = new MessageChannel();
+  const port = channel.port1;
+  const pending = new Map();
+  const listeners = new Set();
+  let nextId = 1;
+  const accepted = new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("no pyapptron MCP server answered (did the page call exposeMcp?)")), timeoutMs);
+    port.onmessage = (e) => {
+      const msg = e.data;
+      if (msg && msg.type === ACCEPTED) {
+        clearTimeout(timer);
+        if (msg.error) reject(new Error(msg.error)); else resolve();
+        return;
+      }
+      if (msg && msg.id !== undefined && pending.has(msg.id) && (msg.result !== undefined || msg.error !== undefined)) {
+        const { resolve, reject } = pending.get(msg.id);
+        pending.delete(msg.id);
+        if (msg.error) reject(Object.assign(new Error(msg.error.message), { code: msg.error.code, data: msg.error.data }));
+        else resolve(msg.result);
+      } else if (msg && msg.method) {
+        for (const listener of listeners) listener(msg);
+      }
+    };
+  });
+  port.start();
+  target.postMessage({ type: CONNECT }, targetOrigin, [channel.port2]);
+  await accepted;
+
+  const client = {
+    /** Send a JSON-RPC request; `signal` (an AbortSignal) cancels it, `onProgress` gets progress. */
+    request(method, params = {}, { signal, onProgress } = {}) {
+      const id = nextId++;
+      let progressListener = null;
+      if (onProgress) {
+        params = { ...params, _meta: { ...(params._meta || {}), progressToken: id } };
+        progressListener = (msg) => {
+          if (msg.method === "notifications/progress" && msg.params.progressToken === id) onProgress(msg.params);
+        };
+        listeners.add(progressListener);
+      }
+      return new Promise((resolve, reject) => {
+        pending.set(id, { resolve, reject });
+        port.postMessage({ jsonrpc: "2.0", id, method, params });
+        if (signal) {
+          signal.addEventListener("abort", () => {
+            client.notify("notifications/cancelled", { requestId: id, reason: String(signal.reason || "aborted") });
+            pending.delete(id);
+            reject(signal.reason || new Error("cancelled"));
+          }, { once: true });
+        }
+      }).finally(() => progressListener && listeners.delete(progressListener));
+    },
+    notify(method, params = {}) {
+      port.postMessage({ jsonrpc: "2.0", method, params });
+    },
+    /** Every notification from the server (progress, …). Returns an unsubscribe function. */
+    onNotification(listener) {
+      listeners.add(listener);
+      return () => listeners.delete(listener);
+    },
+    async initialize(clientInfo = { name: "pyapptron-web-client", version: "1" }) {
+      const result = await client.request("initialize", { protocolVersion: "2025-11-25", capabilities: {}, clientInfo });
+      client.notify("notifications/initialized");
+      return result;
+    },
+    listTools() { return client.request("tools/list"); },
+    callTool(name, args = {}, options = {}) { return client.request("tools/call", { name, arguments: args }, options); },
+    close() { port.close(); },
+  };
+  return client;
+}
+
+/**
+ * Dial the desktop bridge (`python -m pyapptron mcp`): present the token, report boot
+ * progress, then carry JSON-RPC between the bridge and the VM's MCP server.
+ */
+export function connectBridge(url, token, sandboxPromise, { onStatus = () => {} } = {}) {
+  const ws = new WebSocket(url);
+  let connection = null;
+  ws.onopen = async () => {
+    ws.send(JSON.stringify({ pyapptron: "hello", token }));
+    ws.send(JSON.stringify({ pyapptron: "status", text: "booting the VM" }));
+    try {
+      const sandbox = await sandboxPromise;
+      connection = pythonConnection(sandbox, (text) => ws.readyState === WebSocket.OPEN && ws.send(text));
+      const vm = sandbox.vm;
+      ws.send(JSON.stringify({ pyapptron: "ready", emulator: vm.emulator, image: vm.image, boot_seconds: vm.boot_seconds }));
+      onStatus("MCP bridge connected");
+    } catch (e) {
+      ws.send(JSON.stringify({ pyapptron: "failed", error: String(e && e.message || e) }));
+    }
+  };
+  ws.onmessage = (e) => {
+    if (connection) connection.receive(e.data);
+  };
+  ws.onclose = (e) => {
+    if (connection) { connection.close(); connection.destroy(); connection = null; }
+    onStatus(e.code === 4003 ? "MCP bridge refused this page: wrong token" : "MCP bridge disconnected");
+  };
+  return ws;
+}
