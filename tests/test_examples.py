@@ -48,3 +48,41 @@ def test_pytest_fixture_examples_pass():
                        capture_output=True, text=True, timeout=900, cwd=EXAMPLES)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "4 passed" in r.stdout
+
+
+def test_mcp_in_page_example_an_iframe_agent_and_the_page_itself_drive_the_vm(pyapptron_browser, pyapptron_server):
+    driver = pyapptron_browser.driver
+    driver.get(pyapptron_server.url + "examples/mcp_in_page.html")
+    log = driver.execute_async_script("""
+const done = arguments[arguments.length - 1];
+const t0 = Date.now();
+(function poll() {
+  const frame = document.getElementById("agent").contentDocument;
+  const text = frame && frame.getElementById("log") ? frame.getElementById("log").textContent : "";
+  if (/\\n(done|failed)/.test(text) || Date.now() - t0 > 240000) done(text); else setTimeout(poll, 100);
+})();
+""")
+    assert "connected to pyapptron (protocol 2025-11-25)" in log, log
+    assert "tools: exec, read_file, write_file, list_dir" in log
+    assert re.search(r"exec uname -m → i686 \(exit 0, [1-9]\d* progress updates\)", log), log
+    assert "read back: written by the agent" in log and log.endswith("done")
+
+    # The page's own scripts connect the same way; aborting a call kills the guest command.
+    outcome = driver.execute_async_script("""
+const done = arguments[arguments.length - 1];
+(async () => {
+  const { connectMcp } = await import("/web/mcp.js");
+  const mcp = await connectMcp(window);
+  await mcp.initialize();
+  const abort = new AbortController();
+  const call = mcp.callTool("exec", { command: "echo $$ > /tmp/pid; exec sleep 300" }, { signal: abort.signal });
+  let pid = "";
+  while (!pid) pid = (await mcp.callTool("exec", { command: "cat /tmp/pid 2>/dev/null" })).structuredContent.stdout.trim();
+  abort.abort("no longer needed");
+  const aborted = await call.then(() => "finished?!", (e) => "aborted: " + e);
+  await new Promise((r) => setTimeout(r, 1000));
+  const alive = await mcp.callTool("exec", { command: `kill -0 ${pid} 2>/dev/null; echo $?` });
+  done({ aborted, alive: alive.structuredContent.stdout.trim() });
+})().catch((e) => done({ error: String(e) }));
+""")
+    assert outcome == {"aborted": "aborted: no longer needed", "alive": "1"}, outcome

@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="how long a request waits for the page before it is refused (default 120)")
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="another page origin allowed to connect (repeatable)")
+    p.add_argument("--max-message-bytes", type=int, default=None, metavar="N",
+                   help="refuse larger JSON-RPC messages with an error (default 64 MiB)")
     p.set_defaults(func=cmd_mcp)
     args = parser.parse_args(argv)
     return args.func(args)

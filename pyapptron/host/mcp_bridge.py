@@ -291,7 +291,8 @@ async def serve(args) -> int:
     page_server = PageServer(port).start()
     page_origin = f"http://127.0.0.1:{page_server.port}"
     config = BridgeConfig(origins=[page_origin, f"http://localhost:{page_server.port}", *args.allow_origin],
-                          connect_timeout=args.connect_timeout)
+                          connect_timeout=args.connect_timeout,
+                          max_message_bytes=args.max_message_bytes or MAX_MESSAGE_BYTES)
     bridge = Bridge(config, write_out)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -317,6 +318,7 @@ async def serve(args) -> int:
                 log(f"opened the page in headless Chromium ({time.monotonic() - started:.1f} s)")
             else:
                 log(f"open this page to connect a VM: {bridge.url_for_humans}")
+            log(f"waiting for the page on ws://127.0.0.1:{ws_port}/ (pid {os.getpid()})")
             await stop.wait()
     finally:
         if browser is not None:

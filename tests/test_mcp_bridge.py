@@ -1,0 +1,255 @@
+"""`python -m pyapptron mcp`, spoken to line by line, as a desktop agent would.
+
+The first tests need no browser: the bridge's own promises (loopback only, the token,
+the Origin check, a clear answer when no page is there, a reloaded page brought back
+to the client's session) are checked with a hand-made page on the WebSocket. The last
+ones open the real page in headless Chromium.
+"""
+
+import asyncio
+import json
+import queue
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+REPO = Path(__file__).resolve().parents[1]
+INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}
+
+
+class McpProcess:
+    """The bridge as a subprocess: JSON-RPC lines in, lines out, stderr kept for messages."""
+
+    def __init__(self, *args: str):
+        self.errors = tempfile.NamedTemporaryFile("w+", prefix="mcp-stderr-", suffix=".log")
+        self.proc = subprocess.Popen([sys.executable, "-m", "pyapptron", "mcp", *args], cwd=REPO,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors)
+        self.lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self._ids = iter(range(1, 1 << 30))
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def send_raw(self, data: bytes) -> None:
+        self.proc.stdin.write(data + b"\n")
+        self.proc.stdin.flush()
+
+    def send(self, message: dict) -> None:
+        self.send_raw(json.dumps(message).encode())
+
+    def recv(self, timeout: float = 120) -> dict:
+        line = self.lines.get(timeout=timeout)
+        assert line is not None, f"the bridge closed stdout; stderr:\n{self.stderr()}"
+        return json.loads(line)
+
+    def request(self, method: str, params: dict | None = None, timeout: float = 300) -> dict:
+        """Send a request and return its response (notifications in between are skipped)."""
+        request_id = next(self._ids)
+        self.send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or {}})
+        deadline = time.monotonic() + timeout
+        while True:
+            message = self.recv(max(0.1, deadline - time.monotonic()))
+            if message.get("id") == request_id:
+                return message
+
+    def call(self, name: str, arguments: dict) -> dict:
+        response = self.request("tools/call", {"name": name, "arguments": arguments})
+        assert "result" in response, response
+        return response["result"]
+
+    def stderr(self) -> str:
+        self.errors.flush()
+        return Path(self.errors.name).read_text()
+
+    def wait_for_stderr(self, pattern: str, timeout: float = 60) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.stderr())
+            if match:
+                return match
+            time.sleep(0.05)
+        raise AssertionError(f"the bridge never said {pattern!r}; stderr:\n{self.stderr()}")
+
+    def page_url(self) -> str:
+        return self.wait_for_stderr(r"open this page to connect a VM: (\S+)").group(1)
+
+    def close(self) -> int:
+        """Close stdin, as a client does when it is done: the bridge exits cleanly."""
+        if self.proc.stdin and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            return self.proc.wait(timeout=60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.errors.close()
+
+
+def _ws_and_token(url: str) -> tuple[str, str, str]:
+    """(ws URL, token, page origin) from the page URL the bridge prints."""
+    ws = re.search(r"mcp-bridge=(ws://127\.0\.0\.1:\d+/)", url).group(1)
+    token = url.split("#mcp-token=", 1)[1]
+    origin = re.match(r"(http://127\.0\.0\.1:\d+)", url).group(1)
+    return ws, token, origin
+
+
+class FakePage:
+    """A page on the bridge's WebSocket, run by hand (no browser): for the relay's logic only."""
+
+    def __init__(self, ws_url, token, origin):
+        self.args = (ws_url, token, origin)
+
+    async def __aenter__(self):
+        ws_url, token, origin = self.args
+        self.ws = await connect(ws_url, origin=origin)
+        await self.ws.send(json.dumps({"pyapptron": "hello", "token": token}))
+        await self.ws.send(json.dumps({"pyapptron": "ready", "emulator": "fake", "image": "none"}))
+        return self
+
+    async def recv(self) -> dict:
+        return json.loads(await asyncio.wait_for(self.ws.recv(), 30))
+
+    async def answer(self, request: dict, result: dict) -> None:
+        await self.ws.send(json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": result}))
+
+    async def __aexit__(self, *exc):
+        await self.ws.close()
+
+
+def test_without_a_page_a_request_is_refused_with_the_url_to_open():
+    mcp = McpProcess("--connect-timeout", "1")
+    try:
+        url = mcp.page_url()
+        response = mcp.request("initialize", INIT, timeout=30)
+        assert response["error"]["code"] == -32000
+        message = response["error"]["message"]
+        assert "no pyapptron page is connected" in message and url in message and "--headless" in message
+    finally:
+        assert mcp.close() == 0
+
+
+def test_the_websocket_refuses_a_wrong_token_a_foreign_origin_and_an_oversized_line():
+    mcp = McpProcess("--connect-timeout", "30", "--max-message-bytes", "1000")
+    try:
+        ws_url, token, origin = _ws_and_token(mcp.page_url())
+        assert ws_url.startswith("ws://127.0.0.1:")  # loopback only
+
+        async def probe():
+            async with connect(ws_url, origin=origin) as ws:
+                await ws.send(json.dumps({"pyapptron": "hello", "token": token[:-1] + "x"}))
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.recv()
+                assert closed.value.rcvd.code == 4003
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(ws_url, origin="http://evil.example"):
+                    pass
+            assert refused.value.response.status_code == 403
+
+        asyncio.run(probe())
+        assert "wrong or missing token" in mcp.stderr()
+        mcp.send_raw(b'{"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"pad": "' + b"x" * 2000 + b'"}}')
+        response = mcp.recv(timeout=30)
+        assert response["error"]["code"] == -32600 and "1000" in response["error"]["message"]
+    finally:
+        assert mcp.close() == 0
+
+
+def test_a_reloaded_page_gets_the_clients_handshake_again_and_requests_in_flight_are_answered():
+    mcp = McpProcess("--connect-timeout", "60")
+    try:
+        args = _ws_and_token(mcp.page_url())
+        mcp.send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT})
+        mcp.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+        async def first_page():
+            async with FakePage(*args) as page:
+                init = await page.recv()
+                assert init["method"] == "initialize"
+                await page.answer(init, {"protocolVersion": "2025-11-25", "serverInfo": {"name": "p1"}})
+                assert (await page.recv())["method"] == "notifications/initialized"
+                mcp.send({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+                assert (await page.recv())["id"] == 2  # ...and the page "reloads" before answering
+
+        asyncio.run(first_page())
+        assert mcp.recv()["result"]["serverInfo"] == {"name": "p1"}
+        gone = mcp.recv()
+        assert gone["id"] == 2 and gone["error"]["code"] == -32000 and "went away" in gone["error"]["message"]
+
+        async def second_page():
+            async with FakePage(*args) as page:
+                replayed = await page.recv()
+                assert replayed["method"] == "initialize" and replayed["params"] == INIT
+                await page.answer(replayed, {"protocolVersion": "2025-11-25", "serverInfo": {"name": "p2"}})
+                assert (await page.recv())["method"] == "notifications/initialized"
+                mcp.send({"jsonrpc": "2.0", "id": 3, "method": "tools/list"})
+                request = await page.recv()
+                await page.answer(request, {"tools": []})
+
+        asyncio.run(second_page())
+        # The replayed handshake's answer is the bridge's, not the client's: next comes id 3.
+        assert mcp.recv() == {"jsonrpc": "2.0", "id": 3, "result": {"tools": []}}
+    finally:
+        assert mcp.close() == 0
+
+
+@pytest.mark.browser
+def test_malformed_input_gets_json_rpc_errors_and_the_vm_keeps_serving(tmp_path):
+    mcp = McpProcess("--headless", "--max-message-bytes", "100000")
+    try:
+        mcp.send_raw(b"this is not json")
+        assert mcp.recv(timeout=300)["error"]["code"] == -32700
+        mcp.send_raw(b'[{"jsonrpc": "2.0", "id": 1, "method": "ping"}]')
+        assert mcp.recv()["error"]["code"] == -32600
+        mcp.send_raw(b'{"jsonrpc": "1.0", "id": 7, "method": "ping"}')
+        assert mcp.recv() == {"jsonrpc": "2.0", "id": 7, "error": {
+            "code": -32600, "message": 'not a JSON-RPC 2.0 message (needs "jsonrpc": "2.0")'}}
+        assert mcp.request("tools/list")["error"]["code"] == -32600  # before initialize
+        assert mcp.request("initialize", INIT)["result"]["protocolVersion"] == "2025-11-25"
+        mcp.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        assert mcp.request("no/such/method")["error"]["code"] == -32601
+        assert mcp.request("tools/call", {"arguments": {}})["error"]["code"] == -32602
+        mcp.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": "nonsense"})  # no answer due
+        mcp.send_raw(json.dumps({"jsonrpc": "2.0", "id": 99, "method": "tools/call", "params": {
+            "name": "write_file", "arguments": {"path": "/tmp/big", "content": "x" * 200000}}}).encode())
+        assert mcp.recv()["error"]["code"] == -32600  # oversized: refused by the bridge
+        result = mcp.call("exec", {"command": "echo still here"})
+        assert result["structuredContent"]["stdout"] == "still here\n"
+        assert mcp.request("ping")["result"] == {}
+    finally:
+        assert mcp.close() == 0
+
+
+@pytest.mark.browser
+def test_an_agents_setup_in_the_persistent_layers_survives_a_restart_of_the_bridge(tmp_path):
+    profile = str(tmp_path / "profile")
+    first = McpProcess("--headless", "--profile", profile, "--persist", "agent-setup")
+    try:
+        assert first.request("initialize", INIT)["result"]["protocolVersion"] == "2025-11-25"
+        tools = [t["name"] for t in first.request("tools/list")["result"]["tools"]]
+        assert "persist_sync" in tools
+        installed = first.call("exec", {"command": "mkdir -p /usr/local/bin && printf '#!/bin/sh\\necho tool ok\\n' "
+                                                   "> /usr/local/bin/mytool && chmod +x /usr/local/bin/mytool && "
+                                                   "echo configured > /root/.agentrc"})
+        assert installed["structuredContent"]["exit_code"] == 0
+        synced = first.call("persist_sync", {})
+        assert synced["structuredContent"]["files"] >= 2, synced
+    finally:
+        assert first.close() == 0
+    second = McpProcess("--headless", "--profile", profile, "--persist", "agent-setup")
+    try:
+        second.request("initialize", INIT)
+        back = second.call("exec", {"command": "mytool && cat /root/.agentrc"})
+        assert back["structuredContent"]["stdout"] == "tool ok\nconfigured\n", back
+    finally:
+        assert second.close() == 0
