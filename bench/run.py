@@ -10,7 +10,10 @@ in blocks alternating with Python's. For the "agent" image (Debian on 9p): cold 
 to exec-ready, the image bytes fetched by then, the first `python3 -c pass`, `git
 status` in a repository of 1,000 files and `npm --version`. For persistence: boot
 with a 50 MB / 20,000-file store against boot without one, sync throughput, and the
-run("true") latency while a sync runs. Nothing here is asserted: targets
+run("true") latency while a sync runs. For MCP: `python -m pyapptron mcp --headless`
+start to the first tool result, and the MCP `exec` round trip (stdio -> bridge ->
+WebSocket -> page) against a direct vm.run on the same VM, in alternating blocks, with
+`ping` (the same path without the VM) as the hop's cost. Nothing here is asserted: targets
 are in the README and the closing notes, measurements here.
 """
 
@@ -221,6 +224,104 @@ def bench_persist(server) -> dict:
     }
 
 
+class McpLines:
+    """`python -m pyapptron mcp` as a subprocess, spoken to one JSON-RPC line at a time."""
+
+    def __init__(self, *args):
+        import subprocess
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "pyapptron", "mcp", *args], cwd=HERE.parent,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.next_id = 0
+
+    def send(self, method, params=None):
+        self.next_id += 1
+        line = json.dumps({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params or {}})
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+        return self.next_id
+
+    def answer(self, request_id):
+        while True:
+            message = json.loads(self.proc.stdout.readline())
+            if message.get("id") == request_id:
+                if "error" in message:
+                    raise SystemExit(f"MCP error: {message['error']}")
+                return message["result"]
+
+    def request(self, method, params=None):
+        return self.answer(self.send(method, params))
+
+    def page_url(self):
+        while True:
+            line = self.proc.stderr.readline().decode()
+            if not line:
+                raise SystemExit("the bridge exited before printing its page URL")
+            if "open this page to connect a VM: " in line:
+                return line.split("open this page to connect a VM: ", 1)[1].strip()
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}
+DIRECT_RUNS = """
+import time
+vm = machines[{vm}]
+times = []
+for _ in range({n}):
+    t = time.perf_counter()
+    await vm.run(["/bin/sh", "-c", "true"])
+    times.append((time.perf_counter() - t) * 1000)
+result = times
+"""
+
+
+def bench_mcp(rounds: int) -> dict:
+    # 1. What a desktop agent waits for: process start to the first tool result.
+    started = time.perf_counter()
+    mcp = McpLines("--headless")
+    init_id = mcp.send("initialize", INIT)
+    mcp.answer(init_id)
+    initialized_s = time.perf_counter() - started
+    mcp.request("tools/call", {"name": "exec", "arguments": {"command": "true"}})
+    first_result_s = time.perf_counter() - started
+    mcp.close()
+
+    # 2. Round trips, on a page this process can also drive directly (same VM, same run).
+    mcp = McpLines()
+    url = mcp.page_url()
+    with Browser() as browser:
+        session = RemoteSession(browser, url, autoboot=True)
+        vm = session.page_machine()
+        mcp.request("initialize", INIT)
+        call = {"name": "exec", "arguments": {"command": "true"}}
+        for _ in range(10):  # warm both paths
+            mcp.request("tools/call", call)
+        mcp_ms, direct_ms, ping_ms = [], [], []
+        for _ in range(max(1, rounds // 20)):
+            for _ in range(20):
+                t = time.perf_counter()
+                mcp.request("tools/call", call)
+                mcp_ms.append((time.perf_counter() - t) * 1000)
+                t = time.perf_counter()
+                mcp.request("ping")
+                ping_ms.append((time.perf_counter() - t) * 1000)
+            direct_ms += session.python(DIRECT_RUNS.format(vm=vm.id, n=20))
+    mcp.close()
+    med = statistics.median
+    return {
+        "headless_start_to_initialize_answered_s": round(initialized_s, 3),
+        "headless_start_to_first_tool_result_s": round(first_result_s, 3),
+        "exec_true_ms": {"median": round(med(mcp_ms), 2), "p95": round(pct(mcp_ms, 0.95), 2), "n": len(mcp_ms)},
+        "direct_run_true_ms": {"median": round(med(direct_ms), 2), "p95": round(pct(direct_ms, 0.95), 2)},
+        "ping_ms_websocket_hop": {"median": round(med(ping_ms), 2), "p95": round(pct(ping_ms, 0.95), 2)},
+        "exec_over_direct_ratio": round(med(mcp_ms) / med(direct_ms), 2),
+        "exec_minus_hop_over_direct_ratio": round((med(mcp_ms) - med(ping_ms)) / med(direct_ms), 2),
+    }
+
+
 def pct(values, q):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -230,7 +331,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--images", default="minimal,agent,persist",
-                    help="what to measure (comma-separated): minimal, agent, persist (a 50 MB / 20,000-file store)")
+                    help="what to measure (comma-separated): minimal, agent, persist (a 50 MB / 20,000-file store), mcp")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     args = ap.parse_args()
     images = set(args.images.split(","))
@@ -250,6 +351,8 @@ def main() -> int:
             figures["agent"] = bench_agent(server)
         if "persist" in images:
             figures["persist"] = bench_persist(server)
+        if "mcp" in images:
+            figures["mcp"] = bench_mcp(args.rounds)
     text = json.dumps(figures, indent=2)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
