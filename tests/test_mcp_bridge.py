@@ -204,38 +204,43 @@ def test_a_reloaded_page_gets_the_clients_handshake_again_and_requests_in_flight
 
 
 @pytest.mark.browser
-def test_malformed_input_gets_json_rpc_errors_and_the_vm_keeps_serving(tmp_path):
-    mcp = McpProcess("--headless", "--max-message-bytes", "100000")
+def test_a_page_that_cannot_boot_its_vm_has_requests_refused_with_the_reason():
+    mcp = McpProcess("--headless", "--image", "no-such-image")
     try:
-        mcp.send_raw(b"this is not json")
-        assert mcp.recv(timeout=300)["error"]["code"] == -32700
-        mcp.send_raw(b'[{"jsonrpc": "2.0", "id": 1, "method": "ping"}]')
-        assert mcp.recv()["error"]["code"] == -32600
-        mcp.send_raw(b'{"jsonrpc": "1.0", "id": 7, "method": "ping"}')
-        assert mcp.recv() == {"jsonrpc": "2.0", "id": 7, "error": {
-            "code": -32600, "message": 'not a JSON-RPC 2.0 message (needs "jsonrpc": "2.0")'}}
-        assert mcp.request("tools/list")["error"]["code"] == -32600  # before initialize
-        assert mcp.request("initialize", INIT)["result"]["protocolVersion"] == "2025-11-25"
-        mcp.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
-        assert mcp.request("no/such/method")["error"]["code"] == -32601
-        assert mcp.request("tools/call", {"arguments": {}})["error"]["code"] == -32602
-        mcp.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": "nonsense"})  # no answer due
-        mcp.send_raw(json.dumps({"jsonrpc": "2.0", "id": 99, "method": "tools/call", "params": {
-            "name": "write_file", "arguments": {"path": "/tmp/big", "content": "x" * 200000}}}).encode())
-        assert mcp.recv()["error"]["code"] == -32600  # oversized: refused by the bridge
-        result = mcp.call("exec", {"command": "echo still here"})
-        assert result["structuredContent"]["stdout"] == "still here\n"
-        assert mcp.request("ping")["result"] == {}
+        response = mcp.request("initialize", INIT, timeout=120)
+        assert response["error"]["code"] == -32000
+        assert response["error"]["message"] == ("the page could not start its VM: pyapptron.errors.ImageNotFound: "
+                                                "no image 'no-such-image' for emulator 'v86'; available: agent, minimal")
     finally:
         assert mcp.close() == 0
 
 
 @pytest.mark.browser
-def test_an_agents_setup_in_the_persistent_layers_survives_a_restart_of_the_bridge(tmp_path):
+def test_malformed_input_is_answered_and_an_agents_setup_survives_a_restart(tmp_path):
+    """Two promises on one boot each (a cold boot is the slow part): bad input gets JSON-RPC
+    errors while the VM keeps serving, and what the agent installed in the persistent
+    layers is there after the bridge and its browser restart on the same profile."""
     profile = str(tmp_path / "profile")
-    first = McpProcess("--headless", "--profile", profile, "--persist", "agent-setup")
+    first = McpProcess("--headless", "--profile", profile, "--persist", "agent-setup", "--max-message-bytes", "100000")
     try:
+        first.send_raw(b"this is not json")
+        assert first.recv(timeout=300)["error"]["code"] == -32700
+        first.send_raw(b'[{"jsonrpc": "2.0", "id": 1, "method": "ping"}]')
+        assert first.recv()["error"]["code"] == -32600
+        first.send_raw(b'{"jsonrpc": "1.0", "id": 7, "method": "ping"}')
+        assert first.recv() == {"jsonrpc": "2.0", "id": 7, "error": {
+            "code": -32600, "message": 'not a JSON-RPC 2.0 message (needs "jsonrpc": "2.0")'}}
+        assert first.request("tools/list")["error"]["code"] == -32600  # before initialize
         assert first.request("initialize", INIT)["result"]["protocolVersion"] == "2025-11-25"
+        first.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        assert first.request("no/such/method")["error"]["code"] == -32601
+        assert first.request("tools/call", {"arguments": {}})["error"]["code"] == -32602
+        first.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": "nonsense"})  # no answer due
+        first.send_raw(json.dumps({"jsonrpc": "2.0", "id": 99, "method": "tools/call", "params": {
+            "name": "write_file", "arguments": {"path": "/tmp/big", "content": "x" * 200000}}}).encode())
+        assert first.recv()["error"]["code"] == -32600  # oversized: refused by the bridge
+        assert first.request("ping")["result"] == {}
+
         tools = [t["name"] for t in first.request("tools/list")["result"]["tools"]]
         assert "persist_sync" in tools
         installed = first.call("exec", {"command": "mkdir -p /usr/local/bin && printf '#!/bin/sh\\necho tool ok\\n' "

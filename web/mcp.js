@@ -155,7 +155,9 @@ export function connectBridge(url, token, sandboxPromise, { onStatus = () => {} 
       ws.send(JSON.stringify({ pyapptron: "ready", emulator: vm.emulator, image: vm.image, boot_seconds: vm.boot_seconds }));
       onStatus("MCP bridge connected");
     } catch (e) {
-      ws.send(JSON.stringify({ pyapptron: "failed", error: String(e && e.message || e) }));
+      // A Python error's message is its whole traceback: the client gets the last line.
+      const text = String(e && e.message || e).trim();
+      ws.send(JSON.stringify({ pyapptron: "failed", error: text.split("\n").pop(), detail: text }));
     }
   };
   ws.onmessage = (e) => {

@@ -155,7 +155,7 @@ class Bridge:
             log(f"page: {message.get('text')}")
         elif kind == "failed":
             self.failed = f"the page could not start its VM: {message.get('error')}"
-            log(self.failed)
+            log(f"{self.failed}\n{message.get('detail') or ''}")
             self._give_up_with(self.failed)
         elif kind == "ready":
             self.page_info = {k: v for k, v in message.items() if k != "pyapptron"}
