@@ -204,12 +204,14 @@ def test_a_reloaded_page_gets_the_clients_handshake_again_and_requests_in_flight
 
 
 @pytest.mark.browser
-def test_a_page_that_cannot_boot_its_vm_has_requests_refused_with_the_reason():
+def test_a_page_that_cannot_boot_its_vm_answers_the_handshake_and_refuses_calls_with_the_reason():
     mcp = McpProcess("--headless", "--image", "no-such-image")
     try:
-        response = mcp.request("initialize", INIT, timeout=120)
+        # The handshake is the page's Python, up before (and without) the VM.
+        assert mcp.request("initialize", INIT, timeout=120)["result"]["protocolVersion"] == "2025-11-25"
+        response = mcp.request("tools/list")
         assert response["error"]["code"] == -32000
-        assert response["error"]["message"] == ("the page could not start its VM: pyapptron.errors.ImageNotFound: "
+        assert response["error"]["message"] == ("the VM did not boot: pyapptron.errors.ImageNotFound: "
                                                 "no image 'no-such-image' for emulator 'v86'; available: agent, minimal")
     finally:
         assert mcp.close() == 0

@@ -10,14 +10,21 @@
 // From a desktop agent: `python -m pyapptron mcp` opens the page with
 // ?mcp-bridge=ws://127.0.0.1:PORT/#mcp-token=TOKEN; connectBridge() dials it.
 
+import { loadPyapptron } from "./pyapptron.js";
+
 const CONNECT = "pyapptron-mcp-connect";
 const ACCEPTED = "pyapptron-mcp-accepted";
 
-/** An MCP connection to the sandbox's VM (Python); `onMessage(text)` gets every answer. */
-function pythonConnection(sandbox, onMessage) {
-  const serve = sandbox.pyodide.pyimport("pyapptron.mcp.page").serve;
+/**
+ * An MCP connection (Python) to the VM the sandbox promise boots; `onMessage(text)` gets
+ * every answer. It is there as soon as Python is: the handshake is answered while the VM
+ * still boots, and calls that need the VM wait for it.
+ */
+async function pythonConnection(sandboxPromise, onMessage) {
+  const pyodide = await loadPyapptron();
+  const serve = pyodide.pyimport("pyapptron.mcp.page").serve;
   try {
-    return serve(onMessage, sandbox.vm);
+    return serve(onMessage, Promise.resolve(sandboxPromise).then((sandbox) => sandbox.vm));
   } finally {
     serve.destroy();
   }
@@ -47,10 +54,9 @@ export function exposeMcp(sandboxOrPromise, { allowedOrigins = [location.origin]
     };
     port.start();
     try {
-      const sandbox = await ready;
-      connection = pythonConnection(sandbox, (text) => port.postMessage(JSON.parse(text)));
+      connection = await pythonConnection(ready, (text) => port.postMessage(JSON.parse(text)));
     } catch (e) {
-      port.postMessage({ type: ACCEPTED, error: "the sandbox did not boot: " + (e && e.message || e) });
+      port.postMessage({ type: ACCEPTED, error: "pyapptron did not load: " + (e && e.message || e) });
       port.close();
       return;
     }
@@ -145,20 +151,25 @@ export async function connectMcp(target = globalThis, { targetOrigin = location.
 export function connectBridge(url, token, sandboxPromise, { onStatus = () => {} } = {}) {
   const ws = new WebSocket(url);
   let connection = null;
+  const say = (message) => ws.readyState === WebSocket.OPEN && ws.send(JSON.stringify(message));
+  const failed = (e) => {
+    // A Python error's message is its whole traceback: the client gets the last line.
+    const text = String(e && e.message || e).trim();
+    say({ pyapptron: "failed", error: text.split("\n").pop(), detail: text });
+  };
   ws.onopen = async () => {
-    ws.send(JSON.stringify({ pyapptron: "hello", token }));
-    ws.send(JSON.stringify({ pyapptron: "status", text: "booting the VM" }));
+    say({ pyapptron: "hello", token });
     try {
-      const sandbox = await sandboxPromise;
-      connection = pythonConnection(sandbox, (text) => ws.readyState === WebSocket.OPEN && ws.send(text));
-      const vm = sandbox.vm;
-      ws.send(JSON.stringify({ pyapptron: "ready", emulator: vm.emulator, image: vm.image, boot_seconds: vm.boot_seconds }));
-      onStatus("MCP bridge connected");
+      connection = await pythonConnection(sandboxPromise, (text) => ws.readyState === WebSocket.OPEN && ws.send(text));
     } catch (e) {
-      // A Python error's message is its whole traceback: the client gets the last line.
-      const text = String(e && e.message || e).trim();
-      ws.send(JSON.stringify({ pyapptron: "failed", error: text.split("\n").pop(), detail: text }));
+      failed(e);
+      return;
     }
+    say({ pyapptron: "ready" });  // MCP is served from here on; the VM may still be booting
+    onStatus("MCP bridge connected");
+    Promise.resolve(sandboxPromise).then(
+      ({ vm }) => say({ pyapptron: "status", text: `VM ${vm.emulator}/${vm.image} booted in ${vm.boot_seconds.toFixed(1)} s` }),
+      (e) => say({ pyapptron: "status", text: "the VM did not boot: " + String(e && e.message || e).trim().split("\n").pop() }));
   };
   ws.onmessage = (e) => {
     if (connection) connection.receive(e.data);

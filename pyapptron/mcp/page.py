@@ -13,10 +13,14 @@ from .tools import MachineTools
 
 
 def serve(send, machine=None) -> McpConnection:
-    """An MCP connection to `machine` (default: the VM this page booted for its terminal)."""
+    """An MCP connection to `machine` (default: the VM this page booted for its terminal).
+
+    `machine` may also be a promise of one (a VM still booting): the client can connect
+    and list tools at once; calls wait for the boot.
+    """
     if machine is None:
         machine = _browser.page_machine()
-    if machine is None or machine.closed:
-        raise MachineClosed("this page has no running VM to serve over MCP: boot one first "
-                            "(open the page without ?autoboot=0)")
+        if machine is None or machine.closed:
+            raise MachineClosed("this page has no running VM to serve over MCP: boot one first "
+                                "(open the page without ?autoboot=0)")
     return McpServer(MachineTools(machine)).connect(send)

@@ -40,6 +40,7 @@ UNSUPPORTED_PROTOCOL_VERSION = -32022
 #: Larger messages are refused (with an error) before they are parsed.
 MAX_MESSAGE_BYTES = 64 << 20
 
+_NEEDS_MACHINE = {"tools/list", "tools/call", "resources/list", "resources/templates/list", "resources/read"}
 # Results a 2026-07-28 client may cache: they carry cacheScope and ttlMs.
 _CACHEABLE = {"server/discover", "tools/list", "resources/list", "resources/templates/list", "resources/read"}
 
@@ -197,6 +198,8 @@ class McpConnection:
                     "serverInfo": self.server.info, "instructions": tools.instructions()}
         if method == "ping":
             return {}
+        if method in _NEEDS_MACHINE:
+            await tools.ready()
         if method == "tools/list":
             return {"tools": tools.list_tools()}
         if method == "tools/call":

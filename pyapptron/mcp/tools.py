@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import inspect
 import json
 import mimetypes
 import posixpath
@@ -21,6 +22,9 @@ from typing import Any
 
 from ..errors import NotSupported, PyapptronError, TimeoutExpired
 from .server import INVALID_PARAMS, RESOURCE_NOT_FOUND, McpError, ProgressFn
+
+#: JSON-RPC error for "the VM is not there" (an implementation-defined server error).
+VM_UNAVAILABLE = -32000
 
 #: A command that names no timeout is killed after this long (an agent must not hang the VM).
 DEFAULT_EXEC_TIMEOUT_S = 600.0
@@ -116,7 +120,24 @@ class MachineTools:
     """Tools and resources over one pyapptron Machine (or anything with its methods)."""
 
     def __init__(self, machine):
-        self.machine = machine
+        """`machine`: a Machine, or an awaitable of one (a VM still booting): the protocol's
+        handshake is answered at once, and the first call that needs the VM waits for it."""
+        if inspect.isawaitable(machine):
+            self.machine = None
+            self._booting = asyncio.ensure_future(machine)
+        else:
+            self.machine = machine
+            self._booting = None
+
+    async def ready(self):
+        """The machine, once booted. A VM that failed to boot is a JSON-RPC error saying why."""
+        if self.machine is None:
+            try:
+                self.machine = await asyncio.shield(self._booting)
+            except Exception as exc:
+                reason = str(exc).strip().splitlines()[-1:] or [type(exc).__name__]
+                raise McpError(VM_UNAVAILABLE, f"the VM did not boot: {reason[0]}") from None
+        return self.machine
 
     # -- what is offered ---------------------------------------------------------------
     def _has_persist(self) -> bool:
@@ -171,6 +192,10 @@ class MachineTools:
 
     def instructions(self) -> str:
         vm = self.machine
+        if vm is None:
+            return ("A Linux VM running in a browser tab; it is still booting, and the first tool call "
+                    "waits for it. Run shell commands with `exec`; move files with `read_file`, "
+                    "`write_file` and `list_dir`. `tools/list` shows what this VM offers.")
         caps = vm.capabilities
         text = (f"A Linux VM ({vm.emulator}, {caps.arch}, image '{vm.image}') running in a browser tab. "
                 "Run shell commands with `exec` (output and exit code come back exactly); "
