@@ -278,6 +278,34 @@ result = times
 """
 
 
+IN_PAGE_LAYER = """
+import asyncio, json, statistics, time
+from pyapptron.mcp import McpServer, MachineTools
+vm = machines[{vm}]
+box = {{}}
+conn = McpServer(MachineTools(vm)).connect(lambda text: box["answer"].set_result(text))
+box["answer"] = asyncio.get_running_loop().create_future()
+conn.receive(json.dumps({{"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                          "params": {{"protocolVersion": "2025-11-25"}}}}))
+await box["answer"]
+layer, direct = [], []
+for block in range({n} // 20):
+    for i in range(20):
+        box["answer"] = asyncio.get_running_loop().create_future()
+        t = time.perf_counter()
+        conn.receive(json.dumps({{"jsonrpc": "2.0", "id": block * 100 + i + 1, "method": "tools/call",
+                                  "params": {{"name": "exec", "arguments": {{"command": "true"}}}}}}))
+        answer = await box["answer"]
+        layer.append((time.perf_counter() - t) * 1000)
+    for i in range(20):
+        t = time.perf_counter()
+        await vm.run(["/bin/sh", "-c", "true"])
+        direct.append((time.perf_counter() - t) * 1000)
+assert json.loads(answer)["result"]["structuredContent"]["exit_code"] == 0, answer
+result = {{"layer": layer, "direct": direct}}
+"""
+
+
 def bench_mcp(rounds: int) -> dict:
     # 1. What a desktop agent waits for: process start to the first tool result.
     started = time.perf_counter()
@@ -309,6 +337,8 @@ def bench_mcp(rounds: int) -> dict:
                 mcp.request("ping")
                 ping_ms.append((time.perf_counter() - t) * 1000)
             direct_ms += session.python(DIRECT_RUNS.format(vm=vm.id, n=20))
+        # The MCP layer alone, in the page (no stdio, no WebSocket), against vm.run.
+        in_page = session.python(IN_PAGE_LAYER.format(vm=vm.id, n=rounds))
     mcp.close()
     med = statistics.median
     return {
@@ -319,6 +349,9 @@ def bench_mcp(rounds: int) -> dict:
         "ping_ms_websocket_hop": {"median": round(med(ping_ms), 2), "p95": round(pct(ping_ms, 0.95), 2)},
         "exec_over_direct_ratio": round(med(mcp_ms) / med(direct_ms), 2),
         "exec_minus_hop_over_direct_ratio": round((med(mcp_ms) - med(ping_ms)) / med(direct_ms), 2),
+        "in_page_mcp_layer_exec_true_ms": round(med(in_page["layer"]), 2),
+        "in_page_direct_run_true_ms": round(med(in_page["direct"]), 2),
+        "in_page_mcp_layer_over_direct_ratio": round(med(in_page["layer"]) / med(in_page["direct"]), 2),
     }
 
 
