@@ -94,11 +94,13 @@ class McpConnection:
         hold up the next message and can be cancelled by `notifications/cancelled`."""
         if self.closed:
             return
-        if len(text) > self.server.max_message_bytes:
-            self._error(None, INVALID_REQUEST,
-                        f"message of {len(text)} bytes refused: the limit is {self.server.max_message_bytes} "
-                        "(move large files in parts)")
-            return
+        limit = self.server.max_message_bytes
+        if len(text) * (1 if isinstance(text, bytes) else 4) > limit:  # UTF-8: at most 4 bytes a character
+            size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+            if size > limit:
+                self._error(None, INVALID_REQUEST,
+                            f"message of {size} bytes refused: the limit is {limit} (move large files in parts)")
+                return
         try:
             message = json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:
