@@ -7,6 +7,11 @@
  * Usage: pyapptron-agent [DEVICE]      (default /dev/hvc0)
  *        pyapptron-agent fd:N          (use the already-open descriptor N,
  *                                        e.g. one end of a socketpair in tests)
+ *        pyapptron-agent --resumed SECONDS.NANOSECONDS [--drop-caches]
+ *                                      (after a snapshot resume, run by the host:
+ *                                        set the clock, mix the entropy on stdin
+ *                                        into the kernel's pool and reseed it,
+ *                                        optionally drop the page cache)
  *
  * Design: one thread, one poll() loop.  Everything the agent waits on -- the
  * channel, every child's stdout/stderr/stdin pipe, child exits (through a
@@ -28,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -35,6 +41,7 @@
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/random.h>
 
 
 /* ---- protocol constants (PROTOCOL.md) ---------------------------------- */
@@ -1086,8 +1093,99 @@ struct watch {
     uint8_t type; /* G_STDOUT / G_STDERR, or 0 for stdin */
 };
 
+/* ---- after a snapshot resume ------------------------------------------- */
+/*
+ * Every machine resumed from one snapshot starts with the same clock (the moment
+ * it was saved) and the same CRNG state.  The host runs this once, at once, with
+ * its wall-clock time and fresh random bytes on stdin.  Writing to /dev/urandom
+ * alone only mixes the input pool; RNDRESEEDCRNG makes the CRNG use it now
+ * instead of within a minute.
+ */
+static int resumed(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: pyapptron-agent --resumed SECONDS.NANOSECONDS [--drop-caches]\n");
+        return 2;
+    }
+    int status = 0;
+    char *end;
+    struct timespec now = {0, 0};
+    now.tv_sec = (time_t)strtoll(argv[2], &end, 10);
+    if (*end == '.') {
+        char digits[10] = "000000000";
+        size_t len = strspn(end + 1, "0123456789");
+        memcpy(digits, end + 1, len < 9 ? len : 9);
+        now.tv_nsec = strtol(digits, NULL, 10);
+        end += 1 + len;
+    }
+    if (*end != '\0' || now.tv_sec <= 0) {
+        fprintf(stderr, "pyapptron-agent: bad time %s\n", argv[2]);
+        return 2;
+    }
+    if (clock_settime(CLOCK_REALTIME, &now) != 0) {
+        perror("pyapptron-agent: clock_settime");
+        status = 1;
+    }
+
+    struct {
+        struct rand_pool_info info;
+        unsigned char bytes[512];
+    } seed;
+    ssize_t got = 0, r;
+    while (got < (ssize_t)sizeof seed.bytes
+           && (r = read(0, seed.bytes + got, sizeof seed.bytes - got)) != 0) {
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            break;
+        got += r;
+    }
+    int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+    if (fd < 0) {
+        perror("pyapptron-agent: /dev/urandom");
+        status = 1;
+    } else {
+        if (got > 0) {
+            seed.info.entropy_count = (int)got * 8;
+            seed.info.buf_size = (int)got;
+            /* RNDADDENTROPY mixes and credits; fall back to a plain write (mix only). */
+            if (ioctl(fd, RNDADDENTROPY, &seed.info) != 0 && write_all(fd, seed.bytes, (size_t)got) != 0) {
+                perror("pyapptron-agent: adding entropy");
+                status = 1;
+            }
+        }
+        if (ioctl(fd, RNDRESEEDCRNG) != 0) {
+            perror("pyapptron-agent: RNDRESEEDCRNG");
+            status = 1;
+        }
+        close(fd);
+    }
+    explicit_bzero(seed.bytes, sizeof seed.bytes);
+
+    for (int i = 3; i < argc; i++) {
+        if (strcmp(argv[i], "--drop-caches") == 0) {
+            /* Files the host changed under the guest (a store restored into the 9p
+             * tree) must not be served from what the snapshot had cached. */
+            sync();
+            int dc = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
+            if (dc < 0 || write_all(dc, "3\n", 2) != 0) {
+                perror("pyapptron-agent: drop_caches");
+                status = 1;
+            }
+            if (dc >= 0)
+                close(dc);
+        } else {
+            fprintf(stderr, "pyapptron-agent: unknown option %s\n", argv[i]);
+            status = 2;
+        }
+    }
+    return status;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "--resumed") == 0)
+        return resumed(argc, argv);
     const char *dev = argc > 1 ? argv[1] : "/dev/hvc0";
     ensure_std_fds();
     setup_signals();
