@@ -185,6 +185,9 @@ export class PersistSession {
     this.quiet = true;
     try {
       for (const layer of this.layers) {
+        // A layer's directories exist from the first boot on, stored or not (an image need
+        // not have /persist).
+        for (const root of layer.paths) if (this.lookup(root) === -1) this.mkdirs(root);
         const record = records[layer.name];
         if (record === undefined) { report.layers[layer.name] = { files: 0, bytes: 0, restored: false }; continue; }
         if (!validRecord(record)) {
