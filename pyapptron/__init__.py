@@ -8,7 +8,12 @@
 
 from __future__ import annotations
 
+import posixpath
+import warnings
+
+from . import snapshots
 from .agent import DirEntry
+from . import _browser
 from .assets import Assets
 from .backends import Capabilities, available_emulators, backend_class
 from .console import Console
@@ -29,12 +34,17 @@ from .errors import (
     PersistLocked,
     PersistQuotaExceeded,
     PyapptronError,
+    SnapshotCorrupt,
+    SnapshotError,
+    SnapshotMismatch,
+    SnapshotNotFound,
     TimeoutExpired,
     UnknownEmulator,
     WaitTimeout,
 )
 from .machine import CompletedProcess, Machine
 from .persist import Persist
+from .snapshots import SnapshotInfo
 
 __version__ = "0.1.0"
 
@@ -48,6 +58,7 @@ __all__ = [
     "AssetsMissing", "BootError", "NotSupported", "MachineClosed", "AgentError", "CommandTooLong",
     "TimeoutExpired", "CalledProcessError", "WaitTimeout", "ConsoleEOF", "BrowserError",
     "Persist", "PersistError", "PersistLocked", "PersistQuotaExceeded", "PersistDamaged",
+    "snapshots", "SnapshotInfo", "SnapshotError", "SnapshotNotFound", "SnapshotMismatch", "SnapshotCorrupt",
 ]
 
 
@@ -59,9 +70,15 @@ async def boot(
     timeout: float = DEFAULT_BOOT_TIMEOUT,
     assets_url: str | None = None,
     persist: bool | str | Persist | None = None,
+    resume: str | bytes | None = None,
+    cold: bool = False,
     **options,
 ) -> Machine:
     """Boot a VM and return it once its guest agent answers.
+
+    By default the machine resumes from the image's boot snapshot (made when the assets
+    were built) in well under a second instead of booting its kernel; `cold=True` boots
+    for real. A missing, damaged or stale boot snapshot means a cold boot and a warning.
 
     emulator: a name from available_emulators() ("v86").
     image: a built image for that emulator ("minimal"); images() lists them.
@@ -70,6 +87,12 @@ async def boot(
     assets_url: where the built assets are served (default: /assets/ on this origin).
     persist: keep the guest's home, packages and /persist in IndexedDB across reloads:
         True (the store "default"), a store name, or pyapptron.Persist(...). See vm.persist.
+        On a resume the layers come from the store, never from the snapshot.
+    resume: a snapshot to start from: a name kept by vm.snapshot(name) in this origin,
+        or bytes from vm.snapshot(to_bytes=True). SnapshotNotFound, SnapshotMismatch
+        (made from another image, memory size or configuration) or SnapshotCorrupt if
+        it cannot be used; nothing falls back silently.
+    cold: boot the kernel even where a boot snapshot exists.
     Other keyword options are the backend's own (see its `options`).
     """
     cls = backend_class(emulator)
@@ -89,12 +112,57 @@ async def boot(
             raise InvalidOption(f"option {key!r} must be {getattr(expected, '__name__', expected)}, not {value!r}")
     if not isinstance(image, str):
         raise InvalidOption(f"image must be an image name (str), not {image!r}")
+    if not isinstance(cold, bool):
+        raise InvalidOption(f"cold must be True or False, not {cold!r}")
+    if cold and resume is not None:
+        raise InvalidOption("boot(): cold=True and resume= contradict each other; pass one of them")
+    resume = _browser.js_bytes(resume)  # a Uint8Array from a page's JS (web/pyapptron.js) as bytes
+    if resume is not None and not isinstance(resume, (str, bytes, bytearray, memoryview)):
+        raise InvalidOption(f"resume must be a snapshot name (str) or snapshot bytes, not {type(resume).__name__}")
     assets = await Assets.load(assets_url)
     spec = await assets.image(emulator, image)
     backend = cls(assets, spec, memory_mib, persist=persist_spec, **options)
-    machine = Machine(backend, emulator=emulator, image=image)
+    if resume is not None:
+        source = await _chosen_snapshot(backend, resume)
+    elif cold or not backend.capabilities.snapshot:
+        source = None
+    else:
+        # The boot snapshot was made with the image's defaults: other options, no resume.
+        defaults = not options and memory_mib in (None, spec.get("memory_mib"))
+        source = await _boot_snapshot(backend, assets, spec) if defaults else None
+    machine = Machine(backend, emulator=emulator, image=image, resume=source)
     await machine._start(timeout)
     return machine
+
+
+async def _chosen_snapshot(backend, resume) -> snapshots.Resume:
+    if not backend.capabilities.snapshot:
+        raise NotSupported(f"{backend.name} cannot resume from a snapshot (capabilities.snapshot is false)")
+    if isinstance(resume, str):
+        label = f"snapshot {resume!r}"
+        meta, payload = await snapshots.load(resume)
+    else:
+        label = "the snapshot (bytes)"
+        meta, payload = snapshots.unpack(resume)
+    snapshots.check_binding(meta, backend.snapshot_binding(), label)
+    return snapshots.Resume(label, meta, payload)
+
+
+async def _boot_snapshot(backend, assets: Assets, spec: dict) -> snapshots.Resume | None:
+    """The image's boot snapshot, or None (with a warning) when it cannot serve."""
+    label = f"boot snapshot of image {spec['name']!r}"
+    shipped = spec.get("snapshot")
+    try:
+        if not shipped:
+            raise AssetsMissing("the image was built without one")
+        data = await _browser.fetch_bytes(assets.require(posixpath.normpath(f"images/{spec['name']}/{shipped['file']}")))
+        meta, payload = snapshots.unpack(data)
+        snapshots.check_binding(meta, backend.snapshot_binding(), label)
+    except PyapptronError as exc:
+        warnings.warn(f"{label} cannot be used ({exc}); booting cold. Build it with "
+                      "`python emulators/build.py`.", RuntimeWarning, stacklevel=3)
+        return None
+    return snapshots.Resume(label, meta, payload, fallback_cold=True)
 
 
 async def images(emulator: str = DEFAULT_EMULATOR, *, assets_url: str | None = None) -> list[str]:

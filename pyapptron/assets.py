@@ -36,6 +36,15 @@ class Assets:
             raise AssetsMissing(f"asset {path!r} is not built; {BUILD_HINT}")
         return self.url(path)
 
+    def sha256(self, path: str) -> str:
+        """The built file's content hash (what a snapshot's binding names it by)."""
+        self.require(path)
+        return self.index["files"][path].get("sha256", "")
+
+    def version(self, package: str) -> str | None:
+        """The pinned npm version of an emulator package ("v86")."""
+        return self.index.get("versions", {}).get("npm", {}).get(package)
+
     def images(self, emulator: str) -> list[str]:
         names = set()
         for path in self.index.get("files", {}):

@@ -75,6 +75,22 @@ class PersistDamaged(PersistError):
         self.path = path
 
 
+class SnapshotError(PyapptronError, RuntimeError):
+    """A machine snapshot could not be saved or resumed."""
+
+
+class SnapshotNotFound(SnapshotError, LookupError):
+    """No snapshot of that name in this origin's store (pyapptron.snapshots.list() names them)."""
+
+
+class SnapshotMismatch(SnapshotError):
+    """The snapshot was made from another emulator, image, memory size or configuration."""
+
+
+class SnapshotCorrupt(SnapshotError):
+    """The snapshot's bytes are damaged or are not a pyapptron snapshot."""
+
+
 class TimeoutExpired(PyapptronError, subprocess.TimeoutExpired):
     """vm.run(..., timeout=) ran out. The command was killed; the VM is still usable.
 

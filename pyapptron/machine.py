@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import shlex
 import subprocess
 import time
 import warnings
 from collections.abc import Mapping, Sequence
 
+from . import snapshots
 from .agent import AgentClient, DirEntry
 from .backends import Backend, Capabilities
 from .console import Console
 from .persist import PersistedFiles
-from .errors import BootError, CalledProcessError, InvalidOption, MachineClosed, NotSupported, TimeoutExpired
+from .errors import (BootError, CalledProcessError, InvalidOption, MachineClosed, NotSupported, SnapshotCorrupt,
+                     TimeoutExpired)
+from .snapshots import Resume, SnapshotInfo
 
 #: How long a killed command may take to report its exit before we stop waiting.
 KILL_GRACE_S = 5.0
 #: The last sync before a persisting machine stops may take this long.
 PERSIST_SHUTDOWN_SYNC_S = 300.0
+#: After a resume, a HELLO to the agent is sent again after this long without an answer
+#: (the guest may have had no receive buffer free for the first one).
+RESUME_HELLO_RETRY_S = 1.0
 
 
 class CompletedProcess(subprocess.CompletedProcess):
@@ -49,7 +57,7 @@ class Machine:
     `async with await pyapptron.boot("v86") as vm: ...`
     """
 
-    def __init__(self, backend: Backend, *, emulator: str, image: str):
+    def __init__(self, backend: Backend, *, emulator: str, image: str, resume: Resume | None = None):
         self.backend = backend
         self.emulator = emulator
         self.image = image
@@ -59,6 +67,10 @@ class Machine:
         self.boot_seconds: float | None = None
         self._persist: PersistedFiles | None = None
         self._booted = False
+        self._resume = resume
+        #: What this machine was resumed from ("boot snapshot of image 'minimal'", a
+        #: snapshot's name, ...), or None after a cold boot.
+        self.resumed_from: str | None = None
         backend.on_persist_changed = self._persist_changed
 
     # -- lifetime --------------------------------------------------------------------
@@ -81,13 +93,61 @@ class Machine:
         self._booted = True
 
     async def _start_and_wait(self) -> None:
-        await self.backend.start(self.console.feed, self._agent.feed)
+        resume = self._resume
+        try:
+            await self.backend.start(self.console.feed, self._agent.feed, resume=resume)
+        except SnapshotCorrupt as exc:
+            if resume is None or not resume.fallback_cold:
+                raise SnapshotCorrupt(f"{resume.label if resume else 'the snapshot'} cannot be resumed: {exc}. "
+                                      "Delete it, or boot cold (cold=True).") from None
+            warnings.warn(f"the {resume.label} is damaged ({exc}); booting cold. Rebuild it with "
+                          "`python emulators/build.py`.", RuntimeWarning, stacklevel=2)
+            resume = self._resume = None
+            await self.backend.start(self.console.feed, self._agent.feed)
         store = self.backend.persist_store
         if store is not None:
             flush = self._flush_guest if self.capabilities.exec else None
             self._persist = PersistedFiles(self.backend.persist, store, guest_sync=flush)
+        if resume is not None:
+            # The terminal shows what it showed when the snapshot was made (the guest will
+            # not print its prompt again). Nothing from the guest came yet: its CPU runs
+            # in a later task than the one that resolved the start.
+            self.console.feed(base64.b64decode(resume.meta.get("console_tail", "")))
+            if self.capabilities.exec:
+                await self._agent_hello()
+                await self._after_resume()
+            self.resumed_from = resume.label
+            return
         if self.capabilities.exec:
             await self._agent.wait_ready()
+
+    async def _agent_hello(self) -> None:
+        """The resumed agent talked to another host: ask it to start over (resets credit)."""
+        while True:
+            self._agent.request_hello()
+            try:
+                await asyncio.wait_for(self._agent.wait_ready(), RESUME_HELLO_RETRY_S)
+                return
+            except asyncio.TimeoutError:
+                continue
+
+    async def _after_resume(self) -> None:
+        """Fix what every machine resumed from one snapshot would otherwise share or get
+        wrong: the clock (stuck at the moment of the snapshot), the kernel's random state
+        (identical in each), and what the image's init does for this boot's options."""
+        flags, shell = self.backend.resume_fixups()
+        now = time.time_ns()
+        argv = ["pyapptron-agent", "--resumed", f"{now // 10**9}.{now % 10**9:09d}", *flags]
+        r = await self.run(argv, input=os.urandom(512), timeout=60)
+        if r.returncode != 0:
+            warnings.warn(f"after the resume the guest's clock and entropy were not refreshed "
+                          f"({r.stderr.decode(errors='replace').strip()}); rebuild the image",
+                          RuntimeWarning, stacklevel=3)
+        if shell:
+            r = await self.run(shell, timeout=60)
+            if r.returncode != 0:
+                raise BootError(f"after the resume, setting up the persisted directories failed: "
+                                f"{r.stderr.decode(errors='replace').strip()}")
 
     async def _flush_guest(self, drop_caches: bool = False) -> None:
         # The guest may cache writes to a 9p root (cache=loose): flush them to the tree first;
@@ -106,6 +166,33 @@ class Machine:
             raise NotSupported("this machine keeps nothing across reloads: boot it with persist=True "
                                "(or a store name) to get vm.persist")
         return self._persist
+
+    async def snapshot(self, name: str | None = None, *, to_bytes: bool = False) -> SnapshotInfo | bytes:
+        """Save the machine's state, compressed: into this origin's IndexedDB under `name`
+        (default: the image and the time), or, with to_bytes=True, as bytes.
+
+        `boot(..., resume=name_or_bytes)` starts a machine from it. With persist, the
+        layers are synced first: a resume takes them from the store, never from the
+        snapshot, so the snapshot must not be newer than the store.
+        """
+        self._require("snapshot")
+        if to_bytes and name is not None:
+            raise InvalidOption("snapshot(): give a name to keep it in IndexedDB, or to_bytes=True for its bytes, not both")
+        if name is not None:
+            snapshots.check_name(name)
+        if self._persist is not None:
+            await self._persist.sync()
+        elif self.capabilities.exec:
+            await self.run(["sync"], timeout=60)  # written data in the state, not in flight
+        payload, state_bytes, seconds = await self.backend.save_state()
+        meta = {
+            "format": snapshots.FORMAT, "binding": self.backend.snapshot_binding(), "created": time.time(),
+            "state_bytes": state_bytes, "save_seconds": round(seconds, 3),
+            "console_tail": base64.b64encode(self.console.transcript[-snapshots.CONSOLE_TAIL_BYTES:]).decode(),
+        }
+        if to_bytes:
+            return snapshots.to_bytes(meta, payload)
+        return await snapshots.save(name or snapshots.default_name(self.image), meta, payload)
 
     async def shutdown(self) -> None:
         """Stop the emulator and release its memory. Safe to call twice.

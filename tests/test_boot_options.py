@@ -65,7 +65,7 @@ def test_v86_memory_range_is_checked_with_the_reason():
 def test_v86_reports_capabilities_from_the_image():
     backend = V86Backend(Assets("http://x/", INDEX), {"name": "minimal", "arch": "i686", "agent": "virtio-console0"})
     caps = backend.capabilities
-    assert (caps.arch, caps.exec, caps.files, caps.console, caps.snapshot) == ("i686", True, True, True, False)
+    assert (caps.arch, caps.exec, caps.files, caps.console, caps.snapshot) == ("i686", True, True, True, True)
 
 
 def test_v86_options_point_at_the_built_assets():
@@ -76,7 +76,9 @@ def test_v86_options_point_at_the_built_assets():
     options = backend.emulator_options()
     assert options["bzimage"] == {"url": "http://h/assets/images/minimal/bzImage"}
     assert options["initrd"] == {"url": "http://h/assets/images/minimal/initrd.img"}
-    assert options["cmdline"] == "console=ttyS0 debug"
+    # the init binds the default persisted paths from the 9p tree (so snapshots have them)
+    assert options["cmdline"] == "console=ttyS0 pyapptron.persist=/persist,/root,/root/.cache/pip,/root/.local," \
+        "/root/.npm,/usr/local,/var/cache/apk,/var/cache/apt/archives debug"
     assert options["memory_size"] == 128 * 1024 * 1024
     assert options["virtio_console"] is True  # the agent's channel
     del files["bios/seabios.bin"]

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.browser
 # -- boot ------------------------------------------------------------------------------
 def test_boot_reports_capabilities_and_a_32bit_guest(vm):
     assert vm.capabilities == {
-        "arch": "i686", "exec": True, "files": True, "console": True, "snapshot": False, "network": False, "persist": False,
+        "arch": "i686", "exec": True, "files": True, "console": True, "snapshot": True, "network": False, "persist": False,
     }
     r = vm.run("uname -m; echo oops >&2; exit 3")
     assert (r.returncode, r.stdout, r.stderr) == (3, b"i686\n", b"oops\n")

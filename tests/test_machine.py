@@ -7,7 +7,8 @@ import pytest
 
 from pyapptron import agent as A
 from pyapptron.backends import Backend, Capabilities
-from pyapptron.errors import BootError, MachineClosed, NotSupported, TimeoutExpired
+from pyapptron.errors import BootError, InvalidOption, MachineClosed, NotSupported, SnapshotCorrupt, TimeoutExpired
+from pyapptron import snapshots
 from pyapptron.machine import Machine
 
 
@@ -16,26 +17,46 @@ class ScriptedBackend(Backend):
 
     name = "scripted"
 
-    def __init__(self, answer=None, hello=True, exec_capable=True):
-        self.capabilities = Capabilities("i686", exec_capable, exec_capable, True, False, False)
+    def __init__(self, answer=None, hello=True, exec_capable=True, damaged_snapshot=False):
+        self.capabilities = Capabilities("i686", exec_capable, exec_capable, True, exec_capable, False)
         self.answer = answer
         self.hello = hello
         self.decoder = A.FrameDecoder()
         self.stopped = False
         self.signals = []
+        self.frames = []  # every frame the host sent
+        self.damaged_snapshot = damaged_snapshot
+        self.resumed = []
+        self.starts = 0
 
-    async def start(self, on_console, on_agent):
+    async def start(self, on_console, on_agent, resume=None):
+        self.starts += 1
         self.on_agent = on_agent
+        if resume is not None:
+            if self.damaged_snapshot:
+                raise SnapshotCorrupt("its state does not decompress")
+            self.resumed.append(resume)
+            return  # a resumed agent waits for the host's HELLO
         on_console(b"login# ")
         if self.hello:
             on_agent(A.encode_frame(A.T_HELLO, 0, struct.pack("<III", 1, 15, 4096)))
+
+    def snapshot_binding(self):
+        return {"emulator": "scripted", "image": "test", "memory_mib": 128}
+
+    async def save_state(self):
+        return b"STATE", 1000, 0.01
 
     def write_console(self, data):
         pass
 
     def write_agent(self, chunk):
         for frame in self.decoder.feed(chunk):
+            self.frames.append(frame)
             loop = asyncio.get_running_loop()
+            if frame.type == A.T_HELLO:
+                loop.call_soon(self.on_agent, A.encode_frame(A.T_HELLO, 0, struct.pack("<III", 1, 15, 4096)))
+                continue
             loop.call_soon(self.on_agent, A.encode_frame(A.T_WINDOW, 0, struct.pack("<I", 1)))
             if frame.type == A.T_SIGNAL:
                 self.signals.append(frame.id)
@@ -58,8 +79,8 @@ def exits(status, out=b""):
     return answer
 
 
-async def booted(backend, timeout=1.0):
-    vm = Machine(backend, emulator="scripted", image="test")
+async def booted(backend, timeout=1.0, resume=None):
+    vm = Machine(backend, emulator="scripted", image="test", resume=resume)
     await vm._start(timeout)
     return vm
 
@@ -157,4 +178,93 @@ def test_a_timeout_on_a_wedged_channel_still_returns():
                 await asyncio.wait_for(vm.run("sleep 100", timeout=0.05), 2)
         finally:
             M.KILL_GRACE_S = saved
+    asyncio.run(main())
+
+
+# -- resume and snapshot --------------------------------------------------------------
+
+def _resume(fallback_cold=False):
+    import base64
+    meta = {"format": 1, "binding": {"emulator": "scripted"}, "console_tail": base64.b64encode(b"root# ").decode()}
+    return snapshots.Resume("snapshot 'x'", meta, b"payload", fallback_cold=fallback_cold)
+
+
+def _exec_argv(frame):
+    payload = frame.payload
+    (argc,) = struct.unpack_from("<I", payload, 4)
+    offset, argv = 8, []
+    for _ in range(argc):
+        value, offset = A.decode_str(payload, offset)
+        argv.append(value.decode())
+    return argv
+
+
+def test_resume_says_hello_to_the_agent_then_sets_clock_and_entropy_before_returning():
+    import time
+    backend = ScriptedBackend(exits(0))
+
+    async def main():
+        vm = await booted(backend, resume=_resume())
+        return vm
+    before = time.time()
+    vm = asyncio.run(main())
+    assert backend.resumed and vm.resumed_from == "snapshot 'x'"
+    assert backend.frames[0].type == A.T_HELLO  # the resumed agent talked to another host
+    execs = [f for f in backend.frames if f.type == A.T_EXEC]
+    argv = _exec_argv(execs[0])
+    assert argv[:2] == ["pyapptron-agent", "--resumed"]
+    assert before - 1 <= float(argv[2]) <= time.time() + 1  # the host's clock, not the snapshot's
+    stdin = b"".join(f.payload for f in backend.frames if f.type == A.T_STDIN and f.id == execs[0].id)
+    assert len(stdin) == 512  # fresh entropy for this machine alone
+    assert vm.console.transcript == b"root# "  # the terminal shows what it showed when saved
+
+
+def test_damaged_boot_snapshot_warns_and_boots_cold():
+    backend = ScriptedBackend(exits(0), damaged_snapshot=True)
+    with pytest.warns(RuntimeWarning, match="damaged.*booting cold"):
+        vm = asyncio.run(booted(backend, resume=_resume(fallback_cold=True)))
+    assert backend.starts == 2 and vm.resumed_from is None
+    assert vm.console.transcript == b"login# "
+
+
+def test_damaged_chosen_snapshot_raises_snapshot_corrupt_and_stops_the_emulator():
+    backend = ScriptedBackend(exits(0), damaged_snapshot=True)
+    with pytest.raises(SnapshotCorrupt, match="snapshot 'x' cannot be resumed.*cold=True"):
+        asyncio.run(booted(backend, resume=_resume()))
+    assert backend.stopped
+
+
+def test_snapshot_to_bytes_carries_the_binding_and_the_console():
+    backend = ScriptedBackend(exits(0))
+
+    async def main():
+        vm = await booted(backend)
+        return await vm.snapshot(to_bytes=True)
+    meta, payload = snapshots.unpack(asyncio.run(main()))
+    assert bytes(payload) == b"STATE"
+    assert meta["binding"] == backend.snapshot_binding() and meta["state_bytes"] == 1000
+    assert meta["console_tail"]  # b"login# "
+    execs = [_exec_argv(f) for f in backend.frames if f.type == A.T_EXEC]
+    assert ["sync"] in execs  # what the guest wrote is in the state, not in flight
+
+
+def test_snapshot_refuses_a_name_and_to_bytes_together_and_bad_names():
+    backend = ScriptedBackend(exits(0))
+
+    async def main():
+        vm = await booted(backend)
+        with pytest.raises(InvalidOption, match="not both"):
+            await vm.snapshot("a", to_bytes=True)
+        with pytest.raises(InvalidOption, match="snapshot name"):
+            await vm.snapshot("a/b")
+    asyncio.run(main())
+
+
+def test_snapshot_needs_the_capability():
+    backend = ScriptedBackend(exec_capable=False)
+
+    async def main():
+        vm = await booted(backend)
+        with pytest.raises(NotSupported, match="snapshot"):
+            await vm.snapshot(to_bytes=True)
     asyncio.run(main())

@@ -43,10 +43,76 @@ async function inflatedUrl(url) {
   return URL.createObjectURL(await new Response(inflated).blob());
 }
 
+// A snapshot's payload is the emulator state, gzip'd (CompressionStream: the browser has
+// no zstd compressor). gzip's CRC catches a damaged payload before v86 sees it.
+async function gunzip(data) {
+  try {
+    const stream = new Blob([data]).stream().pipeThrough(new DecompressionStream("gzip"));
+    return await new Response(stream).arrayBuffer();
+  } catch (e) {
+    // The browser only says "Failed to fetch" (or the like) about a damaged stream.
+    throw snapshotError("its state does not decompress: the gzip data is damaged");
+  }
+}
+
+async function gzip(buffer) {
+  const stream = new Blob([buffer]).stream().pipeThrough(new CompressionStream("gzip"));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+function snapshotError(why) {
+  const e = new Error(why);
+  e.name = "SnapshotCorrupt"; // Python sees "SnapshotCorrupt: why"
+  return e;
+}
+
+// v86 zeroes all guest RAM before it unpacks a state's pages. In a V86 that was just made
+// and never ran, only the first MiB (the BIOS and VGA BIOS it copied in) can be non-zero:
+// zeroing the rest costs ~0.2 s per 512 MiB and commits every page of it, used or not.
+// Returns the function that puts v86's own zeroing back.
+function skipRedundantZeroing(emulator) {
+  const cpu = emulator.v86 && emulator.v86.cpu;
+  if (!cpu || typeof cpu.zero_memory !== "function" || !cpu.memory_size) return () => {};
+  const zero = cpu.zero_memory;
+  const MiB = 1 << 20;
+  cpu.zero_memory = (addr, len) =>
+    zero.call(cpu, addr, addr === 0 && len === cpu.memory_size[0] && len > MiB ? MiB : len);
+  return () => { cpu.zero_memory = zero; };
+}
+
+// options.resume: {payload: Uint8Array, compression: "gzip" | "zstd"} to start from a
+// snapshot instead of a cold boot. v86 inflates a zstd state itself, faster than gzip.
 export async function start(options, sinks) {
-  const { libv86_url, persist, ...v86options } = options;
-  // With persistent layers the guest must not run before they are back in its 9p tree.
-  if (persist) v86options.autostart = false;
+  const { libv86_url, persist, resume, ...v86options } = options;
+  // Where a start spends its time (seconds), for bench/: inflate, load, restore, persist.
+  const timings = {};
+  let mark = performance.now();
+  const lap = (name) => { const now = performance.now(); timings[name] = (now - mark) / 1000; mark = now; };
+  let state = null;
+  if (resume) {
+    const p = resume.payload;
+    if (resume.sha256 && globalThis.crypto && crypto.subtle) {
+      // zstd's own checks do not cover every byte (stored blocks pass through as they are).
+      const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", p));
+      const hex = Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+      if (hex !== resume.sha256) throw snapshotError("its state's checksum does not match (damaged in transit or storage)");
+    }
+    if (resume.compression === "zstd") {
+      state = p.byteOffset === 0 && p.byteLength === p.buffer.byteLength ? p.buffer : p.slice().buffer;
+    } else {
+      state = await gunzip(p);
+    }
+    lap("inflate");
+    // The state holds the guest's RAM and its 9p tree: the kernel, initrd and the 9p
+    // index need not be loaded again (files are still fetched lazily from baseurl).
+    delete v86options.bzimage;
+    delete v86options.initrd;
+    if (v86options.filesystem && v86options.filesystem.baseurl) {
+      v86options.filesystem = { baseurl: v86options.filesystem.baseurl };
+    }
+  }
+  // The guest must not run before its state and persistent layers are in place.
+  if (persist || state) v86options.autostart = false;
   const fs = v86options.filesystem;
   const blobUrl = fs && fs.basefs && fs.basefs.endsWith(".gz") ? await inflatedUrl(fs.basefs) : null;
   if (blobUrl) v86options.filesystem = { ...fs, basefs: blobUrl };
@@ -69,6 +135,19 @@ export async function start(options, sinks) {
   } finally {
     if (blobUrl) URL.revokeObjectURL(blobUrl);
   }
+  lap("load");
+  if (state) {
+    const restoreZeroing = skipRedundantZeroing(emulator);
+    try {
+      await emulator.restore_state(state);
+    } catch (e) {
+      await emulator.destroy();
+      throw snapshotError(`v86 cannot restore its state (${e.message || e})`);
+    } finally {
+      restoreZeroing();
+    }
+    lap("restore");
+  }
   let session = null;
   let restored = null;
   if (persist) {
@@ -76,16 +155,19 @@ export async function start(options, sinks) {
       const { PersistSession } = await import(new URL("./persist.mjs", import.meta.url));
       session = await PersistSession.open(emulator.fs9p, persist.store, persist.layers,
                                           () => { if (!stopped) sinks.persist_changed(); });
+      // On a resume this replaces the snapshot's copy of the layers with the store's.
       restored = await session.restore();
     } catch (e) {
       if (session) session.close();
       await emulator.destroy();
       throw e;
     }
-    emulator.run();
+    lap("persist");
   }
+  if (persist || state) emulator.run();
   return {
     emulator,
+    timings,
     // undefined, not null, when absent: Pyodide turns undefined into None, null into JsNull.
     persist: session ?? undefined,
     restored: restored ?? undefined,
@@ -94,6 +176,14 @@ export async function start(options, sinks) {
       if (channel === "agent") emulator.bus.send("virtio-console0-input-bytes", data);
       else if (channel === "console") emulator.serial_send_bytes(0, data);
       else throw new Error(`unknown channel ${channel}`);
+    },
+    // The machine state, gzip'd: {payload: Uint8Array, stateBytes, seconds}.
+    async saveState() {
+      if (stopped) throw new Error("the emulator was stopped");
+      const started = performance.now();
+      const raw = await emulator.save_state();
+      const payload = await gzip(raw);
+      return { payload, stateBytes: raw.byteLength, seconds: (performance.now() - started) / 1000 };
     },
     async stop() {
       if (stopped) return;

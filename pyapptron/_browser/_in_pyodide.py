@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import js  # type: ignore[import-not-found]
 from pyodide.code import run_js  # type: ignore[import-not-found]
-from pyodide.ffi import create_proxy, to_js  # type: ignore[import-not-found]
+from pyodide.ffi import JsProxy, create_proxy, to_js  # type: ignore[import-not-found]
 
-from ..errors import AssetsMissing, BootError, PersistLocked
+from ..errors import AssetsMissing, BootError, PersistLocked, SnapshotCorrupt
 
 _import = run_js("(url) => import(url)")
 
@@ -38,6 +38,100 @@ async def fetch_json(url: str) -> dict:
             "`python emulators/build.py` and serve them (`python -m pyapptron serve`)"
         )
     return json.loads(await response.text())
+
+
+async def fetch_bytes(url: str) -> bytes:
+    response = await js.fetch(url)
+    if not response.ok:
+        raise AssetsMissing(f"{url} answered HTTP {response.status}: build the assets with `python emulators/build.py`")
+    return (await response.arrayBuffer()).to_bytes()
+
+
+def js_bytes(value):
+    """A JS typed array (from a page's script) as bytes; anything else unchanged."""
+    return value.to_bytes() if isinstance(value, JsProxy) and hasattr(value, "to_bytes") else value
+
+
+def payload_bytes(payload) -> bytes:
+    """A snapshot payload (bytes, or a JS Uint8Array) as bytes."""
+    return payload if isinstance(payload, (bytes, bytearray, memoryview)) else payload.to_bytes()
+
+
+# Snapshots kept in this origin's IndexedDB: "meta" (name -> {meta, size}) and "data"
+# (name -> the gzip'd state), written in one transaction so that neither is ever alone.
+_SNAPSHOT_STORE_JS = r"""
+(() => {
+  const open = () => new Promise((resolve, reject) => {
+    const req = indexedDB.open("pyapptron-snapshots", 1);
+    req.onupgradeneeded = () => { req.result.createObjectStore("meta"); req.result.createObjectStore("data"); };
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(req.error);
+  });
+  const done = (tx) => new Promise((resolve, reject) => {
+    tx.oncomplete = () => resolve();
+    tx.onerror = tx.onabort = () => reject(tx.error || new Error("IndexedDB transaction aborted"));
+  });
+  const ask = (req) => new Promise((resolve, reject) => {
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(req.error);
+  });
+  async function withDb(fn) { const db = await open(); try { return await fn(db); } finally { db.close(); } }
+  return {
+    put: (name, meta, payload) => withDb(async (db) => {
+      const tx = db.transaction(["meta", "data"], "readwrite");
+      tx.objectStore("data").put(payload, name);
+      tx.objectStore("meta").put({ meta, size: payload.byteLength }, name);
+      await done(tx);
+      return payload.byteLength;
+    }),
+    get: (name) => withDb(async (db) => {
+      const tx = db.transaction(["meta", "data"], "readonly");
+      const [meta, data] = await Promise.all([ask(tx.objectStore("meta").get(name)), ask(tx.objectStore("data").get(name))]);
+      return meta && data ? [meta.meta, data] : undefined;
+    }),
+    list: () => withDb(async (db) => {
+      const all = await ask(db.transaction("meta", "readonly").objectStore("meta").getAll());
+      return all.map((m) => [m.meta, m.size]);
+    }),
+    remove: (name) => withDb(async (db) => {
+      const tx = db.transaction(["meta", "data"], "readwrite");
+      const found = await ask(tx.objectStore("meta").getKey(name));
+      tx.objectStore("meta").delete(name);
+      tx.objectStore("data").delete(name);
+      await done(tx);
+      return found !== undefined;
+    }),
+  };
+})()
+"""
+_snapshot_store = None
+
+
+def _snapshots():
+    global _snapshot_store
+    if _snapshot_store is None:
+        _snapshot_store = run_js(_SNAPSHOT_STORE_JS)
+    return _snapshot_store
+
+
+async def snapshot_put(name: str, meta_json: str, payload) -> int:
+    data = payload if not isinstance(payload, (bytes, bytearray, memoryview)) else to_js(payload)
+    return int(await _snapshots().put(name, meta_json, data))
+
+
+async def snapshot_get(name: str):
+    found = await _snapshots().get(name)
+    if found is None:
+        return None
+    return str(found[0]), found[1]
+
+
+async def snapshot_list() -> list:
+    return [(str(m), int(size)) for m, size in (await _snapshots().list())]
+
+
+async def snapshot_delete(name: str) -> bool:
+    return bool(await _snapshots().remove(name))
 
 
 def page_machine():
@@ -96,6 +190,11 @@ class EmulatorHandle:
     def send(self, channel: str, data: bytes) -> None:
         self._adapter.send(channel, to_js(data))
 
+    async def save_state(self) -> tuple:
+        """(payload: a JS Uint8Array of the gzip'd state, state bytes, seconds)."""
+        saved = await self._adapter.saveState()
+        return saved.payload, int(saved.stateBytes), float(saved.seconds)
+
     async def stop(self) -> None:
         try:
             await self._adapter.stop()
@@ -113,8 +212,12 @@ def _bytes_sink(callback: Callable[[bytes], None]):
 
 
 async def start_emulator(adapter_url: str, options: dict, on_console, on_agent,
-                         on_persist_changed=None) -> EmulatorHandle:
-    """Import the emulator's JS adapter and start it; output arrives in batches, not bytes."""
+                         on_persist_changed=None, resume_payload=None,
+                         resume_compression: str = "gzip", resume_sha256: str | None = None) -> EmulatorHandle:
+    """Import the emulator's JS adapter and start it; output arrives in batches, not bytes.
+
+    resume_payload: a snapshot's payload (bytes or a JS Uint8Array) to start from.
+    """
     try:
         module = await _import(adapter_url)
     except Exception as exc:  # a JsException: network or syntax
@@ -130,7 +233,16 @@ async def start_emulator(adapter_url: str, options: dict, on_console, on_agent,
         for proxy in proxies:
             proxy.destroy()
 
-    promise = module.start(_js_object(options), sinks)
+    js_options = _js_object(options)
+    if resume_payload is not None:
+        resume = js.Object.new()
+        resume.payload = resume_payload if not isinstance(resume_payload, (bytes, bytearray, memoryview)) \
+            else to_js(resume_payload)
+        resume.compression = resume_compression
+        if resume_sha256:
+            resume.sha256 = resume_sha256
+        js_options.resume = resume
+    promise = module.start(js_options, sinks)
     try:
         adapter = await promise
     except asyncio.CancelledError:
@@ -140,6 +252,8 @@ async def start_emulator(adapter_url: str, options: dict, on_console, on_agent,
         raise
     except Exception as exc:
         destroy_proxies()
+        if "SnapshotCorrupt" in str(exc):
+            raise SnapshotCorrupt(str(exc).split("SnapshotCorrupt: ", 1)[-1]) from None
         if "PersistLocked" in str(exc):
             raise PersistLocked(
                 f"the persist store {options['persist']['store']!r} is in use by another machine (in this "

@@ -17,6 +17,9 @@ class EmulatorHandle:
     def send(self, channel: str, data: bytes) -> None:
         raise NotSupported(_WHY)
 
+    async def save_state(self) -> tuple:
+        raise NotSupported(_WHY)
+
     async def stop(self) -> None:
         raise NotSupported(_WHY)
 
@@ -29,11 +32,41 @@ async def fetch_json(url: str) -> dict:
     raise NotSupported(_WHY)
 
 
+async def fetch_bytes(url: str) -> bytes:
+    raise NotSupported(_WHY)
+
+
+def js_bytes(value):
+    return value
+
+
+def payload_bytes(payload) -> bytes:
+    return bytes(payload)
+
+
+async def snapshot_put(name: str, meta_json: str, payload) -> int:
+    raise NotSupported(_WHY)
+
+
+async def snapshot_get(name: str):
+    raise NotSupported(_WHY)
+
+
+async def snapshot_list() -> list:
+    raise NotSupported(_WHY)
+
+
+async def snapshot_delete(name: str) -> bool:
+    raise NotSupported(_WHY)
+
+
 def page_machine():
     return None
 
 
-async def start_emulator(adapter_url, options, on_console, on_agent, on_persist_changed=None) -> EmulatorHandle:
+async def start_emulator(adapter_url, options, on_console, on_agent, on_persist_changed=None,
+                        resume_payload=None, resume_compression="gzip",
+                        resume_sha256=None) -> EmulatorHandle:
     raise NotSupported(_WHY)
 
 

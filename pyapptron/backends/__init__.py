@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-from ..errors import UnknownEmulator
+from ..errors import NotSupported, UnknownEmulator
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,26 @@ class Backend(abc.ABC):
     on_persist_changed: Callable[[], None] | None = None
 
     @abc.abstractmethod
-    async def start(self, on_console: Sink, on_agent: Sink) -> None:
-        """Start the emulator; output goes to the two sinks in chunks."""
+    async def start(self, on_console: Sink, on_agent: Sink, resume: Any = None) -> None:
+        """Start the emulator; output goes to the two sinks in chunks.
+
+        resume: a pyapptron.snapshots.Resume to start from instead of a cold boot; only
+        given when capabilities.snapshot is true.
+        """
+
+    def snapshot_binding(self) -> dict:
+        """What a snapshot of this machine is bound to (pyapptron.snapshots.mismatch)."""
+        raise NotSupported(f"{self.name} cannot save or restore machine state")
+
+    async def save_state(self) -> tuple[Any, int, float]:
+        """(payload, state bytes before compression, seconds taken) of the running machine."""
+        raise NotSupported(f"{self.name} cannot save or restore machine state")
+
+    def resume_fixups(self) -> tuple[list[str], str | None]:
+        """After a resume: extra flags for `pyapptron-agent --resumed`, and a shell
+        command to run next (or None): whatever the image's init would have done on a
+        cold boot that this resume's options need."""
+        return [], None
 
     @abc.abstractmethod
     def write_console(self, data: bytes) -> None:

@@ -13,18 +13,30 @@ Quirks this backend owns:
   JSON only).
 - Persistent layers (boot(persist=...)) live in that same 9p tree: the adapter puts the
   committed files back before the CPU starts (emulators/v86/persist.mjs) and sees every
-  9p write. On the initramfs image the init bind-mounts them (pyapptron.persist=...).
+  9p write. On the initramfs image the init bind-mounts them (pyapptron.persist=...);
+  it always binds the default layers' paths, persist or not, so that a snapshot made
+  without persist resumes with them in place.
+- Snapshots: v86's save_state/restore_state. A state holds the guest's RAM and its 9p
+  tree, so a resume loads neither the kernel nor the 9p index, and must be restored
+  into a V86 made with the same options (snapshot_binding hashes them). The state
+  keeps what the 9p tree held when saved: persistent layers are put back from the
+  store after the state, and a 9p root cached with cache=loose drops its caches.
 """
 
 from __future__ import annotations
 
 import posixpath
+import shlex
 
 from .. import _browser
 from ..assets import Assets
 from ..errors import InvalidOption
-from ..persist import Persist
+from .. import snapshots
+from ..persist import DEFAULT_LAYERS, Persist
 from . import Backend, Capabilities, Sink
+
+#: What the initramfs init binds from the 9p tree when boot() keeps nothing (persist=None).
+DEFAULT_BIND_PATHS = sorted({p for paths in DEFAULT_LAYERS.values() for p in paths})
 
 MIN_MEMORY_MIB = 128
 MAX_MEMORY_MIB = 2048
@@ -50,33 +62,42 @@ class V86Backend(Backend):
         self.image = image
         self.memory_mib = memory
         self.persist = persist
-        # On an initramfs root the init bind-mounts the persisted paths from the 9p tree;
-        # an image whose root is that tree already has them in place.
-        persist_arg = ("pyapptron.persist=" + ",".join(persist.all_paths())
-                       if persist and not image.get("rootfs") else "")
+        # On an initramfs root the init bind-mounts the persisted paths from the 9p tree
+        # (the default layers' even without persist: see the module's docstring); an image
+        # whose root is that tree already has them in place.
+        self.bind_paths = [] if image.get("rootfs") else (persist.all_paths() if persist else DEFAULT_BIND_PATHS)
+        persist_arg = "pyapptron.persist=" + ",".join(self.bind_paths) if self.bind_paths else ""
+        # A snapshot is bound to the command line without the persist paths: those are
+        # the resume fixups' business (resume_fixups).
+        self.base_cmdline = " ".join(filter(None, [image.get("cmdline", ""), cmdline_extra]))
         self.cmdline = " ".join(filter(None, [image.get("cmdline", ""), persist_arg, cmdline_extra]))
         self.capabilities = Capabilities(
             arch=image.get("arch", "i686"), exec=bool(image.get("agent")), files=bool(image.get("agent")),
-            console=True, snapshot=False, network=False, persist=persist is not None,
+            console=True, snapshot=bool(image.get("agent")), network=False, persist=persist is not None,
         )
         self._handle: _browser.EmulatorHandle | None = None
 
-    def emulator_options(self) -> dict:
-        """The V86 constructor options (plain data; the JS adapter adds the callbacks)."""
+    def emulator_options(self, file_ref=None, dir_ref=None) -> dict:
+        """The V86 constructor options (plain data; the JS adapter adds the callbacks).
+
+        file_ref(path) / dir_ref(path) name an asset file / directory (default: its URL).
+        """
         a = self.assets
+        file_ref = file_ref or a.require
+        dir_ref = dir_ref or a.url
         image_dir = f"images/{self.image['name']}/"
 
         def image_file(name: str) -> str:
             # Image files may be shared with another image ("../minimal/bzImage").
-            return a.require(posixpath.normpath(image_dir + name))
+            return file_ref(posixpath.normpath(image_dir + name))
 
         options = {
-            "libv86_url": a.require("v86/libv86.mjs"),
-            "wasm_path": a.require("v86/v86.wasm"),
+            "libv86_url": file_ref("v86/libv86.mjs"),
+            "wasm_path": file_ref("v86/v86.wasm"),
             "memory_size": self.memory_mib * 1024 * 1024,
             "vga_memory_size": 2 * 1024 * 1024,
-            "bios": {"url": a.require("bios/seabios.bin")},
-            "vga_bios": {"url": a.require("bios/vgabios.bin")},
+            "bios": {"url": file_ref("bios/seabios.bin")},
+            "vga_bios": {"url": file_ref("bios/vgabios.bin")},
             "bzimage": {"url": image_file(self.image.get("kernel", "bzImage"))},
             "cmdline": self.cmdline,
             "virtio_console": True,
@@ -92,18 +113,49 @@ class V86Backend(Backend):
         if rootfs:
             options["filesystem"] = {
                 "basefs": image_file(rootfs["basefs"]),
-                "baseurl": a.url(posixpath.normpath(image_dir + rootfs["baseurl"]) + "/"),
+                "baseurl": dir_ref(posixpath.normpath(image_dir + rootfs["baseurl"]) + "/"),
             }
         if self.persist is not None:
             options["persist"] = self.persist.js_options()
         return options
 
-    async def start(self, on_console: Sink, on_agent: Sink) -> None:
+    async def start(self, on_console: Sink, on_agent: Sink, resume=None) -> None:
         self._handle = await _browser.start_emulator(
             self.assets.require("v86/adapter.mjs"), self.emulator_options(), on_console, on_agent,
             on_persist_changed=self._persist_changed if self.persist else None,
+            resume_payload=None if resume is None else resume.payload,
+            resume_compression="gzip" if resume is None else resume.meta.get("compression", "gzip"),
+            resume_sha256=None if resume is None else resume.meta.get("payload_sha256"),
         )
         self.persist_store = self._handle.persist
+
+    # -- snapshots ---------------------------------------------------------------------
+    def snapshot_binding(self) -> dict:
+        options = self.emulator_options(file_ref=lambda path: "sha256:" + self.assets.sha256(path),
+                                        dir_ref=lambda path: path)
+        for key in ("cmdline", "memory_size", "persist", "autostart"):
+            options.pop(key, None)
+        return {"emulator": self.name, "emulator_version": self.assets.version("v86"),
+                "image": self.image["name"], "memory_mib": self.memory_mib,
+                "cmdline": self.base_cmdline, "config": snapshots.digest(options)}
+
+    async def save_state(self):
+        if self._handle is None:
+            raise InvalidOption("the emulator is not running")
+        return await self._handle.save_state()
+
+    def resume_fixups(self) -> tuple[list[str], str | None]:
+        if self.persist is None:
+            return [], None
+        if self.image.get("rootfs"):
+            # The root is the 9p tree the store was just restored into, cached by the guest.
+            return ["--drop-caches"], None
+        extra = [p for p in self.bind_paths if p not in DEFAULT_BIND_PATHS]
+        if not extra:
+            return [], None  # the snapshot's init bound them already
+        quoted = " ".join(shlex.quote(p) for p in extra)
+        return [], (f"for d in {quoted}; do mountpoint -q \"$d\" || "
+                    "{ mkdir -p \"/mnt/host$d\" \"$d\" && mount --bind \"/mnt/host$d\" \"$d\"; } || exit 1; done")
 
     def _persist_changed(self) -> None:
         if self.on_persist_changed is not None:
