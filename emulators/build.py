@@ -18,6 +18,10 @@ Steps, in order (all cached; a second run with nothing changed takes seconds):
   agent   emulators/v86/build_agent.py: the "agent" image, a Debian root on
           9p (debootstrap; needs root; minutes the first time, then cached).
   wheel   the pyapptron wheel itself into OUT/wheels (+ OUT/wheels/latest.json).
+  snapshot  each image's boot snapshot (OUT/images/NAME/boot.snapshot): boots it
+          cold once in headless Chromium and saves the machine state, cached under
+          the hash of everything the state depends on (pyapptron/host/boot_snapshots.py;
+          needs Chromium and the pip-installed package, as setup.sh provides).
 
 Finally OUT/assets.json indexes every file in OUT (path -> size, sha256) and
 the pinned versions.
@@ -52,7 +56,7 @@ DEFAULT_OUT = REPO / "build" / "assets"
 # machine (CI) builds in seconds instead of minutes.
 DEFAULT_CACHE = Path(os.environ.get("PYAPPTRON_CACHE")
                      or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pyapptron")
-STEPS = ("npm", "wheels", "adapters", "guest", "agent", "wheel")
+STEPS = ("npm", "wheels", "adapters", "guest", "agent", "wheel", "snapshot")
 INDEX_NAME = "assets.json"
 # Content-addressed trees are not listed file by file in assets.json (tens of
 # thousands of entries, fetched at every boot): their own index names and sizes
@@ -601,6 +605,19 @@ def step_wheel(out: Path, cache: Path, manifest: dict, force: bool) -> str:
     return "built " + build_wheel(out, force=True).name
 
 
+def step_snapshot(out: Path, cache: Path, manifest: dict, force: bool) -> str:
+    write_index(out, cache, manifest)  # the page that makes them reads assets.json
+    sys.path.insert(0, str(REPO))
+    try:
+        from pyapptron.host import boot_snapshots
+    except ImportError as exc:
+        raise BuildError(f"the snapshot step needs pyapptron's host tools ({exc}): pip install -e '.[dev]'") from exc
+    try:
+        return boot_snapshots.build(out, cache / "snapshots", force)
+    except Exception as exc:  # a browser or boot failure: say which, keep the other steps' work
+        raise BuildError(f"making the boot snapshots failed: {exc}") from exc
+
+
 # --------------------------------------------------------------------------
 # assets.json
 
@@ -682,7 +699,7 @@ def _refresh_index_subdir(out: Path, subdir: str) -> None:
 # --------------------------------------------------------------------------
 
 STEP_FUNCS = {"npm": step_npm, "wheels": step_wheels, "adapters": step_adapters, "guest": step_guest,
-              "agent": step_agent, "wheel": step_wheel}
+              "agent": step_agent, "wheel": step_wheel, "snapshot": step_snapshot}
 
 
 def main(argv: list[str] | None = None) -> int:
