@@ -46,7 +46,8 @@ def _register(vm: pyapptron.Machine, boot_seconds: float | None) -> dict:
     else:
         vm_id = next(_ids)
         _machines[vm_id] = vm
-    return {"vm": vm_id, "boot_seconds": boot_seconds, "capabilities": vm.capabilities.as_dict()}
+    return {"vm": vm_id, "boot_seconds": boot_seconds, "capabilities": vm.capabilities.as_dict(),
+            "resumed_from": vm.resumed_from}
 
 
 async def _op_boot(args):
@@ -102,6 +103,11 @@ async def _op_write_file(vm, args):
     await vm.write_file(**args)
 
 
+async def _op_snapshot(vm, args):
+    saved = await vm.snapshot(**args)
+    return saved if isinstance(saved, bytes) else dataclasses.asdict(saved)
+
+
 async def _op_persist(vm, args):
     """vm.persist.<method>(...) with plain-data answers."""
     persist = vm.persist
@@ -126,7 +132,7 @@ async def _op_persist(vm, args):
 
 
 _VM_OPS = {
-    "persist": _op_persist,
+    "persist": _op_persist, "snapshot": _op_snapshot,
     "run": _op_run, "read_file": _op_read_file, "write_file": _op_write_file,
     "list_dir": _op_list_dir, "wait_for": _op_wait_for, "send": _op_send,
     "transcript": _op_transcript, "shutdown": _op_shutdown,

@@ -58,12 +58,15 @@ async function loadXterm(assetsUrl) {
 /**
  * Boot a VM. Options: emulator ("v86"), image ("minimal"), memoryMib, terminal (an
  * element to show the console in), assetsUrl, onStatus(text), persist (true or a store
- * name: keep /root, /persist and installed packages in IndexedDB across reloads).
- * Resolves to {vm, pyodide, terminal, run(cmd), shutdown()}.
+ * name: keep /root, /persist and installed packages in IndexedDB across reloads),
+ * cold (true: boot the kernel instead of resuming the image's boot snapshot), resume
+ * (the name of a snapshot kept by vm.snapshot(name), or its bytes as a Uint8Array).
+ * Resolves to {vm, pyodide, terminal, run(cmd), snapshot(name), shutdown()}.
  */
 export async function boot({
   emulator = "v86", image = "minimal", memoryMib = null, terminal = null,
   assetsUrl = defaultAssets, onStatus = null, terminalOptions = {}, persist = null,
+  cold = false, resume = null,
 } = {}) {
   const pyodide = await loadPyapptron({ assetsUrl, onStatus });
   let term = null;
@@ -82,6 +85,8 @@ export async function boot({
   const kwargs = { image };
   if (memoryMib) kwargs.memory_mib = memoryMib;
   if (persist) kwargs.persist = persist;
+  if (cold) kwargs.cold = true;
+  if (resume) kwargs.resume = resume;
   const vm = await pyboot.callKwargs(emulator, kwargs);
   let detach = null;
   if (term) {
@@ -111,6 +116,16 @@ export async function boot({
         return { files: r.files, bytes: r.bytes, seconds: r.seconds };
       } finally {
         r.destroy();
+      }
+    },
+    /** Save the machine state in this origin's IndexedDB; resolves to the snapshot's name
+     * (boot({resume: name}) starts from it). */
+    async snapshot(name = null) {
+      const info = await (name ? vm.snapshot(name) : vm.snapshot());
+      try {
+        return info.name;
+      } finally {
+        info.destroy();
       }
     },
     async shutdown() {

@@ -298,6 +298,8 @@ class RemoteMachine:
         self.id = vm_id
         self.boot_seconds = info.get("boot_seconds")
         self.capabilities = info.get("capabilities", {})
+        #: What the machine resumed from (None after a cold boot).
+        self.resumed_from = info.get("resumed_from")
         self.console = RemoteConsole(self)
 
     def _call(self, op: str, **args) -> Any:
@@ -315,6 +317,10 @@ class RemoteMachine:
 
     def list_dir(self, path: str = "/") -> list[DirEntry]:
         return [DirEntry(**e) for e in self._call("list_dir", path=path)]
+
+    def snapshot(self, name: str | None = None, *, to_bytes: bool = False) -> dict | bytes:
+        """vm.snapshot() in the page: its SnapshotInfo as a dict, or the bytes with to_bytes=True."""
+        return self._call("snapshot", name=name, to_bytes=to_bytes)
 
     def shutdown(self) -> None:
         self._call("shutdown")

@@ -20,6 +20,8 @@ def _browser_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--persist", nargs="?", const="default", default=None, metavar="STORE",
                         help="keep /root, /persist and installed packages in the profile's IndexedDB "
                              "(store STORE, default 'default'); needs --profile")
+    parser.add_argument("--cold", action="store_true",
+                        help="boot the kernel instead of resuming the image's boot snapshot")
 
 
 @contextlib.contextmanager
@@ -40,6 +42,8 @@ def booted(args):
         options = {"memory_mib": args.memory} if args.memory else {}
         if getattr(args, "persist", None):
             options["persist"] = args.persist
+        if getattr(args, "cold", False):
+            options["cold"] = True
         vm = session.boot(args.emulator, args.image, **options)
         try:
             yield session, vm
@@ -99,8 +103,9 @@ def cmd_demo(args) -> int:
     started = time.monotonic()
     try:
         with booted(args) as (_, vm):
-            print(f"booted {args.emulator}/{args.image} in {vm.boot_seconds:.1f} s "
-                  f"(capabilities: {vm.capabilities})")
+            how = f"resumed from its {vm.resumed_from}" if vm.resumed_from else "cold boot"
+            print(f"booted {args.emulator}/{args.image} in {vm.boot_seconds:.1f} s ({how}; --cold boots "
+                  f"the kernel)\ncapabilities: {vm.capabilities}")
             r = vm.run("uname -a")
             print(f"$ uname -a\n{r.stdout.decode()}", end="")
             vm.write_file("/root/hello.txt", b"hello from the host\n")

@@ -310,6 +310,8 @@ async def serve(args) -> int:
                 query.append(f"memory={args.memory}")
             if args.persist:
                 query.append(f"persist={args.persist}")
+            if getattr(args, "cold", False):
+                query.append("cold=1")
             bridge.url_for_humans = f"{page_origin}/web/index.html?{'&'.join(query)}#mcp-token={config.token}"
             threading.Thread(target=_stdin_lines, args=(loop, bridge, stop), daemon=True,
                              name="pyapptron-mcp-stdin").start()
