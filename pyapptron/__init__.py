@@ -8,9 +8,6 @@
 
 from __future__ import annotations
 
-import posixpath
-import warnings
-
 from . import snapshots
 from .agent import DirEntry
 from . import _browser
@@ -123,46 +120,16 @@ async def boot(
     spec = await assets.image(emulator, image)
     backend = cls(assets, spec, memory_mib, persist=persist_spec, **options)
     if resume is not None:
-        source = await _chosen_snapshot(backend, resume)
+        source = await snapshots.chosen(backend, resume)
     elif cold or not backend.capabilities.snapshot:
         source = None
     else:
         # The boot snapshot was made with the image's defaults: other options, no resume.
         defaults = not options and memory_mib in (None, spec.get("memory_mib"))
-        source = await _boot_snapshot(backend, assets, spec) if defaults else None
+        source = await snapshots.shipped(backend, assets, spec) if defaults else None
     machine = Machine(backend, emulator=emulator, image=image, resume=source)
     await machine._start(timeout)
     return machine
-
-
-async def _chosen_snapshot(backend, resume) -> snapshots.Resume:
-    if not backend.capabilities.snapshot:
-        raise NotSupported(f"{backend.name} cannot resume from a snapshot (capabilities.snapshot is false)")
-    if isinstance(resume, str):
-        label = f"snapshot {resume!r}"
-        meta, payload = await snapshots.load(resume)
-    else:
-        label = "the snapshot (bytes)"
-        meta, payload = snapshots.unpack(resume)
-    snapshots.check_binding(meta, backend.snapshot_binding(), label)
-    return snapshots.Resume(label, meta, payload)
-
-
-async def _boot_snapshot(backend, assets: Assets, spec: dict) -> snapshots.Resume | None:
-    """The image's boot snapshot, or None (with a warning) when it cannot serve."""
-    label = f"boot snapshot of image {spec['name']!r}"
-    shipped = spec.get("snapshot")
-    try:
-        if not shipped:
-            raise AssetsMissing("the image was built without one")
-        data = await _browser.fetch_bytes(assets.require(posixpath.normpath(f"images/{spec['name']}/{shipped['file']}")))
-        meta, payload = snapshots.unpack(data)
-        snapshots.check_binding(meta, backend.snapshot_binding(), label)
-    except PyapptronError as exc:
-        warnings.warn(f"{label} cannot be used ({exc}); booting cold. Build it with "
-                      "`python emulators/build.py`.", RuntimeWarning, stacklevel=3)
-        return None
-    return snapshots.Resume(label, meta, payload, fallback_cold=True)
 
 
 async def images(emulator: str = DEFAULT_EMULATOR, *, assets_url: str | None = None) -> list[str]:

@@ -263,6 +263,14 @@ class AgentClient:
         self._hello.clear()
         self._write_chunk(encode_frame(T_HELLO, 0))
 
+    def restart(self, reason: BaseException) -> None:
+        """The guest's agent was replaced (the machine was restored to a snapshot): fail
+        what was in flight and read the channel afresh; request_hello() comes next."""
+        self._fail_all(reason)
+        self._decoder = FrameDecoder()
+        self._hello.clear()
+        self.credit = 0
+
     def close(self, reason: BaseException) -> None:
         self._closed = reason
         self._fail_all(reason)

@@ -16,8 +16,8 @@ from .agent import AgentClient, DirEntry
 from .backends import Backend, Capabilities
 from .console import Console
 from .persist import PersistedFiles
-from .errors import (BootError, CalledProcessError, InvalidOption, MachineClosed, NotSupported, SnapshotCorrupt,
-                     TimeoutExpired)
+from .errors import (AgentError, BootError, CalledProcessError, InvalidOption, MachineClosed, NotSupported,
+                     SnapshotCorrupt, TimeoutExpired)
 from .snapshots import Resume, SnapshotInfo
 
 #: How long a killed command may take to report its exit before we stop waiting.
@@ -27,6 +27,8 @@ PERSIST_SHUTDOWN_SYNC_S = 300.0
 #: After a resume, a HELLO to the agent is sent again after this long without an answer
 #: (the guest may have had no receive buffer free for the first one).
 RESUME_HELLO_RETRY_S = 1.0
+#: How long a restored machine's agent may take to answer (boot() has its own timeout).
+RESTORE_AGENT_TIMEOUT_S = 60.0
 
 
 class CompletedProcess(subprocess.CompletedProcess):
@@ -193,6 +195,30 @@ class Machine:
         if to_bytes:
             return snapshots.to_bytes(meta, payload)
         return await snapshots.save(name or snapshots.default_name(self.image), meta, payload)
+
+    async def restore(self, snapshot: str | bytes) -> None:
+        """Put this machine back to a snapshot's state, in place: a name kept by
+        snapshot(name), or bytes from snapshot(to_bytes=True).
+
+        The console and anything attached to it (a terminal, an MCP client) stay. Commands
+        still running are lost (their run() raises AgentError). With persist, the layers
+        are synced first and come back from the store, as on a resume.
+        """
+        self._require("snapshot")
+        resume = await snapshots.chosen(self.backend, snapshot)
+        if self._persist is not None:
+            await self._persist.sync()  # what the guest wrote to the layers is kept
+        await self.backend.restore_state(resume)
+        self._agent.restart(AgentError(f"the machine was restored to {resume.label}; the command was lost"))
+        self.console.feed(b"\r\n" + base64.b64decode(resume.meta.get("console_tail", "")))
+        if self.capabilities.exec:
+            try:
+                await asyncio.wait_for(self._agent_hello(), RESTORE_AGENT_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                raise BootError(f"the guest agent did not answer within {RESTORE_AGENT_TIMEOUT_S} s of "
+                                f"restoring {resume.label}; shut the machine down and boot a new one") from None
+            await self._after_resume()
+        self.resumed_from = resume.label
 
     async def shutdown(self) -> None:
         """Stop the emulator and release its memory. Safe to call twice.

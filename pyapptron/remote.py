@@ -108,6 +108,11 @@ async def _op_snapshot(vm, args):
     return saved if isinstance(saved, bytes) else dataclasses.asdict(saved)
 
 
+async def _op_restore(vm, args):
+    await vm.restore(**args)
+    return {"resumed_from": vm.resumed_from}
+
+
 async def _op_persist(vm, args):
     """vm.persist.<method>(...) with plain-data answers."""
     persist = vm.persist
@@ -132,7 +137,7 @@ async def _op_persist(vm, args):
 
 
 _VM_OPS = {
-    "persist": _op_persist, "snapshot": _op_snapshot,
+    "persist": _op_persist, "snapshot": _op_snapshot, "restore": _op_restore,
     "run": _op_run, "read_file": _op_read_file, "write_file": _op_write_file,
     "list_dir": _op_list_dir, "wait_for": _op_wait_for, "send": _op_send,
     "transcript": _op_transcript, "shutdown": _op_shutdown,

@@ -23,14 +23,17 @@ from __future__ import annotations
 import builtins
 import hashlib
 import json
+import posixpath
 import re
 import struct
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 from . import _browser
-from .errors import InvalidOption, SnapshotCorrupt, SnapshotMismatch, SnapshotNotFound
+from .errors import (AssetsMissing, InvalidOption, NotSupported, PyapptronError, SnapshotCorrupt, SnapshotMismatch,
+                     SnapshotNotFound)
 
 MAGIC = b"PYAPPTRON-SNAP\x00\x01"
 FORMAT = 1
@@ -185,6 +188,39 @@ async def save(name: str, meta: dict, payload: Any) -> SnapshotInfo:
     meta = {**meta, "name": check_name(name)}
     size = await _browser.snapshot_put(name, json.dumps(meta, sort_keys=True), payload)
     return SnapshotInfo.from_meta(meta, size)
+
+
+async def chosen(backend, resume) -> Resume:
+    """The snapshot boot(resume=...) or vm.restore() names: kept (a name) or bytes; checked."""
+    if not backend.capabilities.snapshot:
+        raise NotSupported(f"{backend.name} cannot resume from a snapshot (capabilities.snapshot is false)")
+    if isinstance(resume, str):
+        label = f"snapshot {resume!r}"
+        meta, payload = await load(resume)
+    elif isinstance(resume, (bytes, bytearray, memoryview)):
+        label = "the snapshot (bytes)"
+        meta, payload = unpack(resume)
+    else:
+        raise InvalidOption(f"a snapshot is a name (str) or snapshot bytes, not {type(resume).__name__}")
+    check_binding(meta, backend.snapshot_binding(), label)
+    return Resume(label, meta, payload)
+
+
+async def shipped(backend, assets, spec: dict) -> Resume | None:
+    """The image's boot snapshot, or None (with a warning) when it cannot serve."""
+    label = f"boot snapshot of image {spec['name']!r}"
+    entry = spec.get("snapshot")
+    try:
+        if not entry:
+            raise AssetsMissing("the image was built without one")
+        data = await _browser.fetch_bytes(assets.require(posixpath.normpath(f"images/{spec['name']}/{entry['file']}")))
+        meta, payload = unpack(data)
+        check_binding(meta, backend.snapshot_binding(), label)
+    except PyapptronError as exc:
+        warnings.warn(f"{label} cannot be used ({exc}); booting cold. Build it with "
+                      "`python emulators/build.py`.", RuntimeWarning, stacklevel=3)
+        return None
+    return Resume(label, meta, payload, fallback_cold=True)
 
 
 @dataclass

@@ -150,3 +150,19 @@ def test_agent_image_resumes_by_default_and_its_cached_root_shows_the_store(sess
         assert vm.run(["cat", "/persist/x"]).stdout == b"v2\n"
     finally:
         vm.shutdown()
+
+
+def test_restore_in_place_goes_back_keeps_the_console_and_takes_layers_from_the_store(session):
+    vm = session.boot("v86", "minimal", persist="snap-restore")
+    try:
+        vm.run("echo one > /tmp/state; echo p1 > /persist/p")
+        vm.snapshot("t-restore")
+        vm.run("echo two > /tmp/state; echo p2 > /persist/p")  # not synced yet: restore syncs first
+        vm.restore("t-restore")
+        assert vm.resumed_from == "snapshot 't-restore'"
+        assert vm.run("cat /tmp/state /persist/p").stdout == b"one\np2\n"
+        vm.console.sendline("echo after-restore-$((6*7))")
+        vm.console.wait_for(rb"after-restore-42", timeout=10)
+    finally:
+        vm.shutdown()
+        session.python("await pyapptron.snapshots.delete('t-restore')")

@@ -8,6 +8,7 @@ import pytest
 from pyapptron import agent as A
 from pyapptron.backends import Backend, Capabilities
 from pyapptron.errors import BootError, InvalidOption, MachineClosed, NotSupported, SnapshotCorrupt, TimeoutExpired
+from pyapptron import errors as pyapptron_errors
 from pyapptron import snapshots
 from pyapptron.machine import Machine
 
@@ -46,6 +47,9 @@ class ScriptedBackend(Backend):
 
     async def save_state(self):
         return b"STATE", 1000, 0.01
+
+    async def restore_state(self, resume):
+        self.resumed.append(resume)
 
     def write_console(self, data):
         pass
@@ -267,4 +271,27 @@ def test_snapshot_needs_the_capability():
         vm = await booted(backend)
         with pytest.raises(NotSupported, match="snapshot"):
             await vm.snapshot(to_bytes=True)
+    asyncio.run(main())
+
+
+def test_restore_in_place_fails_running_commands_and_fixes_up_the_restored_guest():
+    from pyapptron.errors import AgentError
+    backend = ScriptedBackend(exits(None))  # commands never finish on their own
+
+    async def main():
+        vm = await booted(backend)
+        data = snapshots.pack({"format": 1, "binding": backend.snapshot_binding(), "console_tail": ""}, b"P")
+        running = asyncio.ensure_future(vm.run("sleep 100"))
+        await asyncio.sleep(0.05)
+        backend.answer = exits(0)
+        hellos = sum(f.type == A.T_HELLO for f in backend.frames)
+        await vm.restore(data)
+        with pytest.raises(AgentError, match="restored to the snapshot"):
+            await running
+        assert sum(f.type == A.T_HELLO for f in backend.frames) == hellos + 1
+        assert _exec_argv([f for f in backend.frames if f.type == A.T_EXEC][-1])[:2] == ["pyapptron-agent", "--resumed"]
+        assert vm.resumed_from == "the snapshot (bytes)"
+        assert (await vm.run("true")).returncode == 0
+        with pytest.raises(pyapptron_errors.SnapshotMismatch):
+            await vm.restore(snapshots.pack({"format": 1, "binding": {"image": "other"}}, b"P"))
     asyncio.run(main())

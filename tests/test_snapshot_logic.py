@@ -97,3 +97,36 @@ def test_snapshot_info_from_meta():
     info = snapshots.SnapshotInfo.from_meta({**META, "created": 5, "state_bytes": 9, "name": "n"}, 3)
     assert (info.name, info.image, info.memory_mib, info.size, info.state_bytes) == ("n", "minimal", 128, 3, 9)
     assert snapshots.default_name("agent", now=0) == "agent-19700101-000000"
+
+
+def _backend():
+    files = {p: {"sha256": "0" * 64} for p in FILES + ["images/minimal/boot.snapshot"]}
+    return V86Backend(Assets("http://h/assets/", {"files": files, "versions": {}}), dict(SPEC))
+
+
+def test_an_image_without_a_boot_snapshot_boots_cold_with_a_warning():
+    backend = _backend()
+    with pytest.warns(RuntimeWarning, match="boot snapshot of image 'minimal' cannot be used.*booting cold"):
+        assert asyncio.run(snapshots.shipped(backend, backend.assets, dict(SPEC))) is None
+
+
+def test_a_stale_or_damaged_boot_snapshot_boots_cold_with_a_warning(monkeypatch):
+    backend = _backend()
+    spec = {**SPEC, "snapshot": {"file": "boot.snapshot"}}
+    fetched = {}
+
+    async def fetch_bytes(url):
+        fetched["url"] = url
+        return fetched["data"]
+    monkeypatch.setattr(snapshots._browser, "fetch_bytes", fetch_bytes)
+    stale = {**backend.snapshot_binding(), "config": "made-from-older-assets"}
+    fetched["data"] = snapshots.pack({"format": 1, "binding": stale}, b"x")
+    with pytest.warns(RuntimeWarning, match="assets were rebuilt.*booting cold"):
+        assert asyncio.run(snapshots.shipped(backend, backend.assets, spec)) is None
+    assert fetched["url"] == "http://h/assets/images/minimal/boot.snapshot"
+    fetched["data"] = b"garbage"
+    with pytest.warns(RuntimeWarning, match="not a pyapptron snapshot"):
+        assert asyncio.run(snapshots.shipped(backend, backend.assets, spec)) is None
+    fetched["data"] = snapshots.pack({"format": 1, "binding": backend.snapshot_binding()}, b"x")
+    resume = asyncio.run(snapshots.shipped(backend, backend.assets, spec))
+    assert resume.fallback_cold is True and resume.label == "boot snapshot of image 'minimal'"

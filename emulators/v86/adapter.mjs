@@ -80,6 +80,22 @@ function skipRedundantZeroing(emulator) {
   return () => { cpu.zero_memory = zero; };
 }
 
+// A snapshot's state as v86 takes it: checked against its sha256 when it has one, and
+// inflated when gzip'd (v86 inflates zstd itself).
+async function stateOf(resume) {
+  const p = resume.payload;
+  if (resume.sha256 && globalThis.crypto && crypto.subtle) {
+    // zstd's own checks do not cover every byte (stored blocks pass through as they are).
+    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", p));
+    const hex = Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+    if (hex !== resume.sha256) throw snapshotError("its state's checksum does not match (damaged in transit or storage)");
+  }
+  if (resume.compression === "zstd") {
+    return p.byteOffset === 0 && p.byteLength === p.buffer.byteLength ? p.buffer : p.slice().buffer;
+  }
+  return gunzip(p);
+}
+
 // options.resume: {payload: Uint8Array, compression: "gzip" | "zstd"} to start from a
 // snapshot instead of a cold boot. v86 inflates a zstd state itself, faster than gzip.
 export async function start(options, sinks) {
@@ -90,18 +106,7 @@ export async function start(options, sinks) {
   const lap = (name) => { const now = performance.now(); timings[name] = (now - mark) / 1000; mark = now; };
   let state = null;
   if (resume) {
-    const p = resume.payload;
-    if (resume.sha256 && globalThis.crypto && crypto.subtle) {
-      // zstd's own checks do not cover every byte (stored blocks pass through as they are).
-      const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", p));
-      const hex = Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
-      if (hex !== resume.sha256) throw snapshotError("its state's checksum does not match (damaged in transit or storage)");
-    }
-    if (resume.compression === "zstd") {
-      state = p.byteOffset === 0 && p.byteLength === p.buffer.byteLength ? p.buffer : p.slice().buffer;
-    } else {
-      state = await gunzip(p);
-    }
+    state = await stateOf(resume);
     lap("inflate");
     // The state holds the guest's RAM and its 9p tree: the kernel, initrd and the 9p
     // index need not be loaded again (files are still fetched lazily from baseurl).
@@ -184,6 +189,22 @@ export async function start(options, sinks) {
       const raw = await emulator.save_state();
       const payload = await gzip(raw);
       return { payload, stateBytes: raw.byteLength, seconds: (performance.now() - started) / 1000 };
+    },
+    // Put the running machine back to a snapshot (same options: Python checked its binding).
+    // Persistent layers come back from the store, as on a resume. Resolves to what the
+    // store restored (like `restored` above).
+    async restoreState(snapshot) {
+      if (stopped) throw new Error("the emulator was stopped");
+      const next = await stateOf(snapshot); // a damaged snapshot fails here, the machine untouched
+      await emulator.stop();
+      try {
+        await emulator.restore_state(next);
+      } finally {
+        if (session) session.forgetTree(); // its inode ids are the old tree's
+      }
+      const report = session ? await session.restore() : undefined;
+      emulator.run();
+      return report;
     },
     async stop() {
       if (stopped) return;

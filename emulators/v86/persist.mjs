@@ -172,6 +172,13 @@ export class PersistSession {
     return found instanceof Uint8Array ? found : null;
   }
 
+  // After the emulator's 9p tree was replaced (a snapshot restored in place): what this
+  // session knew of inodes is about another tree.
+  forgetTree() {
+    this.known.clear();
+    this.generation.clear();
+  }
+
   // ---- restore at boot (before the guest runs) ------------------------------------
   async restore() {
     const report = { layers: {}, damaged: [] };

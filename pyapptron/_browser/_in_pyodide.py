@@ -190,6 +190,14 @@ class EmulatorHandle:
     def send(self, channel: str, data: bytes) -> None:
         self._adapter.send(channel, to_js(data))
 
+    async def restore_state(self, payload, compression: str, sha256: str | None) -> dict | None:
+        """Put the running machine back to a snapshot; returns what the persistent store restored."""
+        try:
+            report = await self._adapter.restoreState(_snapshot_object(payload, compression, sha256))
+        except Exception as exc:  # a JsException
+            raise _snapshot_error(exc) from None
+        return report.to_py() if report is not None and hasattr(report, "to_py") else None
+
     async def save_state(self) -> tuple:
         """(payload: a JS Uint8Array of the gzip'd state, state bytes, seconds)."""
         saved = await self._adapter.saveState()
@@ -202,6 +210,23 @@ class EmulatorHandle:
             for proxy in self._proxies:
                 proxy.destroy()
             self._proxies = []
+
+
+def _snapshot_object(payload, compression: str, sha256: str | None):
+    """What the adapter takes as a snapshot: {payload: Uint8Array, compression, sha256?}."""
+    snapshot = js.Object.new()
+    snapshot.payload = to_js(payload) if isinstance(payload, (bytes, bytearray, memoryview)) else payload
+    snapshot.compression = compression
+    if sha256:
+        snapshot.sha256 = sha256
+    return snapshot
+
+
+def _snapshot_error(exc: Exception) -> Exception:
+    text = str(exc)
+    if "SnapshotCorrupt" in text:
+        return SnapshotCorrupt(text.split("SnapshotCorrupt: ", 1)[-1])
+    return exc
 
 
 def _bytes_sink(callback: Callable[[bytes], None]):
@@ -235,13 +260,7 @@ async def start_emulator(adapter_url: str, options: dict, on_console, on_agent,
 
     js_options = _js_object(options)
     if resume_payload is not None:
-        resume = js.Object.new()
-        resume.payload = resume_payload if not isinstance(resume_payload, (bytes, bytearray, memoryview)) \
-            else to_js(resume_payload)
-        resume.compression = resume_compression
-        if resume_sha256:
-            resume.sha256 = resume_sha256
-        js_options.resume = resume
+        js_options.resume = _snapshot_object(resume_payload, resume_compression, resume_sha256)
     promise = module.start(js_options, sinks)
     try:
         adapter = await promise
@@ -253,7 +272,7 @@ async def start_emulator(adapter_url: str, options: dict, on_console, on_agent,
     except Exception as exc:
         destroy_proxies()
         if "SnapshotCorrupt" in str(exc):
-            raise SnapshotCorrupt(str(exc).split("SnapshotCorrupt: ", 1)[-1]) from None
+            raise _snapshot_error(exc) from None
         if "PersistLocked" in str(exc):
             raise PersistLocked(
                 f"the persist store {options['persist']['store']!r} is in use by another machine (in this "

@@ -20,6 +20,9 @@ class EmulatorHandle:
     async def save_state(self) -> tuple:
         raise NotSupported(_WHY)
 
+    async def restore_state(self, payload, compression, sha256):
+        raise NotSupported(_WHY)
+
     async def stop(self) -> None:
         raise NotSupported(_WHY)
 

@@ -69,6 +69,10 @@ class Backend(abc.ABC):
         """(payload, state bytes before compression, seconds taken) of the running machine."""
         raise NotSupported(f"{self.name} cannot save or restore machine state")
 
+    async def restore_state(self, resume: Any) -> None:
+        """Put the running machine back to a snapshot (a Resume) in place."""
+        raise NotSupported(f"{self.name} cannot save or restore machine state")
+
     def resume_fixups(self) -> tuple[list[str], str | None]:
         """After a resume: extra flags for `pyapptron-agent --resumed`, and a shell
         command to run next (or None): whatever the image's init would have done on a

@@ -144,6 +144,12 @@ class V86Backend(Backend):
             raise InvalidOption("the emulator is not running")
         return await self._handle.save_state()
 
+    async def restore_state(self, resume) -> None:
+        if self._handle is None:
+            raise InvalidOption("the emulator is not running")
+        await self._handle.restore_state(resume.payload, resume.meta.get("compression", "gzip"),
+                                         resume.meta.get("payload_sha256"))
+
     def resume_fixups(self) -> tuple[list[str], str | None]:
         if self.persist is None:
             return [], None

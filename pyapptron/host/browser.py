@@ -322,6 +322,10 @@ class RemoteMachine:
         """vm.snapshot() in the page: its SnapshotInfo as a dict, or the bytes with to_bytes=True."""
         return self._call("snapshot", name=name, to_bytes=to_bytes)
 
+    def restore(self, snapshot: str | bytes) -> None:
+        """vm.restore() in the page: back to a kept snapshot (a name) or snapshot bytes, in place."""
+        self.resumed_from = self._call("restore", snapshot=snapshot)["resumed_from"]
+
     def shutdown(self) -> None:
         self._call("shutdown")
 
