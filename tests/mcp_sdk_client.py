@@ -122,6 +122,13 @@ async def _exercise(client, cancel, raw_error):
     report["binary_round_trip"] = (read_binary["structured"]["encoding"] == "base64"
                                    and base64.b64decode(read_binary["structured"]["content"]) == blob)
     report["list_dir"] = await call("list_dir", {"path": "/tmp/mcp"})
+    # snapshot, change, restore: the change is gone; the snapshot is listed.
+    report["snapshot"] = await call("snapshot", {"name": "mcp-before"})
+    await call("exec", {"command": "echo changed > /tmp/mcp/deep/hello.txt"})
+    report["restore"] = await call("restore", {"name": "mcp-before"})
+    report["after_restore"] = await call("exec", {"command": "cat /tmp/mcp/deep/hello.txt"})
+    report["list_snapshots"] = await call("list_snapshots", {})
+    report["restore_missing"] = await call("restore", {"name": "no-such-snapshot"})
     report["read_missing"] = await call("read_file", {"path": "/no/such/file"})
     report["bad_arguments"] = await call("exec", {"command": 42, "colour": "blue"})
     try:

@@ -55,7 +55,8 @@ def test_official_sdk_client_calls_every_tool_on_a_real_vm(protocol):
 
     assert report["protocol_version"] == protocol
     assert report["server_name"] == "pyapptron"
-    assert set(report["tools"]) == {"exec", "read_file", "write_file", "list_dir"}
+    assert set(report["tools"]) == {"exec", "read_file", "write_file", "list_dir",
+                                    "snapshot", "restore", "list_snapshots"}
     for name, schemas in report["tools"].items():
         assert schemas["input"]["type"] == "object" and schemas["output"]["type"] == "object", name
 
@@ -73,6 +74,12 @@ def test_official_sdk_client_calls_every_tool_on_a_real_vm(protocol):
     entries = {e["name"]: e for e in ok("list_dir")["entries"]}
     assert entries["blob.bin"]["type"] == "file" and entries["blob.bin"]["size"] == 256
     assert entries["deep"]["type"] == "dir"
+    assert ok("snapshot")["name"] == "mcp-before" and ok("snapshot")["size"] > 0
+    assert ok("restore")["restored"] == "mcp-before"
+    assert ok("after_restore")["stdout"] == "héllo\n"  # the change after the snapshot is gone
+    assert "mcp-before" in [s["name"] for s in ok("list_snapshots")["snapshots"]]
+    missing = report["restore_missing"]
+    assert missing["error"] is True and "no snapshot 'no-such-snapshot'" in missing["text"][0]
     assert report["read_missing"]["error"] is True and "No such file" in report["read_missing"]["text"][0]
     bad = report["bad_arguments"]["text"][0]
     assert report["bad_arguments"]["error"] is True and "arguments.command" in bad and "colour" in bad

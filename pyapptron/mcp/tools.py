@@ -114,6 +114,23 @@ SYNC_OUTPUT = {
                    "written_bytes": {"type": "integer"}, "seconds": {"type": "number"}},
     "required": ["files", "bytes", "written_bytes", "seconds"],
 }
+_SNAPSHOT_NAME = {"type": "string", "minLength": 1,
+                  "description": "A snapshot's name (1 to 200 printable characters, no '/')."}
+SNAPSHOT_INPUT = {"type": "object", "properties": {"name": _SNAPSHOT_NAME}, "additionalProperties": False}
+_SNAPSHOT_INFO = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "image": {"type": "string"}, "created": {"type": "number"},
+                   "size": {"type": "integer"}, "state_bytes": {"type": ["integer", "null"]}},
+    "required": ["name", "image", "created", "size"],
+}
+SNAPSHOT_OUTPUT = _SNAPSHOT_INFO
+RESTORE_INPUT = {"type": "object", "properties": {"name": _SNAPSHOT_NAME}, "required": ["name"],
+                 "additionalProperties": False}
+RESTORE_OUTPUT = {"type": "object", "properties": {"restored": {"type": "string"}, "seconds": {"type": "number"}},
+                  "required": ["restored", "seconds"]}
+LIST_SNAPSHOTS_INPUT = {"type": "object", "properties": {}, "additionalProperties": False}
+LIST_SNAPSHOTS_OUTPUT = {"type": "object", "properties": {"snapshots": {"type": "array", "items": _SNAPSHOT_INFO}},
+                         "required": ["snapshots"]}
 
 
 class MachineTools:
@@ -185,6 +202,29 @@ class MachineTools:
                 "inputSchema": SYNC_INPUT, "outputSchema": SYNC_OUTPUT,
                 "annotations": {"idempotentHint": True},
             }, self._persist_sync)
+        if caps.snapshot:
+            table["snapshot"] = ({
+                "name": "snapshot", "title": "Save the VM's state",
+                "description": "Save the whole machine (memory, processes, files outside the persistent layers) "
+                               "under a name, to go back to with `restore`: before a risky change, or to keep a "
+                               "prepared setup. Kept in the browser across page reloads.",
+                "inputSchema": SNAPSHOT_INPUT, "outputSchema": SNAPSHOT_OUTPUT,
+                "annotations": {"destructiveHint": False},
+            }, self._snapshot)
+            table["restore"] = ({
+                "name": "restore", "title": "Go back to a saved state",
+                "description": "Put the VM back to a snapshot made by `snapshot`. Commands still running are "
+                               "stopped; the persistent layers (/root, /persist, packages) keep their latest "
+                               "content.",
+                "inputSchema": RESTORE_INPUT, "outputSchema": RESTORE_OUTPUT,
+                "annotations": {"destructiveHint": True, "idempotentHint": True},
+            }, self._restore)
+            table["list_snapshots"] = ({
+                "name": "list_snapshots", "title": "List saved states",
+                "description": "The snapshots kept in this browser, oldest first.",
+                "inputSchema": LIST_SNAPSHOTS_INPUT, "outputSchema": LIST_SNAPSHOTS_OUTPUT,
+                "annotations": {"readOnlyHint": True},
+            }, self._list_snapshots)
         return table
 
     def list_tools(self) -> list[dict]:
@@ -205,6 +245,9 @@ class MachineTools:
                      "page reloads: they are saved a few seconds after changes, and at once by `persist_sync`.")
         else:
             text += " Nothing is kept when the page reloads."
+        if "snapshot" in self._tool_table():
+            text += (" `snapshot` saves the whole machine under a name and `restore` goes back to it "
+                     "(e.g. before a risky change).")
         return text
 
     async def call_tool(self, name: str, arguments: dict, progress: ProgressFn | None) -> dict:
@@ -303,6 +346,20 @@ class MachineTools:
     async def _persist_sync(self, args: dict, progress):
         return dataclasses.asdict(await self.machine.persist.sync())
 
+    async def _snapshot(self, args: dict, progress):
+        info = await self.machine.snapshot(args.get("name"))
+        return _snapshot_info(info)
+
+    async def _restore(self, args: dict, progress):
+        started = time.monotonic()
+        await self.machine.restore(args["name"])
+        return {"restored": args["name"], "seconds": round(time.monotonic() - started, 3)}
+
+    async def _list_snapshots(self, args: dict, progress):
+        from .. import snapshots
+
+        return {"snapshots": [_snapshot_info(s) for s in await snapshots.list()]}
+
     # -- resources ---------------------------------------------------------------------
     async def list_resources(self) -> list[dict]:
         resources = [{"uri": CONSOLE_URI, "name": "console", "title": "Console transcript",
@@ -350,6 +407,11 @@ class MachineTools:
 
 
 # -- helpers ---------------------------------------------------------------------------
+def _snapshot_info(info) -> dict:
+    return {"name": info.name, "image": info.image, "created": info.created, "size": info.size,
+            "state_bytes": info.state_bytes}
+
+
 def _tool_error(message: str) -> dict:
     return {"content": [{"type": "text", "text": message}], "isError": True}
 
