@@ -35,3 +35,10 @@ def test_run_with_an_unknown_image_says_what_exists():
 def test_run_without_a_command_explains_usage():
     r = cli("run")
     assert r.returncode == 2 and b"give a command after --" in r.stderr
+
+
+def test_run_resumes_the_boot_snapshot_by_default_and_cold_boots_on_request():
+    r = cli("demo")
+    assert r.returncode == 0 and b"resumed from its boot snapshot of image 'minimal'" in r.stdout
+    r = cli("demo", "--cold")
+    assert r.returncode == 0 and b"(cold boot;" in r.stdout
