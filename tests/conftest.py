@@ -1,1 +1,1 @@
-pytest_plugins = ["pyapptron.host.pytest_plugin"]
+pytest_plugins = ["pytester"]  # tests/test_pytest_plugin.py runs real pytest sessions

@@ -8,12 +8,15 @@ synchronous because CPython callers (the CLI, pytest) are.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +73,12 @@ class Browser:
         self._log_dir = None
         self.log_path: str | None = None
         if config.remote_url:
-            self.driver = webdriver.Remote(command_executor=config.remote_url, options=options)
+            if config.binary:  # where the browser is on the Grid's machines
+                options.binary_location = config.binary
+            try:
+                self.driver = webdriver.Remote(command_executor=config.remote_url, options=options)
+            except Exception as exc:
+                raise BrowserError(f"the remote WebDriver at {config.remote_url} gave no browser: {exc}") from exc
         else:
             binary = config.binary or _find(["chromium", "chromium-browser", "google-chrome"], "PYAPPTRON_CHROMIUM")
             driver = config.driver or _find(["chromedriver"], "PYAPPTRON_CHROMEDRIVER")
@@ -290,8 +298,26 @@ class RemotePersist:
         return self._call("state")
 
 
+@dataclass
+class CommandRecord:
+    """One run() as a test report shows it."""
+
+    args: Any
+    returncode: int | None  # None: it raised
+    seconds: float
+    error: str = ""
+
+    def describe(self) -> str:
+        args = self.args if isinstance(self.args, str) else shlex.join(map(str, self.args))
+        outcome = f"exit {self.returncode}" if self.returncode is not None else self.error
+        return f"{outcome:>12}  {self.seconds:7.2f} s  {args}"
+
+
 class RemoteMachine:
     """A VM in the page, driven from CPython with Machine's method names (synchronous)."""
+
+    #: How many of the last run() calls `history` keeps.
+    HISTORY = 20
 
     def __init__(self, session: RemoteSession, vm_id: int, info: dict):
         self.session = session
@@ -301,12 +327,22 @@ class RemoteMachine:
         #: What the machine resumed from (None after a cold boot).
         self.resumed_from = info.get("resumed_from")
         self.console = RemoteConsole(self)
+        #: The last run() calls (CommandRecord), oldest first: what a failing test's report shows.
+        self.history: collections.deque[CommandRecord] = collections.deque(maxlen=self.HISTORY)
 
     def _call(self, op: str, **args) -> Any:
         return self.session.request(op, vm=self.id, **args)
 
     def run(self, args, *, timeout=None, input=None, cwd=None, env=None, text=False, check=False):
-        answer = self._call("run", args=args, timeout=timeout, input=input, cwd=cwd, env=env, text=text, check=check)
+        started = time.monotonic()
+        try:
+            answer = self._call("run", args=args, timeout=timeout, input=input, cwd=cwd, env=env, text=text,
+                                check=check)
+        except Exception as exc:
+            self.history.append(CommandRecord(args, getattr(exc, "returncode", None), time.monotonic() - started,
+                                              type(exc).__name__))
+            raise
+        self.history.append(CommandRecord(args, answer["returncode"], time.monotonic() - started))
         return subprocess.CompletedProcess(answer["args"], answer["returncode"], answer["stdout"], answer["stderr"])
 
     def read_file(self, path: str) -> bytes:

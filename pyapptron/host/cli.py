@@ -55,7 +55,10 @@ def booted(args):
 def cmd_serve(args) -> int:
     from .server import PageServer
 
-    server = PageServer(args.port, isolated=not args.no_isolation)
+    server = PageServer(args.port, isolated=not args.no_isolation, host=args.host)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"pyapptron: the page and its assets are served to the network on {args.host} "
+              "(for browsers on other machines, e.g. a Selenium Grid's nodes)", file=sys.stderr)
     print(f"pyapptron: serving on {server.url}  (open it in a browser; Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
@@ -145,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("serve", help="serve the terminal page and the assets on localhost")
     p.add_argument("--port", type=int, default=8086)
+    p.add_argument("--host", default="127.0.0.1", metavar="ADDRESS",
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0 serves the network, for a Selenium Grid)")
     p.add_argument("--no-isolation", action="store_true", help="do not send COOP/COEP headers")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("run", help="boot a VM in headless Chromium and run one command in it")

@@ -141,7 +141,8 @@ class PageServer:
     """A threaded HTTP server on 127.0.0.1; use as a context manager or start()/stop()."""
 
     def __init__(self, port: int = 0, *, web_dir: Path | None = None, assets_dir: Path | None = None,
-                 isolated: bool = True, refresh: bool = True, extra_roots: dict[str, Path] | None = None):
+                 isolated: bool = True, refresh: bool = True, extra_roots: dict[str, Path] | None = None,
+                 host: str = "127.0.0.1"):
         self.web_dir = Path(web_dir or default_web_dir())
         self.assets_dir = Path(assets_dir or default_assets_dir())
         check_assets(self.assets_dir)
@@ -151,7 +152,7 @@ class PageServer:
                  **(extra_roots or {})}
         handler = functools.partial(_Handler, roots=roots, isolated=isolated)
         try:
-            self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+            self._httpd = http.server.ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
             raise PageServerError(
                 f"cannot serve on 127.0.0.1:{port}: {exc.strerror}. A persistent profile's page must use the "
@@ -167,7 +168,8 @@ class PageServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
+        host = self._httpd.server_address[0]
+        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.port}/"
 
     def start(self) -> PageServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="pyapptron-http", daemon=True)
