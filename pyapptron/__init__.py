@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from . import snapshots
+from . import notebook, snapshots
 from .agent import DirEntry
 from . import _browser
 from .assets import Assets

@@ -1,4 +1,4 @@
-"""`python -m pyapptron serve | run | demo | mcp` (CPython)."""
+"""`python -m pyapptron serve | run | demo | mcp | lab` (CPython)."""
 
 from __future__ import annotations
 
@@ -129,6 +129,28 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_lab(args) -> int:
+    """Build the JupyterLite site (offline, cached) and serve it with the assets."""
+    from .lab import build_site, notebook_url
+    from .server import PageServer
+
+    try:
+        site = build_site(force=args.rebuild)
+    except PyapptronError as exc:
+        print(f"pyapptron lab: {exc}", file=sys.stderr)
+        return 1
+    if args.build_only:
+        print(site)
+        return 0
+    server = PageServer(args.port, extra_roots={"/lab/": site})
+    print(f"pyapptron: JupyterLite on {notebook_url(server.url)}  (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def cmd_mcp(args) -> int:
     """A stdio MCP server (for desktop agents) bridged to the VM in a page."""
     try:
@@ -152,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="address to listen on (default 127.0.0.1; 0.0.0.0 serves the network, for a Selenium Grid)")
     p.add_argument("--no-isolation", action="store_true", help="do not send COOP/COEP headers")
     p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("lab", help="build (offline) and serve a JupyterLite site whose notebooks boot VMs")
+    p.add_argument("--port", type=int, default=8087)
+    p.add_argument("--rebuild", action="store_true", help="build the site again even if nothing changed")
+    p.add_argument("--build-only", action="store_true", help="build the site, print its directory, do not serve")
+    p.set_defaults(func=cmd_lab)
+
     p = sub.add_parser("run", help="boot a VM in headless Chromium and run one command in it")
     _browser_args(p)
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="kill the command after S seconds (exit 124)")
