@@ -6,19 +6,12 @@ started here with Debian's Java and Chromium."""
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import subprocess
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.browser
+from pyapptron.host.grid import local_grid
 
-REPO = Path(__file__).resolve().parent.parent
-GRID_JAR = REPO / "build" / "tools" / "selenium-server.jar"
+pytestmark = pytest.mark.browser
 
 SCOPED = """
 def test_first_writes_a_mark(vm):
@@ -76,56 +69,18 @@ def test_with_xdist_each_worker_has_its_own_browser_and_vm(pytester):
     assert len({worker for worker, _ in seen}) == 2 and len({session for _, session in seen}) == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory):
+def grid():
     """A real Selenium Grid 4 in standalone mode on localhost, with a Chromium node
     (Debian's chromium and chromedriver)."""
-    java = shutil.which("java")
-    assert java and GRID_JAR.is_file(), "run `bash emulators/setup.sh` (Java and build/tools/selenium-server.jar)"
-    work = tmp_path_factory.mktemp("grid")
-    (work / "grid.toml").write_text(
-        "[node]\ndetect-drivers = false\nselenium-manager = false\nmax-sessions = 2\n"
-        "[[node.driver-configuration]]\ndisplay-name = \"Chromium\"\n"
-        "webdriver-executable = \"/usr/bin/chromedriver\"\nmax-sessions = 2\n"
-        "stereotype = '{\"browserName\": \"chrome\", \"goog:chromeOptions\": {\"binary\": \"/usr/bin/chromium\"}}'\n")
-    port = _free_port()
-    log = open(work / "grid.log", "wb")
-    proc = subprocess.Popen([java, "-jar", str(GRID_JAR), "standalone", "--host", "127.0.0.1", "--port", str(port),
-                             "--config", str(work / "grid.toml")], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/status", timeout=5) as response:
-                    if json.load(response)["value"]["ready"]:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, (work / "grid.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the Grid was not ready in 90 s:\n" + (work / "grid.log").read_text()[-3000:]
-            time.sleep(0.5)
-        yield url, work / "grid.log"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with local_grid() as running:
+        yield running
 
 
 def test_the_fixtures_drive_vms_through_a_selenium_grid(pytester, grid):
-    url, log = grid
     pytester.makepyfile(test_on_grid="""
         def test_on_grid(vm):
             assert vm.run("uname -m").stdout == b"i686\\n"
     """)
-    run(pytester, "--pyapptron-remote", url, "--pyapptron-browser-binary", "/usr/bin/chromium").assert_outcomes(passed=1)
-    assert "Session created" in log.read_text()  # the browser really came from the Grid
+    run(pytester, "--pyapptron-remote", grid.url, "--pyapptron-browser-binary", "/usr/bin/chromium").assert_outcomes(passed=1)
+    assert "Session created" in grid.log()  # the browser really came from the Grid
