@@ -13,7 +13,13 @@ with a 50 MB / 20,000-file store against boot without one, sync throughput, and 
 run("true") latency while a sync runs. For MCP: `python -m pyapptron mcp --headless`
 start to the first tool result, and the MCP `exec` round trip (stdio -> bridge ->
 WebSocket -> page) against a direct vm.run on the same VM, in alternating blocks, with
-`ping` (the same path without the VM) as the hop's cost. Nothing here is asserted: targets
+`ping` (the same path without the VM) as the hop's cost. For snapshots (both images, each
+in a freshly loaded page): boot() call to the first run("true") answered, resumed from the
+shipped boot snapshot and cold, where the resume spends its time, and the size and save
+time of a snapshot and an in-place restore. For notebooks: opening the example notebook
+in JupyterLite to its first vm.run answered. For the pytest plugin: the per-test setup
+of a fresh `vm`, resumed or cold, locally and through a Selenium Grid. Nothing here is
+asserted: targets
 are in the README and the closing notes, measurements here.
 """
 
@@ -35,7 +41,7 @@ from pyapptron.host import Browser, BrowserConfig, PageServer, RemoteSession  # 
 PY_BENCH = """
 import time, statistics
 t0 = time.perf_counter()
-vm = await pyapptron.boot("v86", "minimal")
+vm = await pyapptron.boot("v86", "minimal", cold=True)
 boot_s = time.perf_counter() - t0
 # Steady state, as in the bare run: the guest finishes loading its 9p and network
 # modules (after the agent has started) before the shell prompt appears.
@@ -98,7 +104,7 @@ async def timed(cmd, timeout=600):
     return time.perf_counter() - t
 
 t0 = time.perf_counter()
-vm = await pyapptron.boot("v86", "agent")
+vm = await pyapptron.boot("v86", "agent", cold=True)
 boot_s = time.perf_counter() - t0
 at_ready = fetched()
 await vm.console.wait_for(rb"root@pyapptron", timeout=120)
@@ -132,6 +138,151 @@ const done = arguments[arguments.length - 1];
 const nav = performance.getEntriesByType("navigation")[0];
 window.pyapptronReady.then(p => done({load_s: p.pyapptronLoadSeconds, since_navigation_s: performance.now() / 1000}));
 """
+
+
+# Snapshots: one image, one freshly loaded page; resumed (the default) or cold.
+SNAPSHOT_BOOT = """
+import time
+t0 = time.perf_counter()
+vm = await pyapptron.boot("v86", IMAGE, cold=COLD)
+boot_s = time.perf_counter() - t0
+await vm.run("true")
+first_run_s = time.perf_counter() - t0
+phases = vm.backend._handle._adapter.timings.to_py()
+extra = {}
+if SAVE:
+    t = time.perf_counter()
+    data = await vm.snapshot(to_bytes=True)
+    extra["to_bytes_s"] = time.perf_counter() - t
+    extra["bytes"] = len(data)
+    t = time.perf_counter()
+    info = await vm.snapshot("bench")
+    extra["to_indexeddb_s"] = time.perf_counter() - t
+    extra["state_bytes"] = info.state_bytes
+    extra["indexeddb_bytes"] = info.size
+    t = time.perf_counter()
+    await vm.restore("bench")
+    await vm.run("true")
+    extra["restore_in_place_to_first_run_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    vm2 = await pyapptron.boot("v86", IMAGE, resume="bench")
+    await vm2.run("true")
+    extra["resume_from_indexeddb_to_first_run_s"] = time.perf_counter() - t
+    await vm2.shutdown()
+    await pyapptron.snapshots.delete("bench")
+await vm.shutdown()
+result = dict(boot_s=boot_s, first_run_s=first_run_s, resumed=vm.resumed_from, phases=phases, **extra)
+"""
+
+
+def bench_snapshot(server, rounds: int = 5) -> dict:
+    out = {}
+    for image in ("minimal", "agent"):
+        resumed, cold = [], None
+        for i in range(rounds + 1):
+            with Browser() as browser:  # a fresh page each time: page load to exec-ready
+                session = RemoteSession(browser, server.url)
+                load = browser.driver.execute_async_script(LOAD)
+                is_cold = i == rounds
+                code = (SNAPSHOT_BOOT.replace("IMAGE", repr(image)).replace("COLD", str(is_cold))
+                        .replace("SAVE", str(i == 0)))
+                py = session.python(code)
+                py["load_s"] = load["load_s"]
+                if is_cold:
+                    cold = py
+                else:
+                    resumed.append(py)
+        snap_file = HERE.parent / "build" / "assets" / "images" / image / "boot.snapshot"
+        first = [r["first_run_s"] for r in resumed]
+        out[image] = {
+            "resumed_boot_call_to_first_run_s": {"median": round(statistics.median(first), 3),
+                                                  "min": round(min(first), 3), "max": round(max(first), 3),
+                                                  "n": len(first)},
+            "resumed_boot_s_median": round(statistics.median(r["boot_s"] for r in resumed), 3),
+            "resume_phases_s_median": {k: round(statistics.median(r["phases"].get(k, 0) for r in resumed), 3)
+                                       for k in resumed[0]["phases"]},
+            "cold_boot_call_to_first_run_s": round(cold["first_run_s"], 3),
+            "pyodide_and_pyapptron_load_s_median": round(statistics.median(r["load_s"] for r in resumed + [cold]), 3),
+            "page_load_to_first_run_s": {"resumed": round(statistics.median(r["load_s"] + r["first_run_s"] for r in resumed), 3),
+                                         "cold": round(cold["load_s"] + cold["first_run_s"], 3)},
+            "shipped_snapshot_MB": round(snap_file.stat().st_size / 1e6, 2),
+            "state_MB_uncompressed": round(resumed[0]["state_bytes"] / 1e6, 2),
+            "snapshot_to_bytes_s": round(resumed[0]["to_bytes_s"], 3),
+            "snapshot_to_indexeddb_s": round(resumed[0]["to_indexeddb_s"], 3),
+            "snapshot_gzip_MB": round(resumed[0]["indexeddb_bytes"] / 1e6, 2),
+            "restore_in_place_to_first_run_s": round(resumed[0]["restore_in_place_to_first_run_s"], 3),
+            "resume_from_indexeddb_to_first_run_s": round(resumed[0]["resume_from_indexeddb_to_first_run_s"], 3),
+        }
+    return out
+
+
+def bench_lab(server_url_unused=None, rounds: int = 3) -> dict:
+    """Opening the example notebook in JupyterLite to its first vm.run answered."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from pyapptron.host.lab import build_site, notebook_url
+
+    site = build_site()
+    times, kernel = [], []
+    with PageServer(extra_roots={"/lab/": site}) as lab_server:
+        for _ in range(rounds):
+            with Browser() as browser:
+                d = browser.driver
+                t0 = time.monotonic()
+                d.get(notebook_url(lab_server.url))
+                while len(d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell")) < 7:
+                    time.sleep(0.05)
+                d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell")[0].click()
+                for _ in range(4):  # up to the first vm.run
+                    ActionChains(d).key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).perform()
+                while True:
+                    text = d.execute_script("return Array.from(document.querySelectorAll('.jp-OutputArea-output'))"
+                                            ".map(e => e.innerText).join('\\n')")
+                    if "first run answered" in text:
+                        break
+                    time.sleep(0.05)
+                times.append(time.monotonic() - t0)
+                kernel.append(float(text.split("first run answered ")[1].split(" s")[0]))
+    return {"open_notebook_to_first_run_s": {"median": round(statistics.median(times), 2),
+                                             "min": round(min(times), 2), "max": round(max(times), 2)},
+            "first_cell_to_first_run_s_median": round(statistics.median(kernel), 2), "n": rounds}
+
+
+def _pytest_setup_seconds(args: list[str], tests: int) -> list[float]:
+    """Setup time of the `vm` fixture for each of `tests` trivial tests (pytest --durations)."""
+    import re
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "test_trivial.py").write_text("".join(
+            f"def test_{i}(vm):\n    assert vm.run('true').returncode == 0\n" for i in range(tests)))
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=0",
+                            "--durations-min=0", "--pyapptron-scope=function", "--rootdir", tmp, *args,
+                            "test_trivial.py"],
+                           cwd=tmp, capture_output=True, text=True, timeout=1800)
+        if r.returncode != 0:
+            raise SystemExit(f"pytest failed: {r.stdout[-2000:]}{r.stderr[-2000:]}")
+        return [float(m.group(1)) for m in re.finditer(r"^([\d.]+)s setup\s+\S*test_trivial.py::test_(\d+)",
+                                                        r.stdout, re.M) if m.group(2) != "0"]
+
+
+def bench_fixture(tests: int = 6) -> dict:
+    """Per-test overhead of a fresh `vm` (--pyapptron-scope=function): resumed vs cold, locally
+    and through a Selenium Grid 4 on this machine. The first test (browser start) is left out."""
+    from pyapptron.host.grid import local_grid
+
+    out = {}
+    local = _pytest_setup_seconds([], tests)
+    cold = _pytest_setup_seconds(["--pyapptron-cold"], 3)
+    with local_grid() as grid:
+        on_grid = _pytest_setup_seconds(["--pyapptron-remote", grid.url, "--pyapptron-browser-binary",
+                                         "/usr/bin/chromium"], tests)
+    for name, values in (("local_resumed", local), ("local_cold", cold), ("grid_resumed", on_grid)):
+        out[name + "_setup_s"] = {"median": round(statistics.median(values), 2), "n": len(values)}
+    return out
 
 
 # Persistence: a store of 50 MB in 20,000 files (made once, by import), then the figures.
@@ -363,8 +514,10 @@ def pct(values, q):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=200)
-    ap.add_argument("--images", default="minimal,agent,persist",
-                    help="what to measure (comma-separated): minimal, agent, persist (a 50 MB / 20,000-file store), mcp")
+    ap.add_argument("--images", default="minimal,agent,persist,snapshot",
+                    help="what to measure (comma-separated): minimal, agent, persist (a 50 MB / 20,000-file store), "
+                         "mcp, snapshot (resume vs cold boot, both images), lab (JupyterLite notebook), "
+                         "fixture (the pytest vm fixture per test: resumed, cold, through a Grid)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     args = ap.parse_args()
     images = set(args.images.split(","))
@@ -377,19 +530,32 @@ def main() -> int:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
     }
+    def save() -> str:  # after every section: a later failure keeps what was measured
+        text = json.dumps(figures, indent=2)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+        return text
+
+    sections = [
+        ("minimal", None, lambda: bench_minimal(server, args.rounds)),
+        ("agent", "agent", lambda: bench_agent(server)),
+        ("persist", "persist", lambda: bench_persist(server)),
+        ("mcp", "mcp", lambda: bench_mcp(args.rounds)),
+        ("snapshot", "snapshot", lambda: bench_snapshot(server)),
+        ("lab", "lab", bench_lab),
+        ("fixture", "pytest_fixture", bench_fixture),
+    ]
     with PageServer(extra_roots={"/bench/": HERE}) as server:
-        if "minimal" in images:
-            figures.update(bench_minimal(server, args.rounds))
-        if "agent" in images:
-            figures["agent"] = bench_agent(server)
-        if "persist" in images:
-            figures["persist"] = bench_persist(server)
-        if "mcp" in images:
-            figures["mcp"] = bench_mcp(args.rounds)
-    text = json.dumps(figures, indent=2)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+        for name, key, measure in sections:
+            if name not in images:
+                continue
+            result = measure()
+            if key is None:
+                figures.update(result)
+            else:
+                figures[key] = result
+            save()
+    print(save())
     print(f"saved {args.out}", file=sys.stderr)
     return 0
 
