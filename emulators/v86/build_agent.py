@@ -428,12 +428,16 @@ def rename_ids(fsroot: list, stored: dict[str, tuple[int, str]]) -> None:
 def zsh_completion_dump(root: pathlib.Path) -> bytes:
     """compinit's dump of the image's completion functions, made by the image's own zsh."""
     out = "/tmp/pyapptron-zcompdump"
+    tmp = os.stat(root / "tmp")
     try:
         run(["chroot", str(root), "/usr/bin/zsh", "-f", "-c", f"autoload -Uz compinit && compinit -d {out}"],
             env=_chroot_env(), capture_output=True)
         return (root / out.lstrip("/")).read_bytes()
     finally:
         (root / out.lstrip("/")).unlink(missing_ok=True)
+        # /tmp's mtime is in the 9p index: a build must not change it (the boot snapshot
+        # is bound to the index's hash, so a changed index means a new snapshot).
+        os.utime(root / "tmp", ns=(tmp.st_atime_ns, tmp.st_mtime_ns))
 
 
 def overlay_files(root: pathlib.Path, agent: bytes) -> dict[str, tuple[int, bytes]]:
