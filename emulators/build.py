@@ -683,15 +683,19 @@ class HashCache:
 
 def _index_files(out: Path, base: Path, hc: HashCache) -> dict:
     files = {}
-    for f in sorted(base.rglob("*")):
-        rel = f.relative_to(out).as_posix()
-        if not f.is_file() or any(part.startswith(".") for part in rel.split("/")):
-            continue  # hidden: build keys, temporary files
-        if rel == INDEX_NAME or UNINDEXED.match(rel):
-            continue
-        st = f.stat()
-        files[rel] = {"size": st.st_size, "sha256": hc.sha256(f, st)}
-    return files
+    for dirpath, dirnames, filenames in os.walk(base):
+        # Hidden: build keys, locks, another process's temporary build (which may vanish).
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            f = Path(dirpath) / name
+            rel = f.relative_to(out).as_posix()
+            if name.startswith(".") or any(part.startswith(".") for part in rel.split("/")):
+                continue
+            if rel == INDEX_NAME or UNINDEXED.match(rel) or not f.is_file():
+                continue
+            st = f.stat()
+            files[rel] = {"size": st.st_size, "sha256": hc.sha256(f, st)}
+    return dict(sorted(files.items()))
 
 
 def write_index(out: Path, cache: Path | None, manifest: dict) -> int:

@@ -9,6 +9,7 @@ Layout of what is served:
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import http.server
 import importlib.util
@@ -50,7 +51,11 @@ def refresh_wheel(assets_dir: Path) -> None:
     spec = importlib.util.spec_from_file_location("_pyapptron_build", build_py)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.build_wheel(assets_dir)
+    wheels = Path(assets_dir) / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    with open(wheels / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # pytest-xdist workers share one assets directory
+        module.build_wheel(assets_dir, force=False)
 
 
 # Content-addressed files of an image's 9p root (emulators/v86/build_agent.py).
