@@ -1,0 +1,492 @@
+#!/usr/bin/env python3
+"""Build a small x86_64 Linux guest for bochs.wasm from Debian amd64 packages.
+
+    python3 emulators/c2w/build_guest64.py --out DIR --cache DIR [--boot syslinux|direct]
+                                           [--kernel-package NAME]
+
+Standard library only; needs root for apt-get (host tools syslinux,
+syslinux-common, mtools and nasm are installed if missing, the guest packages
+are only downloaded with ``apt-get download``).
+
+Two ways to boot (--boot):
+  syslinux  the BIOS boots a FAT disk with syslinux, which loads the bzImage
+            and the initrd from it.  Debian's bzImage is XZ-compressed, and
+            its decompressor runs ~5e9 guest instructions (~1 min in wasm).
+  direct    (default) vmlinux is extracted from the bzImage here (Python's
+            lzma) and laid out as a flat image of its load segments; Bochs
+            puts it and the initrd into guest RAM before the BIOS runs
+            (bochsrc optramimage, Bochs patch 0007).  The disk holds only
+            direct_boot.asm's boot sector and a boot_params template; that
+            sector adds the BIOS E820 map and enters the kernel through the
+            64-bit boot protocol.  No decompression at boot time.
+
+DIR receives:
+  bios/BIOS-bochs-latest, bios/vgabios.bin   Bochs BIOS + LGPL VGA BIOS (bochsbios, vgabios)
+  vmlinuz                                    Debian's linux-image-6.1.0-NN-amd64-unsigned kernel
+  initrd.gz                                  busybox-static initramfs (newc cpio, gzip), /init below
+  disk.img                                   syslinux: FAT disk (no partition table) with syslinux,
+                                             vmlinuz, initrd.gz; direct: boot sector + boot_params
+  kernel.bin                                 direct only: vmlinux load segments, flat, from 0x1000000
+  bochsrc.txt                                Bochs config: nogui, 256 MiB, ata0 disk, COM1 = wasi:stdio
+  guest.json                                 what a host needs: files (guest path -> file), args, markers
+
+bochsrc.txt uses guest paths inside one WASI preopen "/": /bios/..., /disk.img,
+/bochsout.txt (log).  COM1 uses "mode=file, dev=wasi:stdio" (patch 0006):
+the console goes to the WASI stdout and input comes from the WASI stdin.
+With --com1-file PATH, COM1 writes to that file instead (unpatched Bochs).
+
+Results are cached under CACHE/guest64/<key>, where key hashes the package
+names + versions + SHA-256s (from apt-cache), the host tool versions, this
+script and the options.  A cached run only copies files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HOST_TOOLS = ["syslinux", "syslinux-common", "mtools", "nasm"]
+DIRECT_ASM = Path(__file__).resolve().parent / "direct_boot.asm"
+KERNEL_ADDR = 0x1000000   # LOAD_PHYSICAL_ADDR of Debian's kernel (= the bzImage's pref_address)
+INITRD_ADDR = 0x8000000   # 128 MiB: above the kernel image, inside the usable RAM
+ZERO_PAGE = 0x8000        # direct_boot.asm: boot_params at 0x8000, command line at 0x9000
+CMDLINE_ADDR = 0x9000
+KERNEL_RE = re.compile(r"^linux-image-6\.1\.0-(\d+)-amd64-unsigned$")
+BIOS_PACKAGES = {"bochsbios": "usr/share/bochs/BIOS-bochs-latest", "vgabios": "usr/share/vgabios/vgabios.bin"}
+BUSYBOX = "busybox-static"
+
+PROMPT = "guest64:/# "
+INIT_MARK = "pyapptron-guest64: init"
+# Boot time under bochs.wasm (guest uptime at /init, direct boot, ips 50M):
+#   cryptomgr.notests  the crypto self-tests (late initcall crypto_algapi_init)
+#                      took 7.4 s of a 16 s boot;
+#   rodata=off         skips mark_rodata_ro() and its W+X page-table walk
+#                      (CONFIG_DEBUG_WX), 12.6 -> 10.0 s.  This disables the
+#                      kernel's read-only data protection inside the guest;
+#   earlycon=...       prints from the kernel's first line instead of
+#                      replaying the log when ttyS0 registers (~2 s later).
+KERNEL_CMDLINE = ("console=ttyS0,115200 earlycon=uart8250,io,0x3f8,115200 "
+                  "mitigations=off nokaslr cryptomgr.notests rodata=off")
+TIME0 = 946684800  # 2000-01-01T00:00:00Z: guest `date +%s` - TIME0 = emulated seconds since power-on
+# Emulated instructions per emulated second (clock: sync=none).  Guest
+# delays (e.g. the 8250 console waiting ~87 us per byte) cost ips * delay
+# instructions; timer ticks cost more often at a lower ips.  Node, direct
+# boot, to the prompt: 100M 10.2 s, 50M 8.8 s, 25M 9.7 s.
+IPS = 50_000_000
+MEGS = 256
+HEADS, SPT = 16, 63
+
+INIT_SCRIPT = f"""#!/bin/sh
+# /init of the pyapptron x86_64 test guest (build_guest64.py)
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sysfs /sys
+/bin/busybox mount -t devtmpfs devtmpfs /dev
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root TERM=vt100
+echo "{INIT_MARK}: uptime $(cut -d' ' -f1 /proc/uptime) s, rtc-clock $(($(date +%s) - {TIME0})) s since power-on"
+cd /
+export PS1='guest64:\\w# '
+while true; do
+  setsid cttyhack /bin/sh
+  echo "{INIT_MARK}: shell exited, restarting"
+done
+"""
+
+SYSLINUX_CFG = f"""SERIAL 0 115200
+PROMPT 0
+TIMEOUT 0
+DEFAULT linux
+LABEL linux
+  KERNEL vmlinuz
+  INITRD initrd.gz
+  APPEND {KERNEL_CMDLINE}
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[build_guest64] {msg}", flush=True)
+
+
+def run(cmd, **kw):
+    kw.setdefault("check", True)
+    return subprocess.run([str(c) for c in cmd], **kw)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pkg_installed(name: str) -> str | None:
+    r = subprocess.run(["dpkg-query", "-W", "-f=${db:Status-Status} ${Version}", name],
+                       capture_output=True, text=True)
+    status, _, version = r.stdout.strip().partition(" ")
+    return version if r.returncode == 0 and status == "installed" else None
+
+
+_updated = False
+
+
+def apt_update():
+    global _updated
+    if not _updated:
+        log("apt-get update")
+        run(["apt-get", "update", "-qq"])
+        _updated = True
+
+
+def ensure_host_tools() -> dict:
+    missing = [p for p in HOST_TOOLS if pkg_installed(p) is None]
+    if missing:
+        if os.geteuid() != 0:
+            raise SystemExit(f"missing Debian packages: {' '.join(missing)} (run as root)")
+        apt_update()
+        log("apt-get install " + " ".join(missing))
+        run(["apt-get", "install", "-y", "-qq"] + missing, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    for tool in ("syslinux", "mformat", "mcopy", "nasm"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} not found")
+    return {p: pkg_installed(p) for p in HOST_TOOLS}
+
+
+def apt_show(name: str) -> dict | None:
+    """Candidate version's fields (Package, Version, Filename, SHA256, ...)."""
+    r = subprocess.run(["apt-cache", "show", "--no-all-versions", name], capture_output=True, text=True)
+    if r.returncode != 0 or not r.stdout.strip():
+        return None
+    fields = {}
+    for line in r.stdout.split("\n\n")[0].splitlines():
+        if line and not line[0].isspace() and ":" in line:
+            k, v = line.split(":", 1)
+            fields[k] = v.strip()
+    return fields
+
+
+def newest_kernel_package() -> str:
+    r = run(["apt-cache", "pkgnames", "linux-image-6.1.0-"], capture_output=True, text=True)
+    best = None
+    for name in r.stdout.split():
+        m = KERNEL_RE.match(name)
+        if m and (best is None or int(m.group(1)) > best[0]):
+            best = (int(m.group(1)), name)
+    if best is None:
+        raise SystemExit("no linux-image-6.1.0-NN-amd64-unsigned package known to apt (apt-get update?)")
+    return best[1]
+
+
+def resolve(names) -> dict:
+    info = {}
+    for name in names:
+        f = apt_show(name)
+        if f is None:
+            apt_update()
+            f = apt_show(name)
+        if f is None or "SHA256" not in f:
+            raise SystemExit(f"apt-cache show {name}: no candidate")
+        info[name] = {"version": f["Version"], "sha256": f["SHA256"], "filename": f["Filename"]}
+    return info
+
+
+def download(name: str, meta: dict, debs: Path) -> Path:
+    target = debs / Path(meta["filename"]).name
+    if target.is_file() and sha256_file(target) == meta["sha256"]:
+        return target
+    debs.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="dl-", dir=debs))
+    os.chmod(tmp, 0o777)  # let apt's _apt user write there (avoids the unsandboxed warning)
+    log(f"apt-get download {name}={meta['version']}")
+    run(["apt-get", "download", "-qq", f"{name}={meta['version']}"], cwd=tmp)
+    got = list(tmp.glob("*.deb"))
+    if len(got) != 1:
+        raise SystemExit(f"apt-get download {name}: got {got}")
+    digest = sha256_file(got[0])
+    if digest != meta["sha256"]:
+        raise SystemExit(f"{got[0].name}: SHA-256 {digest}, apt says {meta['sha256']}")
+    os.replace(got[0], target)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# ---- initramfs: newc cpio, written here so that /dev/console can be a node ---
+
+
+class Cpio:
+    def __init__(self):
+        self.buf = io.BytesIO()
+        self.ino = 1
+
+    def _entry(self, name: str, mode: int, data: bytes = b"", rdev=(0, 0), nlink=1):
+        name_b = name.encode() + b"\0"
+        fields = [self.ino, mode, 0, 0, nlink, 0, len(data), 0, 0, rdev[0], rdev[1], len(name_b), 0]
+        self.ino += 1
+        hdr = b"070701" + b"".join(b"%08X" % v for v in fields)
+        self.buf.write(hdr + name_b)
+        self.buf.write(b"\0" * (-(len(hdr) + len(name_b)) % 4))
+        self.buf.write(data)
+        self.buf.write(b"\0" * (-len(data) % 4))
+
+    def dir(self, name):
+        self._entry(name, stat.S_IFDIR | 0o755, nlink=2)
+
+    def file(self, name, data: bytes, perm=0o644):
+        self._entry(name, stat.S_IFREG | perm, data)
+
+    def symlink(self, name, target):
+        self._entry(name, stat.S_IFLNK | 0o777, target.encode())
+
+    def chardev(self, name, major, minor, perm=0o600):
+        self._entry(name, stat.S_IFCHR | perm, rdev=(major, minor))
+
+    def finish(self) -> bytes:
+        self._entry("TRAILER!!!", 0, nlink=1)
+        self.buf.write(b"\0" * (-self.buf.tell() % 512))
+        return self.buf.getvalue()
+
+
+def make_initramfs(busybox: bytes) -> bytes:
+    c = Cpio()
+    for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "root", "etc"):
+        c.dir(d)
+    c.chardev("dev/console", 5, 1)
+    c.chardev("dev/ttyS0", 4, 64)
+    c.chardev("dev/null", 1, 3, 0o666)
+    c.file("bin/busybox", busybox, 0o755)
+    c.symlink("bin/sh", "busybox")
+    c.file("init", INIT_SCRIPT.encode(), 0o755)
+    c.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+    c.file("etc/group", b"root:x:0:\n")
+    raw = c.finish()
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=9, mtime=0) as gz:
+        gz.write(raw)
+    return out.getvalue()
+
+
+# ---- disk --------------------------------------------------------------------
+
+
+def make_disk(path: Path, files: dict, work: Path) -> int:
+    """FAT 'superfloppy' (no partition table) with syslinux; returns cylinders."""
+    payload = sum(len(d) for d in files.values())
+    cyl_bytes = HEADS * SPT * 512
+    cylinders = max(16, -(-(payload * 12 // 10 + (2 << 20)) // cyl_bytes))
+    with open(path, "wb") as f:
+        f.truncate(cylinders * cyl_bytes)
+    env = dict(os.environ, MTOOLS_SKIP_CHECK="1", SOURCE_DATE_EPOCH="946684800", TZ="UTC")
+    run(["mformat", "-i", path, "-t", cylinders, "-h", HEADS, "-s", SPT, "-H", 0,
+         "-N", "20260000", "-v", "GUEST64", "::"], env=env)
+    run(["syslinux", "--install", path], env=env)
+    for name, data in files.items():
+        src = work / name
+        src.write_bytes(data)
+        os.utime(src, (946684800, 946684800))
+        run(["mcopy", "-m", "-i", path, src, f"::{name}"], env=env)
+    return cylinders
+
+
+def extract_vmlinux(bzimage: bytes) -> tuple[bytes, dict]:
+    """Uncompressed vmlinux (ELF) from a bzImage with an XZ payload."""
+    import lzma
+    import struct
+    if bzimage[0x202:0x206] != b"HdrS":
+        raise SystemExit("vmlinuz: no setup header")
+    setup_sects = bzimage[0x1f1] or 4
+    payload_offset, payload_length = struct.unpack_from("<II", bzimage, 0x248)
+    start = (setup_sects + 1) * 512 + payload_offset
+    payload = bzimage[start:start + payload_length]
+    if not payload.startswith(b"\xfd7zXZ\x00"):
+        raise SystemExit(f"vmlinuz: payload is not XZ ({payload[:6]!r})")
+    vmlinux = lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(payload)
+    if vmlinux[:4] != b"\x7fELF" or vmlinux[4] != 2:
+        raise SystemExit("vmlinuz: payload is not a 64-bit ELF")
+    return vmlinux, {"setup_sects": setup_sects}
+
+
+def flat_kernel(vmlinux: bytes) -> bytes:
+    """The PT_LOAD segments of vmlinux as one image starting at KERNEL_ADDR."""
+    import struct
+    entry, phoff = struct.unpack_from("<QQ", vmlinux, 0x18)
+    phentsize, phnum = struct.unpack_from("<HH", vmlinux, 0x36)
+    segs = []
+    for i in range(phnum):
+        p_type, _flags, off, _vaddr, paddr, filesz, memsz, _align = struct.unpack_from(
+            "<IIQQQQQQ", vmlinux, phoff + i * phentsize)
+        if p_type == 1:  # PT_LOAD
+            segs.append((paddr, off, filesz, memsz))
+    base = min(s[0] for s in segs)
+    if base != KERNEL_ADDR or entry != KERNEL_ADDR:
+        raise SystemExit(f"vmlinux: load base {base:#x}, entry {entry:#x}; expected {KERNEL_ADDR:#x}")
+    end = max(p + m for p, _, _, m in segs)
+    img = bytearray(end - base)
+    for paddr, off, filesz, _memsz in segs:
+        img[paddr - base:paddr - base + filesz] = vmlinux[off:off + filesz]
+    return bytes(img)
+
+
+def zero_page(bzimage: bytes, initrd_len: int, cmdline: str) -> bytes:
+    """boot_params template (4 KiB) + command line sector, for direct_boot.asm."""
+    import struct
+    zp = bytearray(4096)
+    hdr_end = 0x202 + bzimage[0x201]          # the setup header ends where its jump lands
+    zp[0x1f1:hdr_end] = bzimage[0x1f1:hdr_end]
+    zp[0x210] = 0xff                          # type_of_loader: undefined
+    zp[0x211] |= 0x01                         # loadflags: LOADED_HIGH
+    struct.pack_into("<II", zp, 0x218, INITRD_ADDR, initrd_len)  # ramdisk_image, ramdisk_size
+    struct.pack_into("<I", zp, 0x228, CMDLINE_ADDR)              # cmd_line_ptr
+    line = cmdline.encode() + b"\0"
+    if len(line) > 512:
+        raise SystemExit("kernel command line longer than one sector")
+    return bytes(zp) + line.ljust(512, b"\0")
+
+
+def make_direct_disk(path: Path, boot_sector: bytes, zp: bytes) -> int:
+    cyl_bytes = HEADS * SPT * 512
+    data = boot_sector + zp
+    with open(path, "wb") as f:
+        f.write(data.ljust(cyl_bytes, b"\0"))
+    return 1
+
+
+def bochsrc(cylinders: int, com1: str, ram_images=()) -> str:
+    return "\n".join([
+        "# Generated by emulators/c2w/build_guest64.py (paths are inside the WASI preopen /)",
+        f"megs: {MEGS}",
+        "romimage: file=/bios/BIOS-bochs-latest",
+        "vgaromimage: file=/bios/vgabios.bin",
+        "display_library: nogui",
+        f"cpu: model=corei7_sandy_bridge_2600k, ips={IPS}",
+        f"clock: sync=none, time0={TIME0}",
+        "ata0: enabled=1, ioaddr1=0x1f0, ioaddr2=0x3f0, irq=14",
+        f"ata0-master: type=disk, path=/disk.img, mode=flat, cylinders={cylinders}, heads={HEADS}, spt={SPT}",
+        "boot: disk",
+        *[f"optramimage{i + 1}: file={f}, address={a:#x}" for i, (f, a) in enumerate(ram_images)],
+        f"com1: enabled=1, mode=file, dev={com1}",
+        "mouse: enabled=0",
+        "log: /bochsout.txt",
+        "panic: action=fatal",
+        "error: action=report",
+        "info: action=report",
+        "debug: action=ignore",
+        "",
+    ])
+
+
+def extract(deb: Path, member: str, work: Path) -> bytes:
+    dest = work / ("x-" + deb.name)
+    if not dest.is_dir():
+        run(["dpkg-deb", "-x", deb, dest])
+    p = dest / member
+    return p.read_bytes()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--cache", required=True, type=Path)
+    ap.add_argument("--kernel-package", help="default: newest linux-image-6.1.0-NN-amd64-unsigned apt knows")
+    ap.add_argument("--com1-file", help="COM1 to this guest file instead of dev=wasi:stdio (unpatched Bochs)")
+    ap.add_argument("--boot", choices=("direct", "syslinux"), default="direct")
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    cache = args.cache.resolve()
+    out = args.out.resolve()
+
+    tools = ensure_host_tools()
+    kernel = args.kernel_package or newest_kernel_package()
+    if not KERNEL_RE.match(kernel):
+        raise SystemExit(f"{kernel}: expected linux-image-6.1.0-NN-amd64-unsigned")
+    pkgs = resolve([kernel, BUSYBOX] + list(BIOS_PACKAGES))
+    com1 = args.com1_file or "wasi:stdio"
+    manifest = {"packages": pkgs, "host_tools": tools, "script": sha256_file(Path(__file__)), "com1": com1,
+                "boot": args.boot, "direct_boot_asm": sha256_file(DIRECT_ASM)}
+    key = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:20]
+    result = cache / "guest64" / key
+    if (result / "guest.json").is_file():
+        log(f"cached guest {key}")
+    else:
+        debs = {n: download(n, m, cache / "debs") for n, m in pkgs.items()}
+        tmp = result.with_name(key + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "bios").mkdir(parents=True)
+        work = Path(tempfile.mkdtemp(prefix="c2w-guest64-"))
+        try:
+            kver = kernel[len("linux-image-"):-len("-unsigned")]
+            vmlinuz = extract(debs[kernel], f"boot/vmlinuz-{kver}", work)
+            busybox = extract(debs[BUSYBOX], "bin/busybox", work)
+            for pkg, member in BIOS_PACKAGES.items():
+                (tmp / "bios" / Path(member).name).write_bytes(extract(debs[pkg], member, work))
+            initrd = make_initramfs(busybox)
+            (tmp / "vmlinuz").write_bytes(vmlinuz)
+            (tmp / "initrd.gz").write_bytes(initrd)
+            files = {"/bochsrc.txt": "bochsrc.txt", "/disk.img": "disk.img",
+                     "/bios/BIOS-bochs-latest": "bios/BIOS-bochs-latest", "/bios/vgabios.bin": "bios/vgabios.bin"}
+            ram_images = []
+            if args.boot == "syslinux":
+                cyl = make_disk(tmp / "disk.img", {"syslinux.cfg": SYSLINUX_CFG.encode(),
+                                                   "vmlinuz": vmlinuz, "initrd.gz": initrd}, work)
+            else:
+                vmlinux, _ = extract_vmlinux(vmlinuz)
+                (tmp / "kernel.bin").write_bytes(flat_kernel(vmlinux))
+                del vmlinux
+                run(["nasm", "-f", "bin", "-o", work / "direct_boot.bin", DIRECT_ASM])
+                boot_sector = (work / "direct_boot.bin").read_bytes()
+                if len(boot_sector) != 512:
+                    raise SystemExit("direct_boot.asm must assemble to 512 bytes")
+                cyl = make_direct_disk(tmp / "disk.img", boot_sector,
+                                       zero_page(vmlinuz, len(initrd), "BOOT_IMAGE=vmlinux " + KERNEL_CMDLINE))
+                ram_images = [("/kernel.bin", KERNEL_ADDR), ("/initrd.gz", INITRD_ADDR)]
+                files.update({"/kernel.bin": "kernel.bin", "/initrd.gz": "initrd.gz"})
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        (tmp / "bochsrc.txt").write_text(bochsrc(cyl, com1, ram_images))
+        guest = {
+            "args": ["bochs", "-q", "-f", "/bochsrc.txt"],
+            "env": ["BXSHARE=/bios"],
+            "files": files,
+            "writable": ["/disk.img"],
+            "log": "/bochsout.txt",
+            "prompt": PROMPT,
+            "init_mark": INIT_MARK,
+            "kernel_cmdline": KERNEL_CMDLINE,
+            "ips": IPS,
+            "boot": args.boot,
+            "time0": TIME0,
+            "sha256": {rel: sha256_file(tmp / rel) for rel in files.values()},
+            "inputs": manifest,
+            "key": key,
+        }
+        (tmp / "guest.json").write_text(json.dumps(guest, indent=2, sort_keys=True) + "\n")
+        shutil.rmtree(result, ignore_errors=True)
+        os.replace(tmp, result)
+    if out.exists():
+        for name in ("bios", "vmlinuz", "initrd.gz", "disk.img", "kernel.bin", "bochsrc.txt", "guest.json"):
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(result, out, dirs_exist_ok=True)
+    g = json.loads((out / "guest.json").read_text())
+    log(f"{out}: kernel {kernel} {pkgs[kernel]['version']}, busybox {pkgs[BUSYBOX]['version']}, "
+        f"disk {(out / 'disk.img').stat().st_size >> 20} MiB, key {g['key']}, {time.time() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
