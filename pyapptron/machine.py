@@ -114,7 +114,7 @@ class Machine:
             # The terminal shows what it showed when the snapshot was made (the guest will
             # not print its prompt again). Nothing from the guest came yet: its CPU runs
             # in a later task than the one that resolved the start.
-            self.console.feed(base64.b64decode(resume.meta.get("console_tail", "")))
+            self.console.feed(resume.console_tail)
             if self.capabilities.exec:
                 await self._agent_hello()
                 await self._after_resume()
@@ -210,7 +210,7 @@ class Machine:
             await self._persist.sync()  # what the guest wrote to the layers is kept
         await self.backend.restore_state(resume)
         self._agent.restart(AgentError(f"the machine was restored to {resume.label}; the command was lost"))
-        self.console.feed(b"\r\n" + base64.b64decode(resume.meta.get("console_tail", "")))
+        self.console.feed(b"\r\n" + resume.console_tail)
         if self.capabilities.exec:
             try:
                 await asyncio.wait_for(self._agent_hello(), RESTORE_AGENT_TIMEOUT_S)

@@ -20,6 +20,7 @@ the meta JSON (UTF-8), then the payload: the emulator's state, gzip'd.
 
 from __future__ import annotations
 
+import base64
 import builtins
 import hashlib
 import json
@@ -232,3 +233,8 @@ class Resume:
     meta: dict
     payload: Any
     fallback_cold: bool = False
+
+    @property
+    def console_tail(self) -> bytes:
+        """What the console showed when the snapshot was made."""
+        return base64.b64decode(self.meta.get("console_tail", ""))

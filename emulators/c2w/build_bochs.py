@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from build import sha256_file  # noqa: E402  (emulators/build.py)
 PATCH_DIR = HERE / "patches"
 SHIM_DIR = HERE / "wasi"
 
@@ -123,14 +125,6 @@ def run(cmd, *, cwd=None, env=None, logfile: Path | None = None, check=True, nic
         sys.stderr.write("\n".join(tail) + "\n")
         raise SystemExit(f"command failed ({r.returncode}): {' '.join(cmd)}\n  full log: {logfile}")
     return r
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def pkg_version(name: str) -> str | None:

@@ -58,7 +58,10 @@ import time
 from pathlib import Path
 
 HOST_TOOLS = ["syslinux", "syslinux-common", "mtools", "nasm"]
-DIRECT_ASM = Path(__file__).resolve().parent / "direct_boot.asm"
+HERE = Path(__file__).resolve().parent
+DIRECT_ASM = HERE / "direct_boot.asm"
+sys.path.insert(0, str(HERE.parent))
+from build import sha256_file  # noqa: E402  (emulators/build.py)
 KERNEL_ADDR = 0x1000000   # LOAD_PHYSICAL_ADDR of Debian's kernel (= the bzImage's pref_address)
 INITRD_ADDR = 0x8000000   # 128 MiB: above the kernel image, inside the usable RAM
 ZERO_PAGE = 0x8000        # direct_boot.asm: boot_params at 0x8000, command line at 0x9000
@@ -122,14 +125,6 @@ def log(msg: str) -> None:
 def run(cmd, **kw):
     kw.setdefault("check", True)
     return subprocess.run([str(c) for c in cmd], **kw)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def pkg_installed(name: str) -> str | None:

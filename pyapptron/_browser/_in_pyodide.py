@@ -47,6 +47,11 @@ async def fetch_bytes(url: str) -> bytes:
     return (await response.arrayBuffer()).to_bytes()
 
 
+def _js_buffer(data):
+    """Python bytes as a JS Uint8Array (a copy); a JS buffer as it is (no copy)."""
+    return to_js(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+
+
 def js_bytes(value):
     """A JS typed array (from a page's script) as bytes; anything else unchanged."""
     return value.to_bytes() if isinstance(value, JsProxy) and hasattr(value, "to_bytes") else value
@@ -115,8 +120,7 @@ def _snapshots():
 
 
 async def snapshot_put(name: str, meta_json: str, payload) -> int:
-    data = payload if not isinstance(payload, (bytes, bytearray, memoryview)) else to_js(payload)
-    return int(await _snapshots().put(name, meta_json, data))
+    return int(await _snapshots().put(name, meta_json, _js_buffer(payload)))
 
 
 async def snapshot_get(name: str):
@@ -215,7 +219,7 @@ class EmulatorHandle:
 def _snapshot_object(payload, compression: str, sha256: str | None):
     """What the adapter takes as a snapshot: {payload: Uint8Array, compression, sha256?}."""
     snapshot = js.Object.new()
-    snapshot.payload = to_js(payload) if isinstance(payload, (bytes, bytearray, memoryview)) else payload
+    snapshot.payload = _js_buffer(payload)
     snapshot.compression = compression
     if sha256:
         snapshot.sha256 = sha256
