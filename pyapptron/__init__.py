@@ -25,6 +25,7 @@ from .errors import (
     ImageNotFound,
     InvalidOption,
     MachineClosed,
+    NotIsolated,
     NotSupported,
     PersistDamaged,
     PersistError,
@@ -52,7 +53,7 @@ DEFAULT_BOOT_TIMEOUT = 120.0
 __all__ = [
     "boot", "images", "available_emulators", "Machine", "CompletedProcess", "Capabilities",
     "Console", "DirEntry", "PyapptronError", "UnknownEmulator", "ImageNotFound", "InvalidOption",
-    "AssetsMissing", "BootError", "NotSupported", "MachineClosed", "AgentError", "CommandTooLong",
+    "AssetsMissing", "BootError", "NotIsolated", "NotSupported", "MachineClosed", "AgentError", "CommandTooLong",
     "TimeoutExpired", "CalledProcessError", "WaitTimeout", "ConsoleEOF", "BrowserError",
     "Persist", "PersistError", "PersistLocked", "PersistQuotaExceeded", "PersistDamaged",
     "snapshots", "SnapshotInfo", "SnapshotError", "SnapshotNotFound", "SnapshotMismatch", "SnapshotCorrupt",
@@ -61,7 +62,7 @@ __all__ = [
 
 async def boot(
     emulator: str = DEFAULT_EMULATOR,
-    image: str = DEFAULT_IMAGE,
+    image: str | None = None,
     *,
     memory_mib: int | None = None,
     timeout: float = DEFAULT_BOOT_TIMEOUT,
@@ -77,8 +78,10 @@ async def boot(
     were built) in well under a second instead of booting its kernel; `cold=True` boots
     for real. A missing, damaged or stale boot snapshot means a cold boot and a warning.
 
-    emulator: a name from available_emulators() ("v86").
-    image: a built image for that emulator ("minimal"); images() lists them.
+    emulator: a name from available_emulators(): "v86" (32-bit x86) or "c2w" (x86_64
+        through WASI; the page must be cross-origin isolated, see NotIsolated).
+    image: a built image for that emulator; images() lists them. Default: "minimal"
+        for v86, "debian-x86_64" for c2w.
     memory_mib: guest RAM (default: the image's).
     timeout: seconds to wait for the guest to be ready.
     assets_url: where the built assets are served (default: /assets/ on this origin).
@@ -107,6 +110,8 @@ async def boot(
             raise InvalidOption(f"{emulator} has no option {key!r}; options: {known}")
         if not isinstance(value, expected):
             raise InvalidOption(f"option {key!r} must be {getattr(expected, '__name__', expected)}, not {value!r}")
+    if image is None:
+        image = cls.default_image
     if not isinstance(image, str):
         raise InvalidOption(f"image must be an image name (str), not {image!r}")
     if not isinstance(cold, bool):
@@ -117,7 +122,9 @@ async def boot(
     if resume is not None and not isinstance(resume, (str, bytes, bytearray, memoryview)):
         raise InvalidOption(f"resume must be a snapshot name (str) or snapshot bytes, not {type(resume).__name__}")
     assets = await Assets.load(assets_url)
-    spec = await assets.image(emulator, image)
+    spec = await assets.image(emulator, image) if cls.needs_image(options) else None
+    if spec is None:
+        image = "(own module)"
     backend = cls(assets, spec, memory_mib, persist=persist_spec, **options)
     if resume is not None:
         source = await snapshots.chosen(backend, resume)
@@ -125,7 +132,7 @@ async def boot(
         source = None
     else:
         # The boot snapshot was made with the image's defaults: other options, no resume.
-        defaults = not options and memory_mib in (None, spec.get("memory_mib"))
+        defaults = not options and spec is not None and memory_mib in (None, spec.get("memory_mib"))
         source = await snapshots.shipped(backend, assets, spec) if defaults else None
     machine = Machine(backend, emulator=emulator, image=image, resume=source)
     await machine._start(timeout)

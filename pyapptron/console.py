@@ -26,13 +26,15 @@ class Console:
     #: Output kept for `transcript` (what a new subscriber or an MCP resource can show).
     max_transcript = 256 << 10
 
-    def __init__(self, send: Callable[[bytes], None]):
+    def __init__(self, send: Callable[[bytes], None], eof: Callable[[], None] | None = None):
         self._send = send
+        self._eof = eof
         self._subscribers: list[Callable[[bytes], None]] = []
         self._buffer = bytearray()
         self._transcript = bytearray()
         self._waiters: list[tuple[re.Pattern[bytes], asyncio.Future]] = []
         self._closed = False
+        self._reason = "the machine was shut down"
         self.before = b""
         self.after = b""
         self.match: re.Match[bytes] | None = None
@@ -57,11 +59,12 @@ class Console:
             except Exception:
                 self._subscribers.remove(callback)
 
-    def close(self) -> None:
+    def close(self, reason: str = "the machine was shut down") -> None:
         self._closed = True
+        self._reason = reason
         for _, fut in self._waiters:
             if not fut.done():
-                fut.set_exception(ConsoleEOF("the console closed: the machine was shut down"))
+                fut.set_exception(ConsoleEOF(f"the console closed: {reason}"))
         self._waiters.clear()
 
     # -- client side ---------------------------------------------------------------
@@ -84,8 +87,19 @@ class Console:
     def send(self, data: str | bytes) -> None:
         """Type into the console (what a keyboard would send: use "\\r" for Enter)."""
         if self._closed:
-            raise ConsoleEOF("the console is closed: the machine was shut down")
+            raise ConsoleEOF(f"the console is closed: {self._reason}")
         self._send(data.encode() if isinstance(data, str) else bytes(data))
+
+    def sendeof(self) -> None:
+        """End the console's input (like pexpect's sendeof): the program reading it sees
+        end of file. Only where the emulator runs a program on the console's stdin (c2w
+        with wasm=); a serial console has no end."""
+        if self._eof is None:
+            from .errors import NotSupported
+            raise NotSupported("this console has no end of input: it is a serial line of a running machine")
+        if self._closed:
+            raise ConsoleEOF(f"the console is closed: {self._reason}")
+        self._eof()
 
     def sendline(self, line: str | bytes = "") -> None:
         self.send((line.encode() if isinstance(line, str) else line) + b"\r")
@@ -104,7 +118,7 @@ class Console:
         if self._try_match(regex):
             return self.match  # type: ignore[return-value]
         if self._closed:
-            raise ConsoleEOF("the console is closed: the machine was shut down")
+            raise ConsoleEOF(f"the console is closed: {self._reason}")
         fut = asyncio.get_running_loop().create_future()
         entry = (regex, fut)
         self._waiters.append(entry)

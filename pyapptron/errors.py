@@ -34,6 +34,11 @@ class BootError(PyapptronError, RuntimeError):
     """The emulator did not start, or the guest agent did not answer in time."""
 
 
+class NotIsolated(BootError):
+    """The page is not cross-origin isolated (no SharedArrayBuffer), which the c2w
+    emulator needs: serve it with COOP/COEP headers (`python -m pyapptron serve` does)."""
+
+
 class NotSupported(PyapptronError, NotImplementedError):
     """The backend cannot do this; its capabilities say so beforehand."""
 

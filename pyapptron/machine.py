@@ -63,7 +63,10 @@ class Machine:
         self.backend = backend
         self.emulator = emulator
         self.image = image
-        self.console = Console(backend.write_console)
+        self.console = Console(backend.write_console,
+                               eof=backend.close_console if getattr(backend, "console_has_eof", False) else None)
+        #: The exit status of the emulated program, once it ended by itself (c2w's modules).
+        self.returncode: int | None = None
         self._agent = AgentClient(backend.write_agent)
         self._closed = False
         self.boot_seconds: float | None = None
@@ -82,11 +85,13 @@ class Machine:
             await asyncio.wait_for(self._start_and_wait(), timeout)
         except asyncio.TimeoutError:
             tail = self.console.transcript[-500:]
+            log = self._emulator_log()
             await self.shutdown()
             raise BootError(
                 f"the machine was not ready within {timeout} s of boot; the console's last "
                 f"output was {tail!r}. Raise boot(..., timeout=) on a slow machine, or check "
                 "that the image was built with its agent (python emulators/build.py)."
+                + (f" The emulator's last messages: {log[-800:]!r}" if log else "")
             ) from None
         except BaseException:
             await self.shutdown()
@@ -106,6 +111,9 @@ class Machine:
                           "`python emulators/build.py`.", RuntimeWarning, stacklevel=2)
             resume = self._resume = None
             await self.backend.start(self.console.feed, self._agent.feed)
+        exit_future = getattr(self.backend, "exit_future", None)
+        if exit_future is not None:
+            exit_future.add_done_callback(self._program_exited)
         store = self.backend.persist_store
         if store is not None:
             flush = self._flush_guest if self.capabilities.exec else None
@@ -121,7 +129,40 @@ class Machine:
             self.resumed_from = resume.label
             return
         if self.capabilities.exec:
-            await self._agent.wait_ready()
+            ready = asyncio.ensure_future(self._agent.wait_ready())
+            waits = [ready] + ([exit_future] if exit_future is not None else [])
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if not ready.done():
+                ready.cancel()
+                code, log = exit_future.result()
+                raise BootError(f"the emulator stopped (exit status {code}) before the guest was ready; "
+                                f"its last messages: {log[-1500:]!r}")
+            ready.result()
+
+    def _emulator_log(self) -> str:
+        log = getattr(self.backend, "emulator_log", None)
+        try:
+            return log() if log is not None else ""
+        except Exception:
+            return ""
+
+    def _program_exited(self, future: asyncio.Future) -> None:
+        if future.cancelled():
+            return
+        code, _ = future.result()
+        self.returncode = code
+        self.console.close(f"the program exited with status {code}")
+        self._agent.close(MachineClosed(f"the emulator stopped (exit status {code})"))
+
+    async def wait(self, timeout: float | None = None) -> int:
+        """Wait for the emulated program to end by itself and return its exit status
+        (c2w with wasm=: a WASI program or container that exits). TimeoutExpired-like
+        asyncio.TimeoutError after `timeout` seconds."""
+        exit_future = getattr(self.backend, "exit_future", None)
+        if exit_future is None:
+            raise NotSupported(f"{self.emulator} machines do not end by themselves; use shutdown()")
+        code, _ = await asyncio.wait_for(asyncio.shield(exit_future), timeout)
+        return code
 
     async def _agent_hello(self) -> None:
         """The resumed agent talked to another host: ask it to start over (resets credit)."""

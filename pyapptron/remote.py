@@ -47,7 +47,7 @@ def _register(vm: pyapptron.Machine, boot_seconds: float | None) -> dict:
         vm_id = next(_ids)
         _machines[vm_id] = vm
     return {"vm": vm_id, "boot_seconds": boot_seconds, "capabilities": vm.capabilities.as_dict(),
-            "resumed_from": vm.resumed_from}
+            "resumed_from": vm.resumed_from, "emulator": vm.emulator, "image": vm.image}
 
 
 async def _op_boot(args):

@@ -46,12 +46,14 @@ SHIM_DIR = HERE / "wasi"
 
 # ---- what is built -------------------------------------------------------
 
-SOURCE_PACKAGE = "bochs"
-SOURCE_SUITE = "trixie"
-ORIG_TARBALL = "bochs_3.0+dfsg.orig.tar.xz"
-# SHA-256 of Debian's bochs 3.0+dfsg-1 orig tarball (apt-cache showsrc bochs).
-ORIG_SHA256 = "78f6c73d4a6472d5130a87ab9dc306d02c7c71ed8e25b3a8ef642e2a7acd282b"
-SOURCE_DIR = "bochs-3.0"
+# The pinned source: emulators/manifest.json, section "c2w" "bochs_source"
+# (Debian's bochs 3.0+dfsg-1 orig tarball, as apt-cache showsrc names it).
+_PIN = json.loads((HERE.parent / "manifest.json").read_text())["c2w"]["bochs_source"]
+SOURCE_PACKAGE = _PIN["package"]
+SOURCE_SUITE = _PIN["suite"]
+ORIG_TARBALL = _PIN["orig"]
+ORIG_SHA256 = _PIN["sha256"]
+SOURCE_DIR = _PIN["dir"]
 
 APT_PACKAGES = [
     "clang", "lld", "wasi-libc", "libc++-14-dev-wasm32", "libc++abi-14-dev-wasm32", "llvm",

@@ -1,212 +1,315 @@
-// Module Web Worker that runs bochs.wasm (emulators/c2w/build_bochs.py) on a
-// guest from emulators/c2w/build_guest64.py, entirely in memory.
+// The WASI host of the c2w backend: a module Web Worker that runs one WASI
+// preview1 command module (bochs.wasm with a pyapptron guest, a user's own
+// container2wasm output, or any other WASI program) and turns its stdio into
+// byte channels for the page (emulators/c2w/adapter.mjs is the only caller).
 //
-//   const w = new Worker('emulators/c2w/worker.mjs', { type: 'module' });
-//   w.postMessage({ type: 'start', bochsUrl, guestUrl, shimUrl, input });
+// Why a worker: Bochs's CPU loop never returns to the event loop, and a
+// blocking read must really block (Atomics.wait, which the page's main thread
+// may not call).  The file system is @bjorn3/browser_wasi_shim's in-memory one;
+// stdio, the extra channels, poll_oneoff and proc_exit are ours.
 //
-// bochsUrl: bochs.wasm.  guestUrl: directory with guest.json (and the files
-// it lists).  shimUrl: dist/index.js of @bjorn3/browser_wasi_shim 0.4.2
-// (the WASI preview1 implementation used here).  input (optional): a
-// SharedArrayBuffer of 8 + RING bytes laid out as below (demo.html makes one);
-// needs a cross-origin isolated page (COOP/COEP headers).
+// In:  { type: 'start', shimUrl, wasm, args, env, files, preopens, channels,
+//        doorbell, stderr }
+//   wasm      URL, list of URLs (chunks of one module, concatenated in order),
+//             or bytes.
+//   files     { '/abs/path': URL string | Uint8Array | { url, inflate } }: the
+//             in-memory tree (inflate: the URL serves it gzip'd).
+//   preopens  [ '/dir', ... ]: directories of that tree given to the module
+//             (fds 3, 4, ...), created if absent.
+//   channels  [ { name, in: fd, out: fd, ring: SharedArrayBuffer, blocking } ]:
+//             byte streams to the page.  A fd >= 3 comes after the preopens;
+//             the module must name it (e.g. Bochs's "dev=wasi:fd:N").
+//   doorbell  SharedArrayBuffer (Int32 [1]) the page bumps after each write
+//             into any ring: waits in fd_read / poll_oneoff sleep on it.
+//   stderr    the channel name fd 2 goes to.
+// Out: { type: 'ready', compileMs, fetchMs }, { type: 'out', name, data },
+//      { type: 'exit', code }, { type: 'error', text }.
 //
-// The guest's COM1 is "mode=file, dev=wasi:stdio" (Bochs patch 0006): every
-// byte the guest sends goes to fd_write(1) and is posted out in batches as
-// { type: 'console', text }.  Batches are flushed at most every FLUSH_MS of
-// wall time from inside the WASI calls Bochs makes anyway (fd_write on the
-// console, and the fd_read(0) Bochs makes at each serial receive tick), so the
-// console streams while the emulator runs without ever returning to the
-// event loop.  Console input comes from the SharedArrayBuffer ring: fd_read(0)
-// takes whatever the page has written, without blocking.
-//
-// Other messages out: { type: 'status', text }, { type: 'mark', name, t }
-// (t = ms since the worker started Bochs; names: 'start', 'kernel' = first
-// "Linux version" line, 'init' = the guest /init's marker, 'prompt' = the
-// shell prompt from guest.json), { type: 'log', text } (Bochs's log file,
-// line-buffered), { type: 'stderr', text }, { type: 'exit', code, t },
-// { type: 'error', text }.
+// An input ring: Int32 [0] bytes written (total, wrapping at 2^31), [1] bytes
+// read, [2] closed by the page (then reads past the end return EOF); data from
+// byte RING_DATA.
 
-const FLUSH_MS = 25;       // console batching interval (wall time)
-const FLUSH_BYTES = 16384; // ... or this many bytes
+const RING_DATA = 16;
+const FLUSH_MS = 2;         // output reaches the page at most this late while the module runs
+const FLUSH_BYTES = 1 << 16;
+const ERRNO = { SUCCESS: 0, AGAIN: 6, BADF: 8, INVAL: 28, NOTSUP: 58 };
+const FDFLAGS_NONBLOCK = 4;
 
-// Input ring in a SharedArrayBuffer: Int32 [0] = write count, [1] = read
-// count (both total bytes, wrapping at 2^31), data from byte 8, RING bytes.
-// The page writes bytes and then advances [0]; the worker reads and advances [1].
-const RING = 4096; // a power of two
-
-let shim;              // the imported browser_wasi_shim module
-let t0 = 0;            // performance.now() when Bochs started
-const now = () => performance.now() - t0;
+let shim;
+const outputs = [];         // every output sink, for flushAll()
+let doorbell = null;        // Int32Array over msg.doorbell
 
 function post(msg, transfer) { self.postMessage(msg, transfer || []); }
 
-// ---- console sink (fd 1) ---------------------------------------------------
-
-class ConsoleSink {
-  constructor(markers) {
-    this.decoder = new TextDecoder('utf-8');
-    this.pending = '';
-    this.last = 0;
-    this.tail = '';          // for marker matching across batches
-    this.markers = markers;  // [{ name, text }], each reported once
-  }
+class OutputSink {
+  constructor(name) { this.name = name; this.parts = []; this.size = 0; this.last = 0; outputs.push(this); }
   write(bytes) {
-    const text = this.decoder.decode(bytes, { stream: true });
-    this.pending += text;
-    this.scan(text);
-    this.maybeFlush();
-  }
-  scan(text) {
-    if (!this.markers.length) return;
-    const hay = this.tail + text;
-    for (const m of this.markers.slice()) {
-      if (hay.includes(m.text)) {
-        post({ type: 'mark', name: m.name, t: now() });
-        this.markers.splice(this.markers.indexOf(m), 1);
-      }
-    }
-    this.tail = hay.slice(-256);
-  }
-  maybeFlush() {
-    if (this.pending && (performance.now() - this.last >= FLUSH_MS || this.pending.length >= FLUSH_BYTES)) this.flush();
+    this.parts.push(bytes);
+    this.size += bytes.length;
+    if (this.size >= FLUSH_BYTES) this.flush();
+    else tick();
   }
   flush() {
     this.last = performance.now();
-    if (!this.pending) return;
-    post({ type: 'console', text: this.pending });
-    this.pending = '';
+    if (!this.size) return;
+    let data = this.parts[0];
+    if (this.parts.length > 1) {
+      data = new Uint8Array(this.size);
+      let at = 0;
+      for (const p of this.parts) { data.set(p, at); at += p.length; }
+    }
+    this.parts = [];
+    this.size = 0;
+    post({ type: 'out', name: this.name, data }, [data.buffer]);
   }
 }
 
-// Line-buffered text sink for stderr and Bochs's log file.
-function lineSink(type) {
-  const dec = new TextDecoder('utf-8');
-  let buf = '';
-  const fn = (bytes) => {
-    buf += dec.decode(bytes, { stream: true });
-    const i = buf.lastIndexOf('\n');
-    if (i >= 0) { post({ type, text: buf.slice(0, i + 1) }); buf = buf.slice(i + 1); }
-  };
-  fn.flush = () => { if (buf) { post({ type, text: buf }); buf = ''; } };
-  return fn;
+let lastTick = 0;
+// Called from the WASI calls a running module makes anyway: the worker never
+// returns to its event loop while the module runs, so this is its clock.
+function tick() {
+  const now = performance.now();
+  if (now - lastTick < FLUSH_MS) return;
+  lastTick = now;
+  for (const o of outputs) if (o.size) o.flush();
+}
+function flushAll() { for (const o of outputs) o.flush(); }
+
+class InputRing {
+  constructor(sab) {
+    this.ctl = new Int32Array(sab, 0, 3);
+    this.data = new Uint8Array(sab, RING_DATA);
+    this.mask = this.data.length - 1;
+  }
+  available() { return (Atomics.load(this.ctl, 0) - Atomics.load(this.ctl, 1)) | 0; }
+  closed() { return Atomics.load(this.ctl, 2) !== 0; }
+  take(max) {
+    const r = Atomics.load(this.ctl, 1);
+    const n = Math.min(max, this.available());
+    const out = new Uint8Array(n);
+    const start = r & this.mask;
+    const first = Math.min(n, this.data.length - start);
+    out.set(this.data.subarray(start, start + first));
+    if (n > first) out.set(this.data.subarray(0, n - first), first);
+    Atomics.store(this.ctl, 1, (r + n) | 0);
+    return out;
+  }
 }
 
-// ---- the WASI file descriptors ----------------------------------------------
+function waitDoorbell(seen, ms) {
+  flushAll(); // nothing stays unsent while the module sleeps
+  Atomics.wait(doorbell, 0, seen, ms === Infinity ? undefined : Math.max(0, ms));
+}
 
-function makeFds(guestFiles, guest, sink, input, logSink, errSink) {
-  const { ConsoleStdout, File, Directory, PreopenDirectory } = shim;
-
-  // stdin: never blocks; 0 bytes (EOF for this call) when nothing is pending.
-  class Stdin extends ConsoleStdout {
-    constructor() {
-      super(() => {});
-      this.ctl = input ? new Int32Array(input, 0, 2) : null;
-      this.data = input ? new Uint8Array(input, 8, RING) : null;
+// One end of a channel as a WASI fd: a character device.
+function channelFd(name, ring, output, blocking) {
+  const { Fd, wasi } = shim;
+  return new (class extends Fd {
+    constructor() { super(); this.flags = blocking ? 0 : FDFLAGS_NONBLOCK; this.ring = ring; }
+    fd_fdstat_get() {
+      return { ret: 0, fdstat: new wasi.Fdstat(wasi.FILETYPE_CHARACTER_DEVICE, this.flags) };
+    }
+    fd_fdstat_set_flags(flags) { this.flags = flags; return 0; }
+    fd_prestat_get() { return { ret: ERRNO.BADF, prestat: null }; } // ends wasi-libc's preopen scan
+    fd_filestat_get() {
+      return { ret: 0, filestat: new wasi.Filestat(0n, wasi.FILETYPE_CHARACTER_DEVICE, 0n) };
     }
     fd_read(size) {
-      sink.maybeFlush(); // Bochs calls this at every serial rx tick: our clock
-      if (!this.ctl) return { ret: 0, data: new Uint8Array(0) };
-      const w = Atomics.load(this.ctl, 0);
-      const r = Atomics.load(this.ctl, 1);
-      const n = Math.min(size, (w - r) | 0);
-      if (n <= 0) return { ret: 0, data: new Uint8Array(0) };
-      const out = new Uint8Array(n);
-      for (let i = 0; i < n; i++) out[i] = this.data[(r + i) & (RING - 1)];
-      Atomics.store(this.ctl, 1, (r + n) | 0);
-      return { ret: 0, data: out };
+      if (!ring) return { ret: 0, data: new Uint8Array(0) };
+      for (;;) {
+        const seen = Atomics.load(doorbell, 0);
+        if (ring.available() > 0) return { ret: 0, data: ring.take(size) };
+        if (ring.closed()) return { ret: 0, data: new Uint8Array(0) };
+        if (this.flags & FDFLAGS_NONBLOCK) { tick(); return { ret: ERRNO.AGAIN, data: new Uint8Array(0) }; }
+        waitDoorbell(seen, Infinity);
+      }
     }
-  }
-
-  // A file whose opens all write to a JS callback (Bochs's log file).
-  class SinkFile extends File {
-    constructor(fn) { super(new Uint8Array(0)); this.fn = fn; }
-    path_open() { return { ret: 0, fd_obj: new ConsoleStdout(this.fn) }; }
-  }
-
-  // Build the directory tree from guest.json's "/path" -> bytes.
-  const root = new Map();
-  const put = (absPath, inode) => {
-    const parts = absPath.replace(/^\/+/, '').split('/');
-    let dir = root;
-    for (const p of parts.slice(0, -1)) {
-      let d = dir.get(p);
-      if (!d) { d = new Directory(new Map()); dir.set(p, d); }
-      dir = d.contents;
+    fd_write(data) {
+      if (!output) return { ret: ERRNO.BADF, nwritten: 0 };
+      output.write(data);
+      return { ret: 0, nwritten: data.length };
     }
-    dir.set(parts[parts.length - 1], inode);
-  };
-  const writable = new Set(guest.writable || []);
-  for (const [p, bytes] of Object.entries(guestFiles)) {
-    put(p, new File(bytes, { readonly: !writable.has(p) }));
-  }
-  if (guest.log) put(guest.log, new SinkFile(logSink));
-
-  return [
-    new Stdin(),
-    new ConsoleStdout((b) => sink.write(b)),
-    new ConsoleStdout(errSink),
-    new PreopenDirectory('/', root),
-  ];
+    fd_close() { return 0; }
+  })();
 }
 
-// ---- start --------------------------------------------------------------------
+// ---- poll_oneoff: clocks and fds, several subscriptions -----------------------
 
-async function fetchBytes(url) {
+function pollOneoff(memory, fds, inPtr, outPtr, nsubs, neventsPtr) {
+  if (nsubs === 0) return ERRNO.INVAL;
+  const view = new DataView(memory.buffer);
+  const subs = [];
+  let deadline = Infinity; // performance.now() ms
+  for (let i = 0; i < nsubs; i++) {
+    const base = inPtr + 48 * i;
+    const sub = { userdata: view.getBigUint64(base, true), tag: view.getUint8(base + 8) };
+    if (sub.tag === 0) {
+      const clock = view.getUint32(base + 16, true);
+      const timeout = view.getBigUint64(base + 24, true);
+      const absolute = (view.getUint16(base + 40, true) & 1) !== 0;
+      let ms = Number(timeout) / 1e6;
+      if (absolute) ms -= clock === 0 ? Date.now() : performance.now(); // realtime : monotonic
+      sub.at = performance.now() + Math.max(0, ms);
+      deadline = Math.min(deadline, sub.at);
+    } else if (sub.tag === 1 || sub.tag === 2) {
+      sub.fd = view.getUint32(base + 16, true);
+    } else {
+      return ERRNO.INVAL;
+    }
+    subs.push(sub);
+  }
+  for (;;) {
+    const seen = Atomics.load(doorbell, 0);
+    const events = [];
+    for (const s of subs) {
+      if (s.tag === 0) continue;
+      const fd = fds[s.fd];
+      if (!fd) { events.push([s, ERRNO.BADF, 0]); continue; }
+      const ring = fd.ring;
+      if (s.tag === 2 || ring === undefined) { events.push([s, 0, 0]); continue; } // writable / a file
+      if (ring === null) continue; // a channel without input never becomes readable
+      const n = ring.available();
+      if (n > 0 || ring.closed()) events.push([s, 0, n]);
+    }
+    const now = performance.now();
+    if (!events.length) for (const s of subs) if (s.tag === 0 && s.at <= now) events.push([s, 0, 0]);
+    if (events.length) {
+      events.forEach(([s, err, nbytes], i) => {
+        const e = outPtr + 32 * i;
+        view.setBigUint64(e, s.userdata, true);
+        view.setUint16(e + 8, err, true);
+        view.setUint8(e + 10, s.tag);
+        view.setBigUint64(e + 16, BigInt(nbytes), true);
+        view.setUint16(e + 24, 0, true);
+      });
+      view.setUint32(neventsPtr, events.length, true);
+      tick();
+      return ERRNO.SUCCESS;
+    }
+    waitDoorbell(seen, deadline - now);
+  }
+}
+
+// ---- start ----------------------------------------------------------------------
+
+async function fetchBytes(url, inflate = false) {
   const r = await fetch(url);
-  if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
-  return new Uint8Array(await r.arrayBuffer());
+  if (!r.ok) throw new Error(`cannot fetch ${url}: HTTP ${r.status}`);
+  const body = inflate ? new Response(r.body.pipeThrough(new DecompressionStream('gzip'))) : r;
+  return new Uint8Array(await body.arrayBuffer());
+}
+
+async function compileModule(wasm) {
+  if (typeof wasm === 'string') {
+    const r = await fetch(wasm);
+    if (!r.ok) throw new Error(`cannot fetch ${wasm}: HTTP ${r.status}`);
+    return WebAssembly.compileStreaming(r);
+  }
+  if (Array.isArray(wasm)) { // chunks of one module
+    const parts = await Promise.all(wasm.map(fetchBytes));
+    const whole = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+    let at = 0;
+    for (const p of parts) { whole.set(p, at); at += p.length; }
+    return WebAssembly.compile(whole);
+  }
+  return WebAssembly.compile(wasm);
+}
+
+function buildTree(files) {
+  const { File, Directory } = shim;
+  const root = new Directory(new Map());
+  const dirAt = (parts) => {
+    let dir = root;
+    for (const p of parts) {
+      let d = dir.contents.get(p);
+      if (!d) { d = new Directory(new Map()); d.parent = dir; dir.contents.set(p, d); }
+      dir = d;
+    }
+    return dir;
+  };
+  for (const [path, bytes] of Object.entries(files)) {
+    const parts = path.split('/').filter(Boolean);
+    dirAt(parts.slice(0, -1)).contents.set(parts[parts.length - 1], new File(bytes));
+  }
+  return { root, dirAt };
 }
 
 async function start(msg) {
-  const tFetch = performance.now();
+  const t0 = performance.now();
   shim = await import(msg.shimUrl);
-  const guestBase = new URL(msg.guestUrl.endsWith('/') ? msg.guestUrl : msg.guestUrl + '/', self.location.href);
-  const guest = await (await fetch(new URL('guest.json', guestBase))).json();
-  post({ type: 'status', text: `fetching bochs.wasm and ${Object.keys(guest.files).length} guest files` });
-  const modP = WebAssembly.compileStreaming(fetch(new URL(msg.bochsUrl, self.location.href)));
+  doorbell = new Int32Array(msg.doorbell);
+  const modP = compileModule(msg.wasm);
   const files = {};
-  await Promise.all(Object.entries(guest.files).map(async ([p, rel]) => {
-    files[p] = await fetchBytes(new URL(rel, guestBase));
+  await Promise.all(Object.entries(msg.files || {}).map(async ([p, v]) => {
+    files[p] = typeof v === 'string' ? await fetchBytes(v)
+      : v instanceof Uint8Array ? v : await fetchBytes(v.url, !!v.inflate);
   }));
+  const tFetched = performance.now();
   const module = await modP;
-  post({ type: 'status', text: `fetched and compiled in ${(performance.now() - tFetch).toFixed(0)} ms; starting Bochs` });
+  const tCompiled = performance.now();
 
-  const markers = [
-    { name: 'kernel', text: 'Linux version' },
-    { name: 'init', text: guest.init_mark },
-    { name: 'prompt', text: guest.prompt },
-  ].filter((m) => m.text);
-  const sink = new ConsoleSink(markers);
-  const logSink = lineSink('log');
-  const errSink = lineSink('stderr');
-  const fds = makeFds(files, guest, sink, msg.input || null, logSink, errSink);
-  const wasi = new shim.WASI(guest.args, guest.env || [], fds);
+  const sinks = new Map();
+  const sinkFor = (name) => {
+    if (!name) return null;
+    if (!sinks.has(name)) sinks.set(name, new OutputSink(name));
+    return sinks.get(name);
+  };
+  const { dirAt } = buildTree(files);
+  const fds = [];
+  const byFd = new Map(); // fd number -> channel end
+  for (const ch of msg.channels || []) {
+    const ring = ch.ring ? new InputRing(ch.ring) : null;
+    const out = sinkFor(ch.out !== undefined ? ch.name : null);
+    if (ch.in !== undefined) byFd.set(ch.in, channelFd(ch.name, ring, ch.in === ch.out ? out : null, ch.blocking));
+    if (ch.out !== undefined && ch.out !== ch.in) byFd.set(ch.out, channelFd(ch.name, null, out, ch.blocking));
+  }
+  for (const fd of [0, 1, 2]) {
+    if (!byFd.has(fd)) {
+      const out = fd === 0 ? null : sinkFor(fd === 2 ? (msg.stderr || 'stderr') : 'stdout');
+      byFd.set(fd, channelFd(`fd${fd}`, null, out, true));
+    }
+  }
+  const preopens = msg.preopens || ['/'];
+  for (let i = 0; i < 3; i++) fds.push(byFd.get(i));
+  for (const dir of preopens) {
+    const d = dirAt(dir.split('/').filter(Boolean));
+    fds.push(new shim.PreopenDirectory(dir, d.contents));
+  }
+  for (const [fd, end] of [...byFd].sort((a, b) => a[0] - b[0])) {
+    if (fd < 3) continue;
+    if (fd !== fds.length) throw new Error(`channel fd ${fd}: the next free fd after ${preopens.length} preopen(s) is ${fds.length}`);
+    fds.push(end);
+  }
 
-  // Every import is our own JS function that calls the shim's (the hosting
-  // rule found with Node; harmless here), and proc_exit is ours.
-  class Exit { constructor(code) { this.code = code; } }
+  const wasi = new shim.WASI(msg.args || ['wasm'], msg.env || [], fds);
+  // Every import is our own JS function that calls the shim's: importing some
+  // host functions directly crashed Node's V8, and several are ours anyway.
   const imports = {};
   for (const [name, fn] of Object.entries(wasi.wasiImport)) imports[name] = (...a) => fn(...a);
-  imports.proc_exit = (code) => { throw new Exit(code); };
+  let memory = null;
+  imports.poll_oneoff = (inPtr, outPtr, n, neventsPtr) => pollOneoff(memory, wasi.fds, inPtr, outPtr, n, neventsPtr);
+  imports.sched_yield = () => { tick(); return 0; };
+  // A clean exit: report it and sleep until the page ends this worker, so that
+  // nothing unwinds through the module's frames.
+  imports.proc_exit = (code) => {
+    flushAll();
+    post({ type: 'exit', code });
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
+  };
   const instance = await WebAssembly.instantiate(module, { wasi_snapshot_preview1: imports });
+  memory = instance.exports.memory;
   wasi.inst = instance;
-
-  t0 = performance.now();
-  post({ type: 'mark', name: 'start', t: 0 });
-  let code = 0;
-  try {
-    instance.exports._start();
-  } catch (e) {
-    if (e instanceof Exit) code = e.code;
-    else { sink.flush(); logSink.flush(); errSink.flush(); post({ type: 'error', text: String(e && e.stack || e) }); return; }
-  }
-  sink.flush(); logSink.flush(); errSink.flush();
-  post({ type: 'exit', code, t: now() });
+  post({ type: 'ready', fetchMs: tFetched - t0, compileMs: tCompiled - tFetched });
+  instance.exports._start();
+  imports.proc_exit(0); // returned from main with 0
 }
 
 self.onmessage = (ev) => {
   const msg = ev.data;
   if (msg && msg.type === 'start') {
-    start(msg).catch((e) => post({ type: 'error', text: String(e && e.stack || e) }));
+    start(msg).catch((e) => {
+      flushAll();
+      post({ type: 'error', text: String((e && e.stack) || e) });
+    });
   }
 };

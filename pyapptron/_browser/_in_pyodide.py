@@ -10,7 +10,7 @@ import js  # type: ignore[import-not-found]
 from pyodide.code import run_js  # type: ignore[import-not-found]
 from pyodide.ffi import JsProxy, create_proxy, to_js  # type: ignore[import-not-found]
 
-from ..errors import AssetsMissing, BootError, PersistLocked, SnapshotCorrupt
+from ..errors import AssetsMissing, BootError, NotIsolated, PersistLocked, SnapshotCorrupt
 
 _import = run_js("(url) => import(url)")
 
@@ -194,6 +194,19 @@ class EmulatorHandle:
     def send(self, channel: str, data: bytes) -> None:
         self._adapter.send(channel, to_js(data))
 
+    def close_channel(self, channel: str) -> None:
+        """End of input on a channel (adapters that have it: c2w)."""
+        self._adapter.close(channel)
+
+    def log(self) -> str:
+        """The emulator's own recent messages (adapters that keep them: c2w), else ''."""
+        log = getattr(self._adapter, "log", None)
+        return str(log()) if log is not None else ""
+
+    def timings(self) -> dict:
+        timings = getattr(self._adapter, "timings", None)
+        return timings.to_py() if timings is not None and hasattr(timings, "to_py") else {}
+
     async def restore_state(self, payload, compression: str, sha256: str | None) -> dict | None:
         """Put the running machine back to a snapshot; returns what the persistent store restored."""
         try:
@@ -242,10 +255,12 @@ def _bytes_sink(callback: Callable[[bytes], None]):
 
 async def start_emulator(adapter_url: str, options: dict, on_console, on_agent,
                          on_persist_changed=None, resume_payload=None,
-                         resume_compression: str = "gzip", resume_sha256: str | None = None) -> EmulatorHandle:
+                         resume_compression: str = "gzip", resume_sha256: str | None = None,
+                         on_exit=None) -> EmulatorHandle:
     """Import the emulator's JS adapter and start it; output arrives in batches, not bytes.
 
     resume_payload: a snapshot's payload (bytes or a JS Uint8Array) to start from.
+    on_exit(code, log): the emulator's program ended by itself (adapters that can: c2w).
     """
     try:
         module = await _import(adapter_url)
@@ -258,6 +273,10 @@ async def start_emulator(adapter_url: str, options: dict, on_console, on_agent,
     if on_persist_changed is not None:
         proxies.append(create_proxy(lambda: on_persist_changed()))
         sinks.persist_changed = proxies[-1]
+    if on_exit is not None:
+        proxies.append(create_proxy(lambda code, log: on_exit(int(code), str(log))))
+        sinks.exit = proxies[-1]
+
     def destroy_proxies(*_):
         for proxy in proxies:
             proxy.destroy()
@@ -275,6 +294,8 @@ async def start_emulator(adapter_url: str, options: dict, on_console, on_agent,
         raise
     except Exception as exc:
         destroy_proxies()
+        if "NotIsolated:" in str(exc):
+            raise NotIsolated(str(exc).split("NotIsolated:", 1)[1].strip()) from None
         if "SnapshotCorrupt" in str(exc):
             raise _snapshot_error(exc) from None
         if "PersistLocked" in str(exc):

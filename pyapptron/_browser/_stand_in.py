@@ -69,7 +69,7 @@ def page_machine():
 
 async def start_emulator(adapter_url, options, on_console, on_agent, on_persist_changed=None,
                         resume_payload=None, resume_compression="gzip",
-                        resume_sha256=None) -> EmulatorHandle:
+                        resume_sha256=None, on_exit=None) -> EmulatorHandle:
     raise NotSupported(_WHY)
 
 

@@ -42,6 +42,14 @@ class Backend(abc.ABC):
     #: Extra keyword options boot() accepts for this backend, with their types.
     options: ClassVar[dict[str, type | tuple[type, ...]]] = {}
 
+    #: The image boot() uses when none is named.
+    default_image: ClassVar[str] = "minimal"
+
+    @classmethod
+    def needs_image(cls, options: dict) -> bool:
+        """Whether boot() with these backend options boots a built image (else: None)."""
+        return True
+
     #: Whether boot(persist=...) works with this emulator.
     persist_supported: ClassVar[bool] = False
 
@@ -95,6 +103,7 @@ class Backend(abc.ABC):
 # name -> "module:Class". Only backends that work are listed.
 _REGISTRY = {
     "v86": "pyapptron.backends.v86:V86Backend",
+    "c2w": "pyapptron.backends.c2w:C2WBackend",
 }
 
 

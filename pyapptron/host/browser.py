@@ -236,7 +236,7 @@ class RemoteSession:
         """Run Python (top-level await allowed) in the page; returns its `result` variable."""
         return self.request("python", code=code)
 
-    def boot(self, emulator: str = "v86", image: str = "minimal", **options) -> RemoteMachine:
+    def boot(self, emulator: str = "v86", image: str | None = None, **options) -> RemoteMachine:
         info = self.request("boot", emulator=emulator, image=image, **options)
         return RemoteMachine(self, info["vm"], info)
 
@@ -323,6 +323,8 @@ class RemoteMachine:
         self.session = session
         self.id = vm_id
         self.boot_seconds = info.get("boot_seconds")
+        self.emulator = info.get("emulator")
+        self.image = info.get("image")
         self.capabilities = info.get("capabilities", {})
         #: What the machine resumed from (None after a cold boot).
         self.resumed_from = info.get("resumed_from")

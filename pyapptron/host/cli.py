@@ -11,8 +11,8 @@ from ..errors import InvalidOption, PyapptronError, TimeoutExpired
 
 
 def _browser_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--emulator", default="v86", help="emulator backend (default: v86)")
-    parser.add_argument("--image", default="minimal", help="guest image (default: minimal)")
+    parser.add_argument("--emulator", default="v86", help="emulator backend: v86 (32-bit x86, default) or c2w (x86_64)")
+    parser.add_argument("--image", default=None, help="guest image (default: minimal for v86, debian-x86_64 for c2w)")
     parser.add_argument("--memory", type=int, default=None, metavar="MIB", help="guest RAM in MiB")
     parser.add_argument("--browser-binary", default=None, help="Chromium executable")
     parser.add_argument("--remote", default=None, metavar="URL", help="remote WebDriver URL instead of a local Chromium")
@@ -107,7 +107,7 @@ def cmd_demo(args) -> int:
     try:
         with booted(args) as (_, vm):
             how = f"resumed from its {vm.resumed_from}" if vm.resumed_from else "cold boot"
-            print(f"booted {args.emulator}/{args.image} in {vm.boot_seconds:.1f} s ({how}; --cold boots "
+            print(f"booted {vm.emulator}/{vm.image} in {vm.boot_seconds:.1f} s ({how}; --cold boots "
                   f"the kernel)\ncapabilities: {vm.capabilities}")
             r = vm.run("uname -a")
             print(f"$ uname -a\n{r.stdout.decode()}", end="")

@@ -1,0 +1,156 @@
+// The c2w adapter: runs a WASI command module (bochs.wasm and a pyapptron x86_64
+// guest, or a user's container2wasm output) in a Web Worker (worker.mjs beside
+// this file) and turns it into byte channels for pyapptron, with the same
+// `start(options, sinks)` as every emulator adapter.
+//
+// Input reaches the worker through SharedArrayBuffer rings, so the page must be
+// cross-origin isolated (COOP + COEP headers): without them start() fails with
+// a "NotIsolated:" error that Python turns into pyapptron.NotIsolated.
+
+const RING_DATA = 16;
+
+class Ring {
+  constructor(size) {
+    this.sab = new SharedArrayBuffer(RING_DATA + size);
+    this.ctl = new Int32Array(this.sab, 0, 3);
+    this.data = new Uint8Array(this.sab, RING_DATA);
+    this.pending = []; // bytes the ring had no room for yet, in order
+  }
+  free() { return this.data.length - ((Atomics.load(this.ctl, 0) - Atomics.load(this.ctl, 1)) | 0); }
+  // Copies as much as fits; returns how many bytes were taken.
+  put(bytes) {
+    const n = Math.min(bytes.length, this.free());
+    if (n <= 0) return 0;
+    const w = Atomics.load(this.ctl, 0);
+    const mask = this.data.length - 1;
+    const start = w & mask;
+    const first = Math.min(n, this.data.length - start);
+    this.data.set(bytes.subarray(0, first), start);
+    if (n > first) this.data.set(bytes.subarray(first, n), 0);
+    Atomics.store(this.ctl, 0, (w + n) | 0);
+    return n;
+  }
+}
+
+function notIsolated() {
+  return new Error(
+    "NotIsolated: this page is not cross-origin isolated, so the c2w emulator cannot share memory " +
+    "with its worker. Serve the page with the headers 'Cross-Origin-Opener-Policy: same-origin' and " +
+    "'Cross-Origin-Embedder-Policy: require-corp' (python -m pyapptron serve sends them).");
+}
+
+export async function start(options, sinks) {
+  if (!globalThis.crossOriginIsolated || typeof SharedArrayBuffer === "undefined") throw notIsolated();
+  const { worker_url, shim_url, wasm, args, env, files, preopens, channels, stderr, ring_bytes } = options;
+  const timings = {};
+  const t0 = performance.now();
+  const doorbell = new Int32Array(new SharedArrayBuffer(4));
+  const rings = {};
+  const spec = [];
+  for (const [name, ch] of Object.entries(channels)) {
+    const ring = ch.in === undefined ? null : (rings[name] = new Ring((ring_bytes && ring_bytes[name]) || 65536));
+    spec.push({ name, in: ch.in, out: ch.out, blocking: !!ch.blocking, ring: ring ? ring.sab : undefined });
+  }
+  const worker = new Worker(worker_url, { type: "module" });
+  let stopped = false;
+  let exitCode = null;
+  const logTail = [];
+  let logBytes = 0;
+  const keepLog = (data) => {
+    logTail.push(data);
+    logBytes += data.length;
+    while (logBytes > 65536 && logTail.length > 1) logBytes -= logTail.shift().length;
+  };
+  const logText = () => new TextDecoder().decode(concat(logTail));
+  let firstOutput = true;
+  let readyResolve, readyReject;
+  const ready = new Promise((res, rej) => { readyResolve = res; readyReject = rej; });
+  worker.onmessage = (ev) => {
+    const m = ev.data;
+    if (stopped) return;
+    if (m.type === "out") {
+      if (firstOutput) { timings.first_output = (performance.now() - t0) / 1000; firstOutput = false; }
+      if (m.name === "console") sinks.console(m.data);
+      else if (m.name === "agent") sinks.agent(m.data);
+      else keepLog(m.data);
+    } else if (m.type === "ready") {
+      timings.fetch = m.fetchMs / 1000;
+      timings.compile = m.compileMs / 1000;
+      timings.ready = (performance.now() - t0) / 1000;
+      readyResolve();
+    } else if (m.type === "exit") {
+      exitCode = m.code;
+      worker.terminate();
+      stopped = true;
+      if (sinks.exit) sinks.exit(m.code, logText());
+    } else if (m.type === "error") {
+      readyReject(new Error(m.text));
+      worker.terminate();
+      const wasRunning = !stopped;
+      stopped = true;
+      if (wasRunning && sinks.exit) sinks.exit(-1, logText() + "\n" + m.text);
+    }
+  };
+  worker.onerror = (e) => readyReject(new Error(`the c2w worker failed to load: ${e.message || e}`));
+  worker.postMessage({ type: "start", shimUrl: shim_url, wasm, args, env, files, preopens, channels: spec,
+                       doorbell: doorbell.buffer, stderr: stderr || "log" });
+  try {
+    await ready;
+  } catch (e) {
+    worker.terminate();
+    stopped = true;
+    throw e;
+  }
+  // Bytes the rings had no room for wait here, in order, until the worker reads.
+  let retry = null;
+  const pump = () => {
+    retry = null;
+    let waiting = false;
+    for (const ring of Object.values(rings)) {
+      while (ring.pending.length) {
+        const head = ring.pending[0];
+        const n = ring.put(head);
+        if (n < head.length) { ring.pending[0] = head.subarray(n); waiting = true; break; }
+        ring.pending.shift();
+      }
+      if (ring.closing && !ring.pending.length) Atomics.store(ring.ctl, 2, 1);
+    }
+    Atomics.add(doorbell, 0, 1);
+    Atomics.notify(doorbell, 0);
+    if (waiting && !stopped) retry = setTimeout(pump, 2);
+  };
+  return {
+    timings,
+    get exitCode() { return exitCode ?? undefined; },
+    log() { return logText(); },
+    send(channel, data) {
+      if (stopped) return;
+      const ring = rings[channel];
+      if (!ring) throw new Error(`unknown channel ${channel}`);
+      const bytes = new Uint8Array(data); // a copy: the caller's buffer may be reused
+      if (ring.pending.length) ring.pending.push(bytes);
+      else {
+        const n = ring.put(bytes);
+        if (n < bytes.length) ring.pending.push(bytes.subarray(n));
+      }
+      if (!retry) pump();
+    },
+    // End of input on a channel: the module's reads past what was sent return EOF.
+    close(channel) {
+      const ring = rings[channel];
+      if (ring) { ring.closing = true; if (!retry) pump(); }
+    },
+    async stop() {
+      if (retry) clearTimeout(retry);
+      stopped = true;
+      worker.terminate();
+    },
+  };
+}
+
+function concat(parts) {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) { out.set(p, at); at += p.length; }
+  return out;
+}

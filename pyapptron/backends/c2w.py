@@ -1,0 +1,226 @@
+"""c2w: x86_64 through WASI, the way container2wasm runs containers. Everything
+c2w-specific lives here.
+
+Two kinds of machine behind one backend:
+
+- An image built by the asset command (`boot("c2w", image="debian-x86_64")`): Bochs
+  3.0 compiled to WASI here (emulators/c2w/build_bochs.py, our patches in
+  emulators/c2w/patches) booting a Debian amd64 kernel with a busybox initramfs and
+  the guest agent (emulators/c2w/build_guest64.py).
+- A user's own WASI command module (`boot("c2w", wasm=URL_or_bytes, args=[...])`):
+  container2wasm output, or any WASI preview1 program. Its stdin/stdout/stderr are the
+  console; it has no guest agent, so vm.run is not offered (capabilities say so).
+
+Quirks this backend owns:
+- The module runs in a Web Worker (emulators/c2w/worker.mjs): Bochs's CPU loop never
+  yields. Input reaches it through SharedArrayBuffer rings, so the page must be
+  cross-origin isolated (COOP/COEP), else boot raises NotIsolated.
+- On an image, the console is COM1 on WASI stdin/stdout and the agent's channel is COM2
+  on WASI fd 4 (fd 3 is the one preopen "/"), both unpaced by the baud rate (patch
+  0006). Bochs reads them without blocking; a user's module blocks on stdin.
+- The image's bochsrc is written here, at boot: `megs:` is memory_mib. The initrd sits
+  at 128 MiB (direct boot), so an image says its smallest memory (min_megs).
+- Bochs's own log goes to its stderr, kept by the adapter; a failed boot shows its tail.
+- No snapshots yet: a Bochs saved state (-r) is a directory of files written at
+  shutdown, not a live capture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import posixpath
+from collections.abc import Mapping, Sequence
+
+from .. import _browser
+from ..assets import Assets
+from ..errors import InvalidOption, NotSupported
+from . import Backend, Capabilities, Sink
+
+MAX_MEMORY_MIB = 2048  # wasm32: guest RAM lives in the module's 4 GiB memory
+#: Input ring sizes: the agent's flow-control window (15 x 4096) must fit, with room.
+RING_BYTES = {"console": 1 << 16, "agent": 1 << 17}
+#: container2wasm's own flags, in the order its init reads them, before the command.
+C2W_FLAGS = ("entrypoint", "no_stdin", "net", "mac")
+
+
+def c2w_argv(program: str = "c2w", *, entrypoint: str | None = None, no_stdin: bool = False,
+             net: str | None = None, mac: str | None = None, args: Sequence[str] = ()) -> list[str]:
+    """argv for a container2wasm module: argv[0], its flags, then the container's command.
+
+    `--` separates the flags from a command that starts with a dash.
+    """
+    argv = [program]
+    if entrypoint is not None:
+        argv += ["-entrypoint", entrypoint]
+    if no_stdin:
+        argv.append("-no-stdin")
+    if net is not None:
+        argv.append(f"--net={net}")
+    if mac is not None:
+        argv += ["--mac", mac]
+    args = list(args)
+    if args and args[0].startswith("-"):
+        argv.append("--")
+    return argv + args
+
+
+def check_files(files) -> dict[str, bytes | str]:
+    """boot(files=...): {absolute guest path: bytes or a URL}, checked."""
+    if not isinstance(files, Mapping):
+        raise InvalidOption(f"files must be a dict of guest path -> bytes or URL, not {type(files).__name__}")
+    checked = {}
+    for path, data in files.items():
+        if not isinstance(path, str) or not path.startswith("/") or path.endswith("/") or "/../" in path + "/":
+            raise InvalidOption(f"files: {path!r} is not an absolute file path like '/data/input.txt'")
+        data = _browser.js_bytes(data)
+        if isinstance(data, (bytearray, memoryview)):
+            data = bytes(data)
+        if not isinstance(data, (bytes, str)):
+            raise InvalidOption(f"files[{path!r}] must be bytes or a URL string, not {type(data).__name__}")
+        checked[posixpath.normpath(path)] = data
+    return checked
+
+
+class C2WBackend(Backend):
+    name = "c2w"
+    default_image = "debian-x86_64"
+    options = {
+        "wasm": (str, bytes, bytearray, list, tuple, object),
+        "args": (list, tuple), "env": (dict,), "files": (dict,), "preopens": (list, tuple),
+        "entrypoint": str, "no_stdin": bool, "net": str, "mac": str, "arch": str,
+    }
+    #: The guest device behind the interactive console (for telling it the terminal size).
+    console_tty = "/dev/ttyS0"
+
+    @classmethod
+    def needs_image(cls, options: dict) -> bool:
+        return options.get("wasm") is None
+
+    def __init__(self, assets: Assets, image: dict | None, memory_mib: int | None = None, persist=None, *,
+                 wasm=None, args=(), env=None, files=None, preopens=None, entrypoint=None, no_stdin=False,
+                 net=None, mac=None, arch=None):
+        self.assets = assets
+        self.image = image
+        self.exit_future: asyncio.Future | None = None
+        self._handle = None
+        env = dict(env or {})
+        bad_env = [k for k, v in env.items() if not isinstance(k, str) or not isinstance(v, str) or "=" in k]
+        if bad_env:
+            raise InvalidOption(f"env must map variable names to strings; bad: {bad_env!r}")
+        if any(not isinstance(a, str) for a in args):
+            raise InvalidOption(f"args must be a list of strings, not {list(args)!r}")
+        self.user_files = check_files(files or {})
+        if wasm is not None:
+            self._init_user_module(wasm, args, env, preopens, memory_mib, entrypoint, no_stdin, net, mac, arch)
+        else:
+            if image is None:
+                raise InvalidOption("c2w needs an image (image='debian-x86_64') or a module (wasm=URL_or_bytes)")
+            if args or entrypoint or no_stdin or net or mac:
+                raise InvalidOption("args=, entrypoint=, no_stdin=, net= and mac= are for a user's module (wasm=); "
+                                    f"the image {image['name']!r} runs Bochs with its own arguments")
+            self._init_image(image, memory_mib, env, preopens)
+
+    # -- the two kinds of machine -------------------------------------------------------
+    def _init_image(self, image: dict, memory_mib, env, preopens) -> None:
+        if preopens:
+            raise InvalidOption("preopens= is for a user's module (wasm=); the image shares files through vm.write_file")
+        low = int(image.get("min_megs", 192))
+        memory = image.get("memory_mib", 256) if memory_mib is None else memory_mib
+        if not low <= memory <= MAX_MEMORY_MIB:
+            raise InvalidOption(f"memory_mib={memory} is out of range for c2w image {image['name']!r}: use {low} "
+                                f"to {MAX_MEMORY_MIB} (its initrd is loaded at 128 MiB)")
+        self.memory_mib = memory
+        image_dir = f"images/{image['name']}/"
+        inflate = set(image.get("inflate", []))  # served gzip'd, inflated in the worker
+        files = {}
+        for guest, rel in image["files"].items():
+            if guest == "/bochsrc.txt":
+                continue
+            url = self.assets.require(posixpath.normpath(image_dir + rel))
+            files[guest] = {"url": url, "inflate": True} if guest in inflate else url
+        files["/bochsrc.txt"] = f"megs: {memory}\n{image['bochsrc_body']}".encode()
+        files.update(self.user_files)
+        self.options = {
+            "wasm": self.assets.require(posixpath.normpath(image_dir + image["wasm"])),
+            "args": list(image["args"]),
+            "env": list(image.get("env", [])) + [f"{k}={v}" for k, v in env.items()],
+            "files": files,
+            "preopens": ["/"],
+            "channels": {"console": {"in": 0, "out": 1}, "agent": {"in": image["agent_fd"], "out": image["agent_fd"]}},
+            "stderr": "log",
+        }
+        agent = bool(image.get("agent"))
+        self.capabilities = Capabilities(arch=image.get("arch", "x86_64"), exec=agent, files=agent, console=True,
+                                         snapshot=False, network=False)
+
+    def _init_user_module(self, wasm, args, env, preopens, memory_mib, entrypoint, no_stdin, net, mac, arch) -> None:
+        if memory_mib is not None:
+            raise InvalidOption("memory_mib= is the image's; a user's module sizes its own memory")
+        wasm = _browser.js_bytes(wasm)
+        if isinstance(wasm, (list, tuple)):
+            if not wasm or not all(isinstance(u, str) and u for u in wasm):
+                raise InvalidOption("wasm= as a list must hold the URLs of the module's chunks, in order")
+            wasm = list(wasm)
+        elif isinstance(wasm, (bytearray, memoryview)):
+            wasm = bytes(wasm)
+        elif not isinstance(wasm, (str, bytes)) or not wasm:
+            raise InvalidOption(f"wasm= must be a URL, a list of chunk URLs or the module's bytes, not {type(wasm).__name__}")
+        if isinstance(wasm, bytes) and wasm[:4] != b"\0asm":
+            raise InvalidOption("wasm= bytes are not a WebAssembly module (they do not start with \\0asm)")
+        dirs = list(preopens) if preopens is not None else (["/"] if self.user_files else [])
+        for d in dirs:
+            if not isinstance(d, str) or not d.startswith("/"):
+                raise InvalidOption(f"preopens: {d!r} is not an absolute directory like '/mnt/share'")
+        self.memory_mib = None
+        self.console_has_eof = True  # its stdin can end (Console.sendeof)
+        self.options = {
+            "wasm": wasm,
+            "args": c2w_argv(entrypoint=entrypoint, no_stdin=no_stdin, net=net, mac=mac, args=args),
+            "env": [f"{k}={v}" for k, v in env.items()],
+            "files": dict(self.user_files),
+            "preopens": [posixpath.normpath(d) for d in dirs],
+            "channels": {"console": {"in": 0, "out": 1, "blocking": True}},
+            "stderr": "console",
+        }
+        self.capabilities = Capabilities(arch=arch or "x86_64", exec=False, files=False, console=True,
+                                         snapshot=False, network=net is not None)
+
+    # -- lifetime -------------------------------------------------------------------------
+    async def start(self, on_console: Sink, on_agent: Sink, resume=None) -> None:
+        if resume is not None:
+            raise NotSupported("c2w cannot resume a snapshot")
+        loop = asyncio.get_running_loop()
+        self.exit_future = loop.create_future()
+
+        def exited(code: int, log: str) -> None:
+            if not self.exit_future.done():
+                self.exit_future.set_result((code, log))
+
+        options = dict(self.options, worker_url=self.assets.require("c2w/worker.mjs"),
+                       shim_url=self.assets.require("c2w/browser_wasi_shim/dist/index.js"),
+                       ring_bytes=RING_BYTES)
+        self._handle = await _browser.start_emulator(self.assets.require("c2w/adapter.mjs"), options,
+                                                     on_console, on_agent, on_exit=exited)
+
+    def emulator_log(self) -> str:
+        return self._handle.log() if self._handle is not None else ""
+
+    def timings(self) -> dict:
+        return self._handle.timings() if self._handle is not None else {}
+
+    def write_console(self, data: bytes) -> None:
+        if self._handle is not None:
+            self._handle.send("console", data)
+
+    def close_console(self) -> None:
+        if self._handle is not None:
+            self._handle.close_channel("console")
+
+    def write_agent(self, chunk: bytes) -> None:
+        if self._handle is not None:
+            self._handle.send("agent", chunk)
+
+    async def stop(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            await handle.stop()
