@@ -56,7 +56,8 @@ async function loadXterm(assetsUrl) {
 }
 
 /**
- * Boot a VM. Options: emulator ("v86"), image ("minimal"), memoryMib, terminal (an
+ * Boot a VM. Options: emulator ("v86", or "c2w" for x86_64), image (default: the
+ * emulator's, "minimal" for v86 and "debian-x86_64" for c2w), memoryMib, terminal (an
  * element to show the console in), assetsUrl, onStatus(text), persist (true or a store
  * name: keep /root, /persist and installed packages in IndexedDB across reloads),
  * cold (true: boot the kernel instead of resuming the image's boot snapshot), resume
@@ -64,7 +65,7 @@ async function loadXterm(assetsUrl) {
  * Resolves to {vm, pyodide, terminal, run(cmd), snapshot(name), shutdown()}.
  */
 export async function boot({
-  emulator = "v86", image = "minimal", memoryMib = null, terminal = null,
+  emulator = "v86", image = null, memoryMib = null, terminal = null,
   assetsUrl = defaultAssets, onStatus = null, terminalOptions = {}, persist = null,
   cold = false, resume = null,
 } = {}) {
@@ -78,11 +79,12 @@ export async function boot({
     term.loadAddon(fit);
     term.open(terminal);
     fit.fit();
-    term.write("\x1b[2mbooting " + emulator + "/" + image + "…\x1b[0m\r\n");
+    term.write("\x1b[2mbooting " + emulator + (image ? "/" + image : "") + "…\x1b[0m\r\n");
   }
-  status(onStatus, `booting ${emulator}/${image}…`);
+  status(onStatus, `booting ${emulator}${image ? "/" + image : ""}…`);
   const pyboot = pyodide.pyimport("pyapptron").boot;
-  const kwargs = { image };
+  const kwargs = {};
+  if (image) kwargs.image = image;
   if (memoryMib) kwargs.memory_mib = memoryMib;
   if (persist) kwargs.persist = persist;
   if (cold) kwargs.cold = true;

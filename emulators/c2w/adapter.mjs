@@ -41,7 +41,15 @@ function notIsolated() {
 
 export async function start(options, sinks) {
   if (!globalThis.crossOriginIsolated || typeof SharedArrayBuffer === "undefined") throw notIsolated();
-  const { worker_url, shim_url, wasm, args, env, files, preopens, channels, stderr, ring_bytes } = options;
+  const { worker_url, shim_url, args, env, preopens, channels, stderr, ring_bytes } = options;
+  // URLs are the page's: the worker would resolve them against its own script.
+  const pageUrl = (u) => new URL(u, globalThis.location.href).href;
+  const wasm = typeof options.wasm === "string" ? pageUrl(options.wasm)
+    : Array.isArray(options.wasm) ? options.wasm.map(pageUrl) : options.wasm;
+  const files = {};
+  for (const [path, v] of Object.entries(options.files || {})) {
+    files[path] = typeof v === "string" ? pageUrl(v) : v instanceof Uint8Array ? v : { ...v, url: pageUrl(v.url) };
+  }
   const timings = {};
   const t0 = performance.now();
   const doorbell = new Int32Array(new SharedArrayBuffer(4));

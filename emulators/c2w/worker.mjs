@@ -52,12 +52,11 @@ class OutputSink {
   flush() {
     this.last = performance.now();
     if (!this.size) return;
-    let data = this.parts[0];
-    if (this.parts.length > 1) {
-      data = new Uint8Array(this.size);
-      let at = 0;
-      for (const p of this.parts) { data.set(p, at); at += p.length; }
-    }
+    // Always a new buffer, transferred: never the caller's (the WASI shim reads its
+    // length after fd_write returns; a transferred buffer would read as 0 bytes).
+    const data = new Uint8Array(this.size);
+    let at = 0;
+    for (const p of this.parts) { data.set(p, at); at += p.length; }
     this.parts = [];
     this.size = 0;
     post({ type: 'out', name: this.name, data }, [data.buffer]);
@@ -126,8 +125,9 @@ function channelFd(name, ring, output, blocking) {
     }
     fd_write(data) {
       if (!output) return { ret: ERRNO.BADF, nwritten: 0 };
+      const n = data.length;
       output.write(data);
-      return { ret: 0, nwritten: data.length };
+      return { ret: 0, nwritten: n };
     }
     fd_close() { return 0; }
   })();
