@@ -18,8 +18,11 @@ in a freshly loaded page): boot() call to the first run("true") answered, resume
 shipped boot snapshot and cold, where the resume spends its time, and the size and save
 time of a snapshot and an in-place restore. For notebooks: opening the example notebook
 in JupyterLite to its first vm.run answered. For the pytest plugin: the per-test setup
-of a fresh `vm`, resumed or cold, locally and through a Selenium Grid. Nothing here is
-asserted: targets
+of a fresh `vm`, resumed or cold, locally and through a Selenium Grid. For c2w (x86_64
+Bochs on WASI in a Web Worker, image debian-x86_64; not in the default run): cold boot to
+exec-ready with the adapter's timings, the run("true") round trip, 1 MB each way through
+run() and through write_file/read_file, and the emulated CPU's real instruction rate.
+Nothing here is asserted: targets
 are in the README and the closing notes, measurements here.
 """
 
@@ -285,6 +288,88 @@ def bench_fixture(tests: int = 6) -> dict:
     return out
 
 
+# c2w: x86_64 Bochs compiled to WASI, in a Web Worker. No snapshots, so every boot is cold.
+C2W_IMAGE = "debian-x86_64"
+# Guest seconds (/proc/uptime) across a CPU-bound shell loop, inside ONE run() call.
+C2W_CPU_LOOP = ("a=$(cut -d' ' -f1 /proc/uptime); i=0; while [ $i -lt {n} ]; do i=$((i+1)); done; "
+                "b=$(cut -d' ' -f1 /proc/uptime); echo $a $b")
+
+
+def bench_c2w(server, boots: int = 3, rounds: int = 20, repeats: int = 3, loop: int = 30000) -> dict:
+    """c2w from CPython: cold boots (each in a freshly loaded page of one browser, so after the
+    first the assets come from its HTTP cache), then exec latency, throughput and CPU rate on
+    the last machine booted."""
+    spec = json.loads((HERE.parent / "build" / "assets" / "images" / C2W_IMAGE / "image.json").read_text())
+    ips = spec["ips"]
+    mb = 1_000_000
+    med = statistics.median
+    boot, wall, timings = [], [], []
+    with Browser() as browser:
+        for i in range(boots):
+            session = RemoteSession(browser, server.url)  # a fresh page load
+            t = time.perf_counter()
+            vm = session.boot("c2w", C2W_IMAGE)
+            wall.append(time.perf_counter() - t)
+            boot.append(vm.boot_seconds)
+            timings.append(session.python(f"result = machines[{vm.id}].backend.timings()"))
+            if i < boots - 1:
+                vm.shutdown()
+        assert vm.run("true").returncode == 0  # warm the agent's path
+        rt = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            vm.run("true")
+            rt.append((time.perf_counter() - t) * 1000)
+        data = bytes(range(256)) * (mb // 256) + bytes(range(mb % 256))
+        out_s, in_s, write_s, read_s = [], [], [], []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            r = vm.run("head -c 1000000 /dev/zero")
+            out_s.append(time.perf_counter() - t)
+            assert r.returncode == 0 and len(r.stdout) == mb, (r.returncode, len(r.stdout), r.stderr)
+            t = time.perf_counter()
+            r = vm.run("wc -c", input=data)
+            in_s.append(time.perf_counter() - t)
+            assert r.returncode == 0 and int(r.stdout.split()[0]) == mb, (r.stdout, r.stderr)
+            t = time.perf_counter()
+            vm.write_file("/tmp/bench.bin", data)
+            write_s.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            back = vm.read_file("/tmp/bench.bin")
+            read_s.append(time.perf_counter() - t)
+            assert back == data
+        # Bochs counts `ips` instructions per emulated second and, with clock: sync=slowdown,
+        # holds the guest's clock back to real time: guest seconds over wall seconds times ips
+        # is the real rate, and it can never exceed ips (the guest cannot run faster than ips
+        # instructions per real second; a figure near ips means the host keeps up). Wall time
+        # is the whole run() call, so the round trip and the two `cut`s count against it.
+        cpu = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            r = vm.run(C2W_CPU_LOOP.format(n=loop), timeout=600)
+            wall_s = time.perf_counter() - t
+            a, b = map(float, r.stdout.split())
+            cpu.append({"guest_s": round(b - a, 2), "wall_s": round(wall_s, 3),
+                        "MIPS": round((b - a) * ips / wall_s / 1e6, 1)})
+        vm.shutdown()
+    cpu.sort(key=lambda c: c["MIPS"])
+    return {
+        "image": C2W_IMAGE,
+        "bochs": {"ips": ips, "clock": spec.get("clock"), "memory_mib": spec.get("memory_mib")},
+        "cold_boot_to_exec_ready_s": {"median": round(med(boot), 3), "first": round(boot[0], 3),
+                                      "min": round(min(boot), 3), "max": round(max(boot), 3), "n": boots},
+        "cold_boot_call_wall_s_median": round(med(wall), 3),
+        "adapter_timings_s_median": {k: round(med(t.get(k, 0) for t in timings), 3) for k in timings[0]},
+        "adapter_timings_s_first": {k: round(v, 3) for k, v in timings[0].items()},
+        "roundtrip_true_ms": {"median": round(med(rt), 2), "p95": round(pct(rt, 0.95), 2), "n": len(rt)},
+        "run_stdout_1MB": {"s_median": round(med(out_s), 3), "MBps": round(mb / 1e6 / med(out_s), 3)},
+        "run_stdin_1MB_wc_c": {"s_median": round(med(in_s), 3), "MBps": round(mb / 1e6 / med(in_s), 3)},
+        "write_file_1MB": {"s_median": round(med(write_s), 3), "MBps": round(mb / 1e6 / med(write_s), 3)},
+        "read_file_1MB": {"s_median": round(med(read_s), 3), "MBps": round(mb / 1e6 / med(read_s), 3)},
+        "cpu_loop": {"iterations": loop, "median": cpu[len(cpu) // 2], "runs": cpu,
+                     "note": "MIPS = guest_s * ips / wall_s; capped at ips/1e6 by clock: sync=slowdown"},
+    }
+
 # Persistence: a store of 50 MB in 20,000 files (made once, by import), then the figures.
 PERSIST_MAKE = """
 import io, random, tarfile, time
@@ -517,7 +602,8 @@ def main() -> int:
     ap.add_argument("--images", default="minimal,agent,persist,snapshot",
                     help="what to measure (comma-separated): minimal, agent, persist (a 50 MB / 20,000-file store), "
                          "mcp, snapshot (resume vs cold boot, both images), lab (JupyterLite notebook), "
-                         "fixture (the pytest vm fixture per test: resumed, cold, through a Grid)")
+                         "fixture (the pytest vm fixture per test: resumed, cold, through a Grid), "
+                         "c2w (x86_64 Bochs on WASI: cold boot, exec, 1 MB each way, real MIPS)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     args = ap.parse_args()
     images = set(args.images.split(","))
@@ -544,6 +630,7 @@ def main() -> int:
         ("snapshot", "snapshot", lambda: bench_snapshot(server)),
         ("lab", "lab", bench_lab),
         ("fixture", "pytest_fixture", bench_fixture),
+        ("c2w", "c2w", lambda: bench_c2w(server)),
     ]
     with PageServer(extra_roots={"/bench/": HERE}) as server:
         for name, key, measure in sections:

@@ -44,8 +44,10 @@ export async function start(options, sinks) {
   const { worker_url, shim_url, args, env, preopens, channels, stderr, ring_bytes } = options;
   // URLs are the page's: the worker would resolve them against its own script.
   const pageUrl = (u) => new URL(u, globalThis.location.href).href;
+  // A module in chunks is put together here, in order (the page can read any of its
+  // own URLs, blob: ones included), and handed over without a copy.
   const wasm = typeof options.wasm === "string" ? pageUrl(options.wasm)
-    : Array.isArray(options.wasm) ? options.wasm.map(pageUrl) : options.wasm;
+    : Array.isArray(options.wasm) ? await joinChunks(options.wasm.map(pageUrl)) : options.wasm;
   const files = {};
   for (const [path, v] of Object.entries(options.files || {})) {
     files[path] = typeof v === "string" ? pageUrl(v) : v instanceof Uint8Array ? v : { ...v, url: pageUrl(v.url) };
@@ -101,7 +103,8 @@ export async function start(options, sinks) {
   };
   worker.onerror = (e) => readyReject(new Error(`the c2w worker failed to load: ${e.message || e}`));
   worker.postMessage({ type: "start", shimUrl: shim_url, wasm, args, env, files, preopens, channels: spec,
-                       doorbell: doorbell.buffer, stderr: stderr || "log" });
+                       doorbell: doorbell.buffer, stderr: stderr || "log" },
+                     Array.isArray(options.wasm) ? [wasm.buffer] : []);
   try {
     await ready;
   } catch (e) {
@@ -154,6 +157,15 @@ export async function start(options, sinks) {
       worker.terminate();
     },
   };
+}
+
+async function joinChunks(urls) {
+  const parts = await Promise.all(urls.map(async (u) => {
+    const r = await fetch(u);
+    if (!r.ok) throw new Error(`cannot fetch the module chunk ${u}: HTTP ${r.status}`);
+    return new Uint8Array(await r.arrayBuffer());
+  }));
+  return concat(parts);
 }
 
 function concat(parts) {

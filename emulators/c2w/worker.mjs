@@ -10,8 +10,7 @@
 //
 // In:  { type: 'start', shimUrl, wasm, args, env, files, preopens, channels,
 //        doorbell, stderr }
-//   wasm      URL, list of URLs (chunks of one module, concatenated in order),
-//             or bytes.
+//   wasm      URL or bytes (the adapter joins a module's chunks).
 //   files     { '/abs/path': URL string | Uint8Array | { url, inflate } }: the
 //             in-memory tree (inflate: the URL serves it gzip'd).
 //   preopens  [ '/dir', ... ]: directories of that tree given to the module
@@ -205,13 +204,6 @@ async function compileModule(wasm) {
     if (!r.ok) throw new Error(`cannot fetch ${wasm}: HTTP ${r.status}`);
     return WebAssembly.compileStreaming(r);
   }
-  if (Array.isArray(wasm)) { // chunks of one module
-    const parts = await Promise.all(wasm.map(fetchBytes));
-    const whole = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-    let at = 0;
-    for (const p of parts) { whole.set(p, at); at += p.length; }
-    return WebAssembly.compile(whole);
-  }
   return WebAssembly.compile(wasm);
 }
 
@@ -281,7 +273,7 @@ async function start(msg) {
     fds.push(end);
   }
 
-  const wasi = new shim.WASI(msg.args || ['wasm'], msg.env || [], fds);
+  const wasi = new shim.WASI(msg.args || ['wasm'], msg.env || [], fds, { debug: false });
   // Every import is our own JS function that calls the shim's: importing some
   // host functions directly crashed Node's V8, and several are ours anyway.
   const imports = {};
