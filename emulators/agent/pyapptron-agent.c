@@ -53,6 +53,11 @@
 #define HDR_LEN 12u
 #define MAX_PAYLOAD (1u << 20)
 #define WINDOW_CHUNKS 15u
+/* On a serial line (ttyS*, the c2w backend) nothing stops the UART when the
+ * kernel's tty buffers are full (64 KiB, less its overhead): bytes beyond are
+ * dropped.  A smaller window keeps what is in flight well inside them. */
+#define SERIAL_WINDOW_CHUNKS 6u
+static uint32_t window_chunks = WINDOW_CHUNKS;
 #define CHUNK_SIZE 4096u
 
 /* host -> guest */
@@ -235,7 +240,7 @@ static void send_hello(void)
 {
     uint8_t p[12 + sizeof AGENT_VERSION - 1];
     put_u32(p, PROTOCOL_VERSION);
-    put_u32(p + 4, WINDOW_CHUNKS);
+    put_u32(p + 4, window_chunks);
     put_u32(p + 8, CHUNK_SIZE);
     memcpy(p + 12, AGENT_VERSION, sizeof AGENT_VERSION - 1);
     send_frame(G_HELLO, 0, p, sizeof p);
@@ -1041,6 +1046,9 @@ static int open_channel(const char *dev)
 static void setup_channel(void)
 {
     if (isatty(chan)) {
+        const char *name = ttyname(chan);
+        if (name != NULL && strncmp(name, "/dev/ttyS", 9) == 0)
+            window_chunks = SERIAL_WINDOW_CHUNKS;
         /* Raw bytes both ways: no echo, no line discipline, no CR/LF
          * translation, reads return as soon as one byte is there. */
         struct termios t;

@@ -83,11 +83,13 @@ INIT_MARK = "pyapptron-guest64: init"
 KERNEL_CMDLINE = ("console=ttyS0,115200 earlycon=uart8250,io,0x3f8,115200 "
                   "mitigations=off nokaslr cryptomgr.notests rodata=off")
 TIME0 = 946684800  # 2000-01-01T00:00:00Z: guest `date +%s` - TIME0 = emulated seconds since power-on
-# Emulated instructions per emulated second (clock: sync=none).  Guest
-# delays (e.g. the 8250 console waiting ~87 us per byte) cost ips * delay
-# instructions; timer ticks cost more often at a lower ips.  Node, direct
-# boot, to the prompt: 100M 10.2 s, 50M 8.8 s, 25M 9.7 s.
-IPS = 50_000_000
+# Emulated instructions per emulated second.  With clock: sync=slowdown the
+# guest never runs more than ips instructions per real second, so ips must be
+# above what the host manages: in Chromium here Bochs runs ~135 M instructions/s
+# (bench/run.py --images c2w).  Cold boot to exec-ready in Chromium: ips 50M
+# 12.9 s (capped at 50 MIPS), 100M 8.0 s, 200M 8.0 s.  When the host is slower
+# than ips, the guest's clock runs slower than real time while it is busy.
+IPS = 150_000_000
 CLOCK_SYNC = os.environ.get("PYAPPTRON_C2W_CLOCK", "slowdown")
 MEGS = 256
 HEADS, SPT = 16, 63
