@@ -53,4 +53,11 @@ await vm.console.wait_for(b"hello-console")
 
 # %% Release the emulator
 await vm.shutdown()
+
+# %% A 64-bit guest: the same interface on the c2w backend (Bochs for WASI, x86_64;
+# the page must be cross-origin isolated, as `python -m pyapptron serve` makes it)
+async with await pyapptron.boot("c2w", image="debian-x86_64") as vm64:
+    r = await vm64.run("uname -m; uname -r")
+    print(r.stdout.decode(), vm64.capabilities.arch)
+    assert r.stdout.startswith(b"x86_64\n")
 result = "notebook done"

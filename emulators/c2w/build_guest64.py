@@ -70,7 +70,7 @@ KERNEL_RE = re.compile(r"^linux-image-6\.1\.0-(\d+)-amd64-unsigned$")
 BIOS_PACKAGES = {"bochsbios": "usr/share/bochs/BIOS-bochs-latest", "vgabios": "usr/share/vgabios/vgabios.bin"}
 BUSYBOX = "busybox-static"
 
-PROMPT = "guest64:/# "
+PROMPT = "guest64:~# "
 INIT_MARK = "pyapptron-guest64: init"
 # Boot time under bochs.wasm (guest uptime at /init, direct boot, ips 50M):
 #   cryptomgr.notests  the crypto self-tests (late initcall crypto_algapi_init)
@@ -85,8 +85,8 @@ KERNEL_CMDLINE = ("console=ttyS0,115200 earlycon=uart8250,io,0x3f8,115200 "
 TIME0 = 946684800  # 2000-01-01T00:00:00Z: guest `date +%s` - TIME0 = emulated seconds since power-on
 # Emulated instructions per emulated second.  With clock: sync=slowdown the
 # guest never runs more than ips instructions per real second, so ips must be
-# above what the host manages: in Chromium here Bochs runs ~135 M instructions/s
-# (bench/run.py --images c2w).  Cold boot to exec-ready in Chromium: ips 50M
+# above what the host manages: in Chromium here Bochs runs ~75 M instructions/s
+# in a shell loop (bench/run.py --images c2w).  Cold boot to exec-ready in Chromium: ips 50M
 # 12.9 s (capped at 50 MIPS), 100M 8.0 s, 200M 8.0 s.  When the host is slower
 # than ips, the guest's clock runs slower than real time while it is busy.
 IPS = 150_000_000

@@ -1,0 +1,97 @@
+"""The c2w backend's pure logic, in CPython: argv building, option checks, the image's
+bochsrc and file list (what reaches the worker)."""
+
+import pytest
+
+import pyapptron
+from pyapptron.assets import Assets
+from pyapptron.backends.c2w import C2WBackend, c2w_argv, check_files
+
+IMAGE = {
+    "name": "debian-x86_64", "emulator": "c2w", "arch": "x86_64", "agent": "/dev/ttyS1", "agent_fd": 4,
+    "wasm": "../../c2w/bochs.wasm", "args": ["bochs", "-q", "-f", "/bochsrc.txt"], "env": ["BXSHARE=/bios"],
+    "files": {"/bochsrc.txt": "bochsrc.txt", "/kernel.bin": "kernel.bin.gz", "/disk.img": "disk.img"},
+    "inflate": ["/kernel.bin"], "bochsrc_body": "romimage: file=/bios/BIOS-bochs-latest\n",
+    "memory_mib": 256, "min_megs": 193,
+}
+FILES = ["c2w/bochs.wasm", "c2w/worker.mjs", "c2w/adapter.mjs", "images/debian-x86_64/image.json",
+         "images/debian-x86_64/bochsrc.txt", "images/debian-x86_64/kernel.bin.gz", "images/debian-x86_64/disk.img"]
+ASSETS = Assets("http://x/assets/", {"files": {f: {"size": 1, "sha256": "0"} for f in FILES}})
+
+
+def test_argv_puts_container2wasm_flags_before_the_command():
+    assert c2w_argv(args=["uname", "-a"]) == ["c2w", "uname", "-a"]
+    assert c2w_argv(entrypoint="/bin/sh", no_stdin=True, net="browser", mac="02:00:00:00:00:01",
+                    args=["-c", "echo hi"]) == [
+        "c2w", "-entrypoint", "/bin/sh", "-no-stdin", "--net=browser", "--mac", "02:00:00:00:00:01",
+        "--", "-c", "echo hi"]
+    assert c2w_argv() == ["c2w"]
+
+
+def test_the_image_gets_its_own_bochsrc_with_the_memory_size_and_the_agent_channel():
+    b = C2WBackend(ASSETS, IMAGE, 512)
+    files = b.options["files"]
+    assert files["/bochsrc.txt"] == b"megs: 512\nromimage: file=/bios/BIOS-bochs-latest\n"
+    assert files["/kernel.bin"] == {"url": "http://x/assets/images/debian-x86_64/kernel.bin.gz", "inflate": True}
+    assert files["/disk.img"] == "http://x/assets/images/debian-x86_64/disk.img"
+    assert b.options["wasm"] == "http://x/assets/c2w/bochs.wasm"
+    assert b.options["channels"] == {"console": {"in": 0, "out": 1}, "agent": {"in": 4, "out": 4}}
+    assert b.capabilities.arch == "x86_64" and b.capabilities.exec and not b.capabilities.snapshot
+    assert C2WBackend(ASSETS, IMAGE).memory_mib == 256
+
+
+@pytest.mark.parametrize("memory", [64, 192, 4096])
+def test_memory_out_of_range_says_the_range(memory):
+    with pytest.raises(pyapptron.InvalidOption, match="use 193 to 2048"):
+        C2WBackend(ASSETS, IMAGE, memory)
+
+
+def test_a_users_module_has_a_console_and_no_agent():
+    b = C2WBackend(ASSETS, None, wasm="/out.wasm", args=["ls"], env={"A": "1"},
+                   files={"/share/x": b"1", "/share/y": "http://h/y"}, preopens=["/share"])
+    assert b.options["args"] == ["c2w", "ls"]
+    assert b.options["env"] == ["A=1"]
+    assert b.options["preopens"] == ["/share"]
+    assert b.options["channels"] == {"console": {"in": 0, "out": 1, "blocking": True}}
+    assert (b.capabilities.exec, b.capabilities.files, b.capabilities.console) == (False, False, True)
+    assert b.console_has_eof
+    assert C2WBackend(ASSETS, None, wasm=b"\0asm\1\0\0\0", files={"/a": b""}).options["preopens"] == ["/"]
+    assert C2WBackend(ASSETS, None, wasm=["/a.00", "/a.01"]).options["wasm"] == ["/a.00", "/a.01"]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"wasm": b"MZ not wasm"}, "not a WebAssembly module"),
+    ({"wasm": []}, "URLs of the module.s chunks"),
+    ({"wasm": ["/a", 3]}, "chunks"),
+    ({"wasm": "/a.wasm", "memory_mib": 512}, "sizes its own memory"),
+    ({"wasm": "/a.wasm", "preopens": ["share"]}, "absolute directory"),
+    ({"wasm": "/a.wasm", "env": {"A=B": "c"}}, "env must map"),
+    ({"wasm": "/a.wasm", "args": ["ok", 3]}, "list of strings"),
+    ({"wasm": "/a.wasm", "files": {"rel/path": b""}}, "absolute file path"),
+    ({"wasm": "/a.wasm", "files": {"/x": 3}}, "bytes or a URL"),
+])
+def test_bad_module_options_raise_invalid_option(kwargs, match):
+    with pytest.raises(pyapptron.InvalidOption, match=match):
+        C2WBackend(ASSETS, None, **kwargs)
+
+
+def test_module_options_are_refused_on_the_image():
+    with pytest.raises(pyapptron.InvalidOption, match="for a user's module"):
+        C2WBackend(ASSETS, IMAGE, args=["x"])
+    with pytest.raises(pyapptron.InvalidOption, match="preopens= is for a user's module"):
+        C2WBackend(ASSETS, IMAGE, preopens=["/x"])
+
+
+def test_files_are_normalised_and_checked():
+    assert check_files({"/a//b/./c": b"x"}) == {"/a/b/c": b"x"}
+    with pytest.raises(pyapptron.InvalidOption, match="absolute file path"):
+        check_files({"/a/../etc/passwd": b""})
+    with pytest.raises(pyapptron.InvalidOption):
+        check_files(["/a"])
+
+
+def test_boot_picks_the_backends_default_image_and_needs_none_for_a_module():
+    assert C2WBackend.default_image == "debian-x86_64"
+    assert C2WBackend.needs_image({"wasm": "/a.wasm"}) is False
+    assert C2WBackend.needs_image({}) is True
+    assert "c2w" in pyapptron.available_emulators()
