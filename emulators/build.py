@@ -711,9 +711,16 @@ def write_index(out: Path, cache: Path | None, manifest: dict) -> int:
     hc = HashCache(cache / "hashes.json" if cache else None)
     files = _index_files(out, out, hc)
     hc.save()
+    # Which emulator each image is for (image.json "emulator"; the v86 images predate it).
+    images = {}
+    for spec in sorted(out.glob("images/*/image.json")):
+        try:
+            images[spec.parent.name] = {"emulator": json.loads(spec.read_text()).get("emulator", "v86")}
+        except (OSError, ValueError):
+            continue
     index = {"comment": "Written by emulators/build.py: every file under this directory "
-                        "(path -> size, sha256) and the pinned inputs.",
-             "versions": _versions(manifest), "files": files}
+                        "(path -> size, sha256), the images and the pinned inputs.",
+             "versions": _versions(manifest), "images": images, "files": files}
     write_atomic(out / INDEX_NAME, dumps(index))
     return len(files)
 

@@ -10,23 +10,10 @@ import time
 import pytest
 from selenium.webdriver.common.by import By
 
-from pyapptron.host.browser import RemoteSession
+from pyapptron.host.browser import RemoteSession, terminal_text
 
 pytestmark = pytest.mark.browser
 
-SCREEN = """
-const buf = window.sandbox.terminal.buffer.active;
-const lines = [];
-for (let i = 0; i < buf.length; i++) lines.push(buf.getLine(i).translateToString(true));
-return lines.join("\\n");
-"""
-VISIBLE = """
-const buf = window.sandbox.terminal.buffer.active;
-const lines = [];
-for (let i = buf.viewportY; i < buf.viewportY + window.sandbox.terminal.rows; i++)
-  lines.push(buf.getLine(i).translateToString(true));
-return lines.join("\\n");
-"""
 PROMPT = "root@pyapptron"
 
 
@@ -46,7 +33,7 @@ def driver(session):
 
 
 def screen(driver, visible=False):
-    return driver.execute_script(VISIBLE if visible else SCREEN)
+    return terminal_text(driver, visible)
 
 
 def wait_screen(driver, needle, timeout=30, visible=False):

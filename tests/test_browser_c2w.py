@@ -16,17 +16,11 @@ import pytest
 from selenium.webdriver.common.by import By
 
 import pyapptron
-from pyapptron.host.browser import RemoteSession
+from pyapptron.host.browser import RemoteSession, terminal_text
 from pyapptron.host.server import PageServer
 
 pytestmark = pytest.mark.browser
 
-SCREEN = """
-const buf = window.sandbox.terminal.buffer.active;
-const lines = [];
-for (let i = 0; i < buf.length; i++) lines.push(buf.getLine(i).translateToString(true));
-return lines.join("\\n");
-"""
 
 
 @pytest.fixture(scope="module")
@@ -122,10 +116,10 @@ def test_the_terminal_answers_typing(session, vm):
     driver.find_element(By.CSS_SELECTOR, "#terminal textarea").send_keys("echo typed-$((6*7))\n")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if "typed-42" in driver.execute_script(SCREEN):
+        if "typed-42" in terminal_text(driver):
             return
         time.sleep(0.1)
-    raise AssertionError("the shell never answered on the terminal; it shows:\n" + driver.execute_script(SCREEN))
+    raise AssertionError("the shell never answered on the terminal; it shows:\n" + terminal_text(driver))
 
 
 def test_bad_options_raise_invalid_option(session):

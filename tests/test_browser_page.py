@@ -10,6 +10,8 @@ import time
 import pytest
 from selenium.webdriver.common.by import By
 
+from pyapptron.host.browser import terminal_text
+
 pytestmark = pytest.mark.browser
 
 WAIT_BOOTED = """
@@ -23,12 +25,6 @@ const t0 = Date.now();
 })();
 """
 
-SCREEN = """
-const buf = window.sandbox.terminal.buffer.active;
-const lines = [];
-for (let i = 0; i < buf.length; i++) lines.push(buf.getLine(i).translateToString(true));
-return lines.join("\\n");
-"""
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +37,7 @@ def page(pyapptron_browser, pyapptron_server):
 
 
 def screen_text(driver):
-    return driver.execute_script(SCREEN)
+    return terminal_text(driver)
 
 
 def wait_screen(driver, needle, timeout=20):

@@ -95,3 +95,11 @@ def test_boot_picks_the_backends_default_image_and_needs_none_for_a_module():
     assert C2WBackend.needs_image({"wasm": "/a.wasm"}) is False
     assert C2WBackend.needs_image({}) is True
     assert "c2w" in pyapptron.available_emulators()
+
+
+def test_each_emulator_lists_only_its_own_images():
+    index = {"images": {"minimal": {"emulator": "v86"}, "debian-x86_64": {"emulator": "c2w"}},
+             "files": {"images/minimal/image.json": {}, "images/debian-x86_64/image.json": {}}}
+    assets = Assets("http://x/assets/", index)
+    assert assets.images("v86") == ["minimal"]
+    assert assets.images("c2w") == ["debian-x86_64"]

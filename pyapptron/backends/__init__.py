@@ -87,17 +87,24 @@ class Backend(abc.ABC):
         cold boot that this resume's options need."""
         return [], None
 
-    @abc.abstractmethod
+    #: After start: the running JS adapter (pyapptron._browser.EmulatorHandle).
+    _handle: Any = None
+
     def write_console(self, data: bytes) -> None:
         """Bytes typed into the interactive console."""
+        if self._handle is not None:
+            self._handle.send("console", data)
 
-    @abc.abstractmethod
     def write_agent(self, chunk: bytes) -> None:
         """One transport write to the guest agent's channel (at most the chunk size its HELLO announced)."""
+        if self._handle is not None:
+            self._handle.send("agent", chunk)
 
-    @abc.abstractmethod
     async def stop(self) -> None:
         """Stop the emulator and release its memory. Idempotent."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            await handle.stop()
 
 
 # name -> "module:Class". Only backends that work are listed.

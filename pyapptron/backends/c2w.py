@@ -208,19 +208,6 @@ class C2WBackend(Backend):
     def timings(self) -> dict:
         return self._handle.timings() if self._handle is not None else {}
 
-    def write_console(self, data: bytes) -> None:
-        if self._handle is not None:
-            self._handle.send("console", data)
-
     def close_console(self) -> None:
         if self._handle is not None:
             self._handle.close_channel("console")
-
-    def write_agent(self, chunk: bytes) -> None:
-        if self._handle is not None:
-            self._handle.send("agent", chunk)
-
-    async def stop(self) -> None:
-        handle, self._handle = self._handle, None
-        if handle is not None:
-            await handle.stop()

@@ -166,16 +166,3 @@ class V86Backend(Backend):
     def _persist_changed(self) -> None:
         if self.on_persist_changed is not None:
             self.on_persist_changed()
-
-    def write_console(self, data: bytes) -> None:
-        if self._handle is not None:
-            self._handle.send("console", data)
-
-    def write_agent(self, chunk: bytes) -> None:
-        if self._handle is not None:
-            self._handle.send("agent", chunk)
-
-    async def stop(self) -> None:
-        handle, self._handle = self._handle, None
-        if handle is not None:
-            await handle.stop()

@@ -160,6 +160,21 @@ globalThis.pyapptron.remote(arguments[0]).then(done, e => done(JSON.stringify({e
 """
 
 
+_TERMINAL_TEXT = """
+const term = window.sandbox.terminal, buf = term.buffer.active;
+const [from, to] = arguments[0] ? [buf.viewportY, buf.viewportY + term.rows] : [0, buf.length];
+const lines = [];
+for (let i = from; i < to; i++) lines.push(buf.getLine(i).translateToString(true));
+return lines.join("\\n");
+"""
+
+
+def terminal_text(driver, visible: bool = False) -> str:
+    """What the page's terminal (web/index.html) shows: every line of its buffer, or only
+    the rows on screen with visible=True. For tests that type into it."""
+    return driver.execute_script(_TERMINAL_TEXT, visible)
+
+
 def _raise(error: dict) -> None:
     """Re-raise a page-side exception as the same pyapptron (or builtin) type."""
     name, message = error.get("type", "BrowserError"), error.get("message", "")
