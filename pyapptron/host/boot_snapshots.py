@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .. import snapshots
 from ..assets import Assets
-from ..backends import backend_class
+from ..backends import Backend, backend_class
 
 SNAPSHOT_FILE = "boot.snapshot"
 #: The recipe below (what "booted" means, how it is stored); bump it to make every boot
@@ -44,7 +44,9 @@ def _images(out: Path) -> list[dict]:
     for image_json in sorted(out.glob("images/*/image.json")):
         spec = json.loads(image_json.read_text())
         spec.setdefault("name", image_json.parent.name)
-        if spec.get("agent"):
+        cls = backend_class(spec.get("emulator", "v86"))
+        # Only where the emulator can save a machine at all (c2w cannot yet).
+        if spec.get("agent") and cls.snapshot_binding is not Backend.snapshot_binding:
             found.append(spec)
     return found
 
