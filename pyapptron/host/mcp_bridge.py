@@ -305,7 +305,9 @@ async def serve(args) -> int:
         async with ws_serve(bridge.handle_page, "127.0.0.1", args.port, origins=config.origins,
                             max_size=None, compression=None) as ws_server:
             ws_port = ws_server.sockets[0].getsockname()[1]
-            query = [f"mcp-bridge=ws://127.0.0.1:{ws_port}/", f"emulator={args.emulator}", f"image={args.image}"]
+            query = [f"mcp-bridge=ws://127.0.0.1:{ws_port}/", f"emulator={args.emulator}"]
+            if args.image:  # else the emulator's default image
+                query.append(f"image={args.image}")
             if args.memory:
                 query.append(f"memory={args.memory}")
             if args.persist:
