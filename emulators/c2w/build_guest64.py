@@ -78,10 +78,13 @@ INIT_MARK = "pyapptron-guest64: init"
 #   rodata=off         skips mark_rodata_ro() and its W+X page-table walk
 #                      (CONFIG_DEBUG_WX), 12.6 -> 10.0 s.  This disables the
 #                      kernel's read-only data protection inside the guest;
+#   clearcpuid=aperfmperf  Bochs's CPU model announces APERF/MPERF but has no
+#                      such MSRs: the kernel's frequency-invariance tick read them
+#                      ~500 times a second, each a Bochs error line in its log;
 #   earlycon=...       prints from the kernel's first line instead of
 #                      replaying the log when ttyS0 registers (~2 s later).
 KERNEL_CMDLINE = ("console=ttyS0,115200 earlycon=uart8250,io,0x3f8,115200 "
-                  "mitigations=off nokaslr cryptomgr.notests rodata=off")
+                  "mitigations=off nokaslr cryptomgr.notests rodata=off clearcpuid=aperfmperf")
 TIME0 = 946684800  # 2000-01-01T00:00:00Z: guest `date +%s` - TIME0 = emulated seconds since power-on
 # Emulated instructions per emulated second.  With clock: sync=slowdown the
 # guest never runs more than ips instructions per real second, so ips must be
