@@ -22,7 +22,6 @@ from pyapptron.host.server import PageServer
 pytestmark = pytest.mark.browser
 
 
-
 @pytest.fixture(scope="module")
 def session(pyapptron_browser, pyapptron_server):
     return RemoteSession(pyapptron_browser, pyapptron_server.url + "web/index.html?emulator=c2w", autoboot=True)

@@ -63,7 +63,6 @@ export async function start(options, sinks) {
   }
   const worker = new Worker(worker_url, { type: "module" });
   let stopped = false;
-  let exitCode = null;
   const logTail = [];
   let logBytes = 0;
   const keepLog = (data) => {
@@ -89,7 +88,6 @@ export async function start(options, sinks) {
       timings.ready = (performance.now() - t0) / 1000;
       readyResolve();
     } else if (m.type === "exit") {
-      exitCode = m.code;
       worker.terminate();
       stopped = true;
       if (sinks.exit) sinks.exit(m.code, logText());
@@ -132,7 +130,6 @@ export async function start(options, sinks) {
   };
   return {
     timings,
-    get exitCode() { return exitCode ?? undefined; },
     log() { return logText(); },
     send(channel, data) {
       if (stopped) return;

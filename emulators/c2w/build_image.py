@@ -107,6 +107,5 @@ def build(out_dir: Path, cache_dir: Path, manifest: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(HERE.parent))
     import build as _build  # noqa: E402
     print(build(_build.DEFAULT_OUT, _build.DEFAULT_CACHE, _build.load_manifest()))

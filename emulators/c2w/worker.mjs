@@ -100,7 +100,7 @@ function waitDoorbell(seen, ms) {
 }
 
 // One end of a channel as a WASI fd: a character device.
-function channelFd(name, ring, output, blocking) {
+function channelFd(ring, output, blocking) {
   const { Fd, wasi } = shim;
   return new (class extends Fd {
     constructor() { super(); this.flags = blocking ? 0 : FDFLAGS_NONBLOCK; this.ring = ring; }
@@ -252,13 +252,13 @@ async function start(msg) {
   for (const ch of msg.channels || []) {
     const ring = ch.ring ? new InputRing(ch.ring) : null;
     const out = sinkFor(ch.out !== undefined ? ch.name : null);
-    if (ch.in !== undefined) byFd.set(ch.in, channelFd(ch.name, ring, ch.in === ch.out ? out : null, ch.blocking));
-    if (ch.out !== undefined && ch.out !== ch.in) byFd.set(ch.out, channelFd(ch.name, null, out, ch.blocking));
+    if (ch.in !== undefined) byFd.set(ch.in, channelFd(ring, ch.in === ch.out ? out : null, ch.blocking));
+    if (ch.out !== undefined && ch.out !== ch.in) byFd.set(ch.out, channelFd(null, out, ch.blocking));
   }
   for (const fd of [0, 1, 2]) {
     if (!byFd.has(fd)) {
       const out = fd === 0 ? null : sinkFor(fd === 2 ? (msg.stderr || 'stderr') : 'stdout');
-      byFd.set(fd, channelFd(`fd${fd}`, null, out, true));
+      byFd.set(fd, channelFd(null, out, true));
     }
   }
   const preopens = msg.preopens || ['/'];
