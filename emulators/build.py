@@ -20,6 +20,10 @@ Steps, in order (all cached; a second run with nothing changed takes seconds):
   c2w     emulators/c2w/build_image.py: Bochs 3.0 for WASI (x86_64) from Debian's
           source with our patches, the "debian-x86_64" image from Debian amd64
           packages, and the WASI probe program (about 2 minutes the first time).
+  qemu-wasm  emulators/qemu_wasm/build_standin.py: a stand-in for a user's QEMU-Wasm
+          build, made with Debian's emscripten 3.1.6 (-sMODULARIZE -sEXPORT_ES6
+          -sPROXY_TO_PTHREAD) and file_packager, laid out like a QEMU-Wasm build
+          directory in OUT/qemu_wasm/standin (seconds; the tests boot it).
   wheel   the pyapptron wheel itself into OUT/wheels (+ OUT/wheels/latest.json).
   snapshot  each image's boot snapshot (OUT/images/NAME/boot.snapshot): boots it
           cold once in headless Chromium and saves the machine state, cached under
@@ -62,7 +66,7 @@ DEFAULT_OUT = REPO / "build" / "assets"
 # machine (CI) builds in seconds instead of minutes.
 DEFAULT_CACHE = Path(os.environ.get("PYAPPTRON_CACHE")
                      or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pyapptron")
-STEPS = ("npm", "wheels", "adapters", "guest", "agent", "c2w", "wheel", "snapshot", "tools")
+STEPS = ("npm", "wheels", "adapters", "guest", "agent", "c2w", "qemu-wasm", "wheel", "snapshot", "tools")
 INDEX_NAME = "assets.json"
 # Content-addressed trees are not listed file by file in assets.json (tens of
 # thousands of entries, fetched at every boot): their own index names and sizes
@@ -92,6 +96,8 @@ NPM_FILES: dict[str, tuple[str, list[tuple[str, str]]]] = {
     ]),
     # The WASI preview1 implementation (in-memory files) under the c2w worker.
     "@bjorn3/browser_wasi_shim": ("c2w/browser_wasi_shim", [("*", "")]),
+    # The pty between a QEMU-Wasm build's console and pyapptron's (openpty()).
+    "xterm-pty": ("xterm-pty", [("index.mjs", "index.mjs"), ("LICENSE.txt?", "LICENSE.txt")]),
 }
 # Files of the pyodide package the npm step leaves alone once present in OUT:
 # the wheels step owns the patched lock.
@@ -492,6 +498,10 @@ def step_c2w(out: Path, cache: Path, manifest: dict, force: bool) -> str:
     return _run_image_builder(HERE / "c2w" / "build_image.py", out, cache, manifest)
 
 
+def step_qemu_wasm(out: Path, cache: Path, manifest: dict, force: bool) -> str:
+    return _run_image_builder(HERE / "qemu_wasm" / "build_standin.py", out, cache, manifest)
+
+
 # --------------------------------------------------------------------------
 # step: wheel (pyapptron itself)
 
@@ -742,7 +752,7 @@ def _refresh_index_subdir(out: Path, subdir: str) -> None:
 # --------------------------------------------------------------------------
 
 STEP_FUNCS = {"npm": step_npm, "wheels": step_wheels, "adapters": step_adapters, "guest": step_guest,
-              "agent": step_agent, "c2w": step_c2w, "wheel": step_wheel, "snapshot": step_snapshot,
+              "agent": step_agent, "c2w": step_c2w, "qemu-wasm": step_qemu_wasm, "wheel": step_wheel, "snapshot": step_snapshot,
               "tools": step_tools}
 
 

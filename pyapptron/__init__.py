@@ -26,6 +26,7 @@ from .errors import (
     InvalidOption,
     MachineClosed,
     NotIsolated,
+    IncompleteBuild,
     NotSupported,
     PersistDamaged,
     PersistError,
@@ -53,7 +54,7 @@ DEFAULT_BOOT_TIMEOUT = 120.0
 __all__ = [
     "boot", "images", "available_emulators", "Machine", "CompletedProcess", "Capabilities",
     "Console", "DirEntry", "PyapptronError", "UnknownEmulator", "ImageNotFound", "InvalidOption",
-    "AssetsMissing", "BootError", "NotIsolated", "NotSupported", "MachineClosed", "AgentError", "CommandTooLong",
+    "AssetsMissing", "BootError", "NotIsolated", "IncompleteBuild", "NotSupported", "MachineClosed", "AgentError", "CommandTooLong",
     "TimeoutExpired", "CalledProcessError", "WaitTimeout", "ConsoleEOF", "BrowserError",
     "Persist", "PersistError", "PersistLocked", "PersistQuotaExceeded", "PersistDamaged",
     "snapshots", "SnapshotInfo", "SnapshotError", "SnapshotNotFound", "SnapshotMismatch", "SnapshotCorrupt",
@@ -78,8 +79,10 @@ async def boot(
     were built) in well under a second instead of booting its kernel; `cold=True` boots
     for real. A missing, damaged or stale boot snapshot means a cold boot and a warning.
 
-    emulator: a name from available_emulators(): "v86" (32-bit x86) or "c2w" (x86_64
-        through WASI; the page must be cross-origin isolated, see NotIsolated).
+    emulator: a name from available_emulators(): "v86" (32-bit x86), "c2w" (x86_64
+        through WASI; the page must be cross-origin isolated, see NotIsolated) or
+        "qemu-wasm" (a user's QEMU-Wasm build: boot("qemu-wasm", build=URL, kernel=...);
+        see pyapptron.backends.qemu_wasm and the README).
     image: a built image for that emulator; images() lists them. Default: "minimal"
         for v86, "debian-x86_64" for c2w.
     memory_mib: guest RAM (default: the image's).
@@ -124,7 +127,7 @@ async def boot(
     assets = await Assets.load(assets_url)
     spec = await assets.image(emulator, image) if cls.needs_image(options) else None
     if spec is None:
-        image = "(own module)"
+        image = cls.default_image if cls.default_image.startswith("(") else "(own module)"
     backend = cls(assets, spec, memory_mib, persist=persist_spec, **options)
     if resume is not None:
         source = await snapshots.chosen(backend, resume)

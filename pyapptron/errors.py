@@ -35,8 +35,17 @@ class BootError(PyapptronError, RuntimeError):
 
 
 class NotIsolated(BootError):
-    """The page is not cross-origin isolated (no SharedArrayBuffer), which the c2w
-    emulator needs: serve it with COOP/COEP headers (`python -m pyapptron serve` does)."""
+    """The page is not cross-origin isolated (no SharedArrayBuffer), which the c2w and
+    qemu-wasm emulators need: serve it with COOP/COEP headers (`python -m pyapptron serve` does)."""
+
+
+class IncompleteBuild(BootError, FileNotFoundError):
+    """A user's emulator build (boot("qemu-wasm", build=URL)) lacks files it needs;
+    `missing` names them, and the message says how to make them."""
+
+    def __init__(self, message: str, missing: list[str] | None = None):
+        super().__init__(message)
+        self.missing = list(missing or [])
 
 
 class NotSupported(PyapptronError, NotImplementedError):

@@ -15,6 +15,7 @@ from . import snapshots
 from .agent import AgentClient, DirEntry
 from .backends import Backend, Capabilities
 from .console import Console
+from .console_exec import ConsoleExec
 from .persist import PersistedFiles
 from .errors import (AgentError, BootError, CalledProcessError, InvalidOption, MachineClosed, NotSupported,
                      SnapshotCorrupt, TimeoutExpired)
@@ -68,6 +69,10 @@ class Machine:
         #: The exit status of the emulated program, once it ended by itself (c2w's modules).
         self.returncode: int | None = None
         self._agent = AgentClient(backend.write_agent)
+        #: Guests without the agent but with a shell on the console (qemu-wasm): vm.run
+        #: types framed command lines there instead (pyapptron.console_exec).
+        self._console_exec = (ConsoleExec(self.console, backend.console_prompt)
+                              if getattr(backend, "exec_transport", "agent") == "console" else None)
         self._closed = False
         self.boot_seconds: float | None = None
         self._persist: PersistedFiles | None = None
@@ -129,14 +134,20 @@ class Machine:
             self.resumed_from = resume.label
             return
         if self.capabilities.exec:
-            ready = asyncio.ensure_future(self._agent.wait_ready())
+            if self._console_exec is not None:
+                ready = asyncio.ensure_future(self._console_exec.wait_ready(None))
+            else:
+                ready = asyncio.ensure_future(self._agent.wait_ready())
             waits = [ready] + ([exit_future] if exit_future is not None else [])
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if not ready.done():
+            stopped = exit_future is not None and exit_future.done() and not exit_future.cancelled()
+            if not ready.done() or (stopped and ready.exception() is not None):
                 ready.cancel()
                 code, log = exit_future.result()
+                console = self.console.transcript[-1500:].decode(errors="replace")
                 raise BootError(f"the emulator stopped (exit status {code}) before the guest was ready; "
-                                f"its last messages: {log[-1500:]!r}")
+                                f"its last messages: {log[-1500:]!r}"
+                                + (f"; the console's last output: {console!r}" if console else ""))
             ready.result()
 
     def _emulator_log(self) -> str:
@@ -153,6 +164,8 @@ class Machine:
         self.returncode = code
         self.console.close(f"the program exited with status {code}")
         self._agent.close(MachineClosed(f"the emulator stopped (exit status {code})"))
+        if self._console_exec is not None:
+            self._console_exec.close(MachineClosed(f"the emulator stopped (exit status {code})"))
 
     async def wait(self, timeout: float | None = None) -> int:
         """Wait for the emulated program to end by itself and return its exit status
@@ -277,6 +290,8 @@ class Machine:
             await self._persist.close()
         self._closed = True
         self._agent.close(MachineClosed("the machine was shut down"))
+        if self._console_exec is not None:
+            self._console_exec.close(MachineClosed("the machine was shut down"))
         self.console.close()
         await self.backend.stop()
 
@@ -329,6 +344,8 @@ class Machine:
             input = input.encode(enc)
         elif input is not None and not isinstance(input, (bytes, bytearray, memoryview)):
             raise InvalidOption(f"input must be bytes or str, not {type(input).__name__}")
+        if self._console_exec is not None:
+            return await self._run_on_console(args, timeout, input, cwd, env, check, decode, enc, errors)
         requests: list = []
         task = asyncio.ensure_future(
             self._agent.exec(argv, input=None if input is None else bytes(input), cwd=cwd, env=env,
@@ -350,6 +367,25 @@ class Machine:
         if check and result.status != 0:
             raise CalledProcessError(result.status, args, stdout, stderr)
         return CompletedProcess(args, result.status, stdout, stderr)
+
+    async def _run_on_console(self, args, timeout, input, cwd, env, check, decode, enc, errors) -> CompletedProcess:
+        """run() on a guest without the agent: through its console shell. Output is
+        stdout and stderr merged, as the terminal shows it (stderr is empty)."""
+        if input is not None:
+            raise NotSupported(f"{self.emulator} runs commands through the guest's console, which has no "
+                               "separate stdin: input= needs a guest with pyapptron's agent (see the README)")
+        if isinstance(args, bytes) or (not isinstance(args, str) and any(isinstance(a, bytes) for a in args)):
+            raise InvalidOption("over the console, run() takes str commands, not bytes")
+        status, output, timed_out = await self._console_exec.run(args if isinstance(args, str) else list(args),
+                                                                 timeout=timeout, cwd=cwd, env=env)
+        if timed_out:
+            raise TimeoutExpired(args, timeout, _maybe_decode(output, decode, enc, "replace"),
+                                 _maybe_decode(b"", decode, enc, "replace"))
+        stdout = _maybe_decode(output, decode, enc, errors)
+        stderr = _maybe_decode(b"", decode, enc, errors)
+        if check and status != 0:
+            raise CalledProcessError(status, args, stdout, stderr)
+        return CompletedProcess(args, status, stdout, stderr)
 
     async def _kill(self, task: asyncio.Future, requests: list) -> None:
         """SIGKILL the command's process group and wait (briefly) for its exit."""

@@ -14,7 +14,7 @@ def boot(*args, **kwargs):
 
 
 def test_unknown_emulator_lists_the_available_ones():
-    with pytest.raises(pyapptron.UnknownEmulator, match="available: c2w, v86"):
+    with pytest.raises(pyapptron.UnknownEmulator, match="available: c2w, qemu-wasm, v86"):
         boot("qemu-nonexistent")
 
 

@@ -173,7 +173,7 @@ def test_console_wait_for_times_out_with_the_output_seen(vm):
 def test_boot_errors_name_what_is_available(pyapptron_session):
     with pytest.raises(pyapptron.ImageNotFound, match="available: .*minimal"):
         pyapptron_session.boot("v86", "no-such-image")
-    with pytest.raises(pyapptron.UnknownEmulator, match="available: c2w, v86"):
+    with pytest.raises(pyapptron.UnknownEmulator, match="available: c2w, qemu-wasm, v86"):
         pyapptron_session.boot("no-such-emulator")
     with pytest.raises(pyapptron.InvalidOption, match="memory_mib"):
         pyapptron_session.boot("v86", "minimal", memory_mib=16)

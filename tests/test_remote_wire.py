@@ -22,7 +22,7 @@ def test_bytes_survive_the_json_wire_nested():
 
 def test_page_side_errors_come_back_as_the_same_type():
     answer = handle({"op": "boot", "args": {"emulator": "nope"}})
-    with pytest.raises(pyapptron.UnknownEmulator, match="available: c2w, v86"):
+    with pytest.raises(pyapptron.UnknownEmulator, match="available: c2w, qemu-wasm, v86"):
         _raise(answer["error"])
 
 

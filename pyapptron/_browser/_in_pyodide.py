@@ -10,7 +10,7 @@ import js  # type: ignore[import-not-found]
 from pyodide.code import run_js  # type: ignore[import-not-found]
 from pyodide.ffi import JsProxy, create_proxy, to_js  # type: ignore[import-not-found]
 
-from ..errors import AssetsMissing, BootError, NotIsolated, PersistLocked, SnapshotCorrupt
+from ..errors import AssetsMissing, BootError, IncompleteBuild, NotIsolated, PersistLocked, SnapshotCorrupt
 
 _import = run_js("(url) => import(url)")
 
@@ -45,6 +45,21 @@ async def fetch_bytes(url: str) -> bytes:
     if not response.ok:
         raise AssetsMissing(f"{url} answered HTTP {response.status}: build the assets with `python emulators/build.py`")
     return (await response.arrayBuffer()).to_bytes()
+
+
+async def probe_urls(urls: list[str], text: bool = False) -> dict[str, tuple[int, str | None]]:
+    """{url: (HTTP status, body text if text=True and found)} for each URL, fetched at
+    once. Status 0: the request itself failed (no server, blocked by the page's policy)."""
+
+    async def one(url: str):
+        try:
+            response = await js.fetch(url, _js_object({"method": "GET" if text else "HEAD", "cache": "no-store"}))
+        except Exception:
+            return url, (0, None)
+        body = await response.text() if (text and response.ok) else None
+        return url, (int(response.status), body)
+
+    return dict(await asyncio.gather(*(one(u) for u in urls)))
 
 
 def _js_buffer(data):
@@ -294,6 +309,9 @@ async def start_emulator(adapter_url: str, options: dict, on_console, on_agent,
         raise
     except Exception as exc:
         destroy_proxies()
+        if "IncompleteBuild:" in str(exc):
+            message = str(exc).split("IncompleteBuild:", 1)[1].strip()
+            raise IncompleteBuild(message, [message]) from None
         if "NotIsolated:" in str(exc):
             raise NotIsolated(str(exc).split("NotIsolated:", 1)[1].strip()) from None
         if "SnapshotCorrupt" in str(exc):

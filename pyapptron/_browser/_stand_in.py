@@ -39,6 +39,10 @@ async def fetch_bytes(url: str) -> bytes:
     raise NotSupported(_WHY)
 
 
+async def probe_urls(urls, text=False) -> dict:
+    raise NotSupported(_WHY)
+
+
 def js_bytes(value):
     return value
 

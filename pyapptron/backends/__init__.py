@@ -111,6 +111,7 @@ class Backend(abc.ABC):
 _REGISTRY = {
     "v86": "pyapptron.backends.v86:V86Backend",
     "c2w": "pyapptron.backends.c2w:C2WBackend",
+    "qemu-wasm": "pyapptron.backends.qemu_wasm:QemuWasmBackend",
 }
 
 
