@@ -60,4 +60,15 @@ async with await pyapptron.boot("c2w", image="debian-x86_64") as vm64:
     r = await vm64.run("uname -m; uname -r")
     print(r.stdout.decode(), vm64.capabilities.arch)
     assert r.stdout.startswith(b"x86_64\n")
+
+# %% Your own QEMU-Wasm build: serve its directory (out.js, its .wasm, load-*.js packages)
+# beside the page, e.g. `python -m pyapptron serve --mount /qemu/=DIR`, and point boot at
+# it. Here: the stand-in the asset step builds (not QEMU: it keeps QEMU-Wasm's contract).
+from pyapptron import _browser
+build = _browser.default_assets_url() + "qemu_wasm/standin/"
+async with await pyapptron.boot("qemu-wasm", build=build, packages=["load-rom.js", "load-kernel.js"],
+                                kernel="/pack/standin-kernel.bin", append="quiet") as qvm:
+    r = await qvm.run("uname -m")     # typed into the guest's shell on ttyS0, output between markers
+    print(r.stdout.decode(), qvm.capabilities.as_dict())
+    assert r.stdout == b"x86_64\n"
 result = "notebook done"

@@ -37,9 +37,8 @@ def build_url(pyapptron_server):
 
 @pytest.fixture(scope="module")
 def vm(session, build_url):
-    vm = session.boot("qemu-wasm", build=build_url, packages=PACKAGES, kernel=KERNEL, append="quiet")
-    yield vm
-    vm.shutdown()
+    # Released with the page: the last tests take the browser to other pages.
+    return session.boot("qemu-wasm", build=build_url, packages=PACKAGES, kernel=KERNEL, append="quiet")
 
 
 def test_boot_gives_a_machine_with_exec_over_the_console(vm):
@@ -177,7 +176,19 @@ def test_the_backend_is_listed(session):
     assert QemuWasmBackend.exec_transport == "console"
 
 
-# Last: it takes the browser to another page.
+# Last: these take the browser to other pages.
+def test_the_terminal_page_boots_a_build_named_in_its_query(pyapptron_browser, pyapptron_server):
+    from pyapptron.host.browser import terminal_text
+
+    url = (pyapptron_server.url + "web/index.html?emulator=qemu-wasm&build=/assets/qemu_wasm/standin/"
+           "&packages=load-rom.js,load-kernel.js&kernel=/pack/standin-kernel.bin&append=from-the-page")
+    page = RemoteSession(pyapptron_browser, url, autoboot=True)
+    vm = page.page_machine()
+    assert vm.run("uname -m").stdout == b"x86_64\n"
+    text = terminal_text(pyapptron_browser.driver)
+    assert "Command line: console=ttyS0 from-the-page" in text and "~ #" in text
+
+
 def test_a_page_without_cross_origin_isolation_gets_a_clear_error(pyapptron_browser, build_url):
     with PageServer(0, isolated=False) as server:
         plain = RemoteSession(pyapptron_browser, server.url)

@@ -133,3 +133,12 @@ def test_a_classic_script_build_and_a_missing_bios_are_explained():
     text = str(err.value)
     assert "is not an ES module" in text and "-sEXPORT_ES6=1" in text
     assert "bios-256k.bin in -L /pack/" in text
+
+
+def test_serve_mounts_a_build_directory_beside_the_page(tmp_path):
+    from pyapptron.host.cli import parse_mounts
+
+    assert parse_mounts([f"/qemu={tmp_path}"]) == {"/qemu/": tmp_path.resolve()}
+    for bad in ("qemu=/tmp", f"/assets/={tmp_path}", "/qemu/=/no/such/dir", "/qemu/"):
+        with pytest.raises(SystemExit, match="--mount"):
+            parse_mounts([bad])

@@ -61,13 +61,15 @@ async function loadXterm(assetsUrl) {
  * element to show the console in), assetsUrl, onStatus(text), persist (true or a store
  * name: keep /root, /persist and installed packages in IndexedDB across reloads),
  * cold (true: boot the kernel instead of resuming the image's boot snapshot), resume
- * (the name of a snapshot kept by vm.snapshot(name), or its bytes as a Uint8Array).
+ * (the name of a snapshot kept by vm.snapshot(name), or its bytes as a Uint8Array),
+ * options (the backend's own keyword options, e.g. for "qemu-wasm": {build, packages,
+ * kernel, initrd, disk, append, args}; bytes as Uint8Array).
  * Resolves to {vm, pyodide, terminal, run(cmd), snapshot(name), shutdown()}.
  */
 export async function boot({
   emulator = "v86", image = null, memoryMib = null, terminal = null,
   assetsUrl = defaultAssets, onStatus = null, terminalOptions = {}, persist = null,
-  cold = false, resume = null,
+  cold = false, resume = null, options = {},
 } = {}) {
   const pyodide = await loadPyapptron({ assetsUrl, onStatus });
   let term = null;
@@ -89,6 +91,11 @@ export async function boot({
   if (persist) kwargs.persist = persist;
   if (cold) kwargs.cold = true;
   if (resume) kwargs.resume = resume;
+  for (const [key, value] of Object.entries(options || {})) {
+    // Lists and dicts become Python's; strings, numbers and byte arrays pass as they are.
+    const plain = Array.isArray(value) || (value && Object.getPrototypeOf(value) === Object.prototype);
+    kwargs[key] = plain ? pyodide.toPy(value) : value;
+  }
   const vm = await pyboot.callKwargs(emulator, kwargs);
   let detach = null;
   if (term) {

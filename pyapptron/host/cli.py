@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import sys
 import time
+from pathlib import Path
 
 from ..errors import InvalidOption, PyapptronError, TimeoutExpired
 
@@ -52,10 +53,25 @@ def booted(args):
                 vm.shutdown()
 
 
+def parse_mounts(specs: list[str]) -> dict[str, Path]:
+    """serve --mount /qemu/=DIR ...: {"/qemu/": DIR}, checked."""
+    mounts = {}
+    for spec in specs:
+        path, sep, directory = spec.partition("=")
+        if not sep or not path.startswith("/") or path in ("/", "/web/", "/assets/", "/examples/"):
+            raise SystemExit(f"pyapptron serve: --mount {spec!r}: write it as /URLPATH/=DIRECTORY, e.g. "
+                             "--mount /qemu/=./qemu-build (not over /, /web/, /assets/ or /examples/)")
+        if not Path(directory).is_dir():
+            raise SystemExit(f"pyapptron serve: --mount {spec!r}: {directory} is not a directory")
+        mounts[path.rstrip("/") + "/"] = Path(directory).resolve()
+    return mounts
+
+
 def cmd_serve(args) -> int:
     from .server import PageServer
 
-    server = PageServer(args.port, isolated=not args.no_isolation, host=args.host)
+    server = PageServer(args.port, isolated=not args.no_isolation, host=args.host,
+                        extra_roots=parse_mounts(args.mount))
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"pyapptron: the page and its assets are served to the network on {args.host} "
               "(for browsers on other machines, e.g. a Selenium Grid's nodes)", file=sys.stderr)
@@ -173,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1", metavar="ADDRESS",
                    help="address to listen on (default 127.0.0.1; 0.0.0.0 serves the network, for a Selenium Grid)")
     p.add_argument("--no-isolation", action="store_true", help="do not send COOP/COEP headers")
+    p.add_argument("--mount", action="append", default=[], metavar="/PATH/=DIR",
+                   help="also serve DIR at /PATH/ (with the same headers), e.g. a QEMU-Wasm build: "
+                        "--mount /qemu/=./build-dir, then boot('qemu-wasm', build='/qemu/', ...)")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("lab", help="build (offline) and serve a JupyterLite site whose notebooks boot VMs")
     p.add_argument("--port", type=int, default=8087)
