@@ -21,7 +21,10 @@ in JupyterLite to its first vm.run answered. For the pytest plugin: the per-test
 of a fresh `vm`, resumed or cold, locally and through a Selenium Grid. For c2w (x86_64
 Bochs on WASI in a Web Worker, image debian-x86_64; not in the default run): cold boot to
 exec-ready with the adapter's timings, the run("true") round trip, 1 MB each way through
-run() and through write_file/read_file, and the emulated CPU's real instruction rate.
+run() and through write_file/read_file, and the emulated CPU's real instruction rate. For
+qemu-wasm (the asset step's stand-in for a QEMU-Wasm build, vm.run framed over its console;
+not in the default run): cold boot to the shell prompt with the adapter's timings, the
+run("true") round trip, `cat` of a 1 MB file through the console, and shutdown.
 Nothing here is asserted: targets
 are in the README and the closing notes, measurements here.
 """
@@ -370,6 +373,63 @@ def bench_c2w(server, boots: int = 3, rounds: int = 20, repeats: int = 3, loop: 
                      "note": "MIPS = guest_s * ips / wall_s; capped at ips/1e6 by clock: sync=slowdown"},
     }
 
+
+# qemu-wasm: not a real QEMU but the asset step's stand-in (an Emscripten program with a shell
+# on its console), so these figures are pyapptron's side: the adapter and console framing.
+QEMU_WASM_BOOT = {"packages": ["load-rom.js", "load-kernel.js"], "kernel": "/pack/standin-kernel.bin"}
+
+
+def bench_qemu_wasm(server, rounds: int = 200, boots: int = 5, repeats: int = 3) -> dict:
+    """qemu-wasm from CPython, in one page (each machine gets an iframe of its own, so every
+    boot is cold; after the first the build comes from the HTTP cache): boots each followed by
+    shutdown, then exec latency and console output throughput on one booted with a 1 MB file."""
+    build = server.url + "assets/qemu_wasm/standin/"
+    line = b"0123456789abcdef" * 4 + b"\n"  # LF only: the framing turns CR LF back into exactly this
+    big = line * (1_000_000 // len(line))
+    med = statistics.median
+    boot, wall, down = [], [], []
+    with Browser() as browser:
+        session = RemoteSession(browser, server.url)
+        for i in range(boots + 1):
+            files = {"files": {"/pack/big.txt": big}} if i == boots else {}
+            t = time.perf_counter()
+            vm = session.boot("qemu-wasm", build=build, **QEMU_WASM_BOOT, **files)
+            if files:
+                break  # the one with the file is measured below, not counted as a plain boot
+            wall.append(time.perf_counter() - t)
+            boot.append(vm.boot_seconds)
+            if i == 0:
+                timings = session.python(f"result = machines[{vm.id}].backend.timings()")
+            t = time.perf_counter()
+            vm.shutdown()
+            down.append(time.perf_counter() - t)
+        assert vm.run("true").returncode == 0  # warm the path
+        rt = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            vm.run("true")
+            rt.append((time.perf_counter() - t) * 1000)
+        cat_s = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            r = vm.run(["cat", "/pack/big.txt"], timeout=600)
+            cat_s.append(time.perf_counter() - t)
+            assert r.returncode == 0 and len(r.stdout) == len(big), (r.returncode, len(r.stdout))
+        t = time.perf_counter()
+        vm.shutdown()
+        down.append(time.perf_counter() - t)
+    return {
+        "build": "stand-in (emulators/qemu_wasm/standin), not a real QEMU-Wasm",
+        "cold_boot_to_exec_ready_s": {"median": round(med(boot), 3), "first": round(boot[0], 3),
+                                      "min": round(min(boot), 3), "max": round(max(boot), 3), "n": boots},
+        "cold_boot_call_wall_s_median": round(med(wall), 3),
+        "adapter_timings_s_first": {k: round(v, 3) for k, v in timings.items()},
+        "roundtrip_true_ms": {"median": round(med(rt), 2), "p95": round(pct(rt, 0.95), 2), "n": len(rt)},
+        "run_cat_1MB_console": {"bytes": len(big), "s_median": round(med(cat_s), 3),
+                                "MBps": round(len(big) / 1e6 / med(cat_s), 3), "n": repeats},
+        "shutdown_s": {"median": round(med(down), 3), "max": round(max(down), 3), "n": len(down)},
+    }
+
 # Persistence: a store of 50 MB in 20,000 files (made once, by import), then the figures.
 PERSIST_MAKE = """
 import io, random, tarfile, time
@@ -603,7 +663,8 @@ def main() -> int:
                     help="what to measure (comma-separated): minimal, agent, persist (a 50 MB / 20,000-file store), "
                          "mcp, snapshot (resume vs cold boot, both images), lab (JupyterLite notebook), "
                          "fixture (the pytest vm fixture per test: resumed, cold, through a Grid), "
-                         "c2w (x86_64 Bochs on WASI: cold boot, exec, 1 MB each way, real MIPS)")
+                         "c2w (x86_64 Bochs on WASI: cold boot, exec, 1 MB each way, real MIPS), "
+                         "qemu-wasm (the stand-in build: cold boot, exec and 1 MB out over the console)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     args = ap.parse_args()
     images = set(args.images.split(","))
@@ -631,6 +692,7 @@ def main() -> int:
         ("lab", "lab", bench_lab),
         ("fixture", "pytest_fixture", bench_fixture),
         ("c2w", "c2w", lambda: bench_c2w(server)),
+        ("qemu-wasm", "qemu_wasm", lambda: bench_qemu_wasm(server, args.rounds)),
     ]
     with PageServer(extra_roots={"/bench/": HERE}) as server:
         for name, key, measure in sections:
