@@ -384,8 +384,8 @@ def bench_qemu_wasm(server, rounds: int = 200, boots: int = 5, repeats: int = 3)
     boot is cold; after the first the build comes from the HTTP cache): boots each followed by
     shutdown, then exec latency and console output throughput on one booted with a 1 MB file."""
     build = server.url + "assets/qemu_wasm/standin/"
-    line = b"0123456789abcdef" * 4 + b"\n"  # LF only: the framing turns CR LF back into exactly this
-    big = line * (1_000_000 // len(line))
+    # 64-byte lines with LF only: the framing turns the console's CR LF back into exactly this.
+    big = ((b"0123456789abcdef" * 4)[:63] + b"\n") * (1_000_000 // 64)
     med = statistics.median
     boot, wall, down = [], [], []
     with Browser() as browser:

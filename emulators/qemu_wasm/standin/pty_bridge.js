@@ -52,7 +52,10 @@ mergeInto(LibraryManager.library, {
   standin_pty_watch_signals__sig: 'vi',
   standin_pty_watch_signals: function(counter) {
     Module['pty'].onSignal(function(name) {
-      if (name === 'SIGINT') Atomics.add(HEAP32, counter >> 2, 1);
+      if (name === 'SIGINT') {
+        Atomics.add(HEAP32, counter >> 2, 1);
+        Atomics.notify(HEAP32, counter >> 2);
+      }
     });
   },
 
@@ -65,13 +68,5 @@ mergeInto(LibraryManager.library, {
     var ECHO = 8;
     var lflag = on ? (t.lflag | ECHO) : (t.lflag & ~ECHO);
     pty.ioctl('TCSETS', { iflag: t.iflag, oflag: t.oflag, cflag: t.cflag, lflag: lflag, cc: t.cc });
-  },
-
-  // The terminal's size as rows * 65536 + cols.
-  standin_pty_winsize__proxy: 'sync',
-  standin_pty_winsize__sig: 'i',
-  standin_pty_winsize: function() {
-    var ws = Module['pty'].ioctl('TIOCGWINSZ');
-    return ws[0] * 65536 + ws[1];
   },
 });

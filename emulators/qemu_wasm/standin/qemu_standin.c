@@ -46,14 +46,19 @@ static void con_write(const char *s, size_t n) {
     }
 }
 
+/* printf into buf (4096 bytes), cut to fit; returns the length. */
+static size_t vformat(char *buf, const char *fmt, va_list ap) {
+    int n = vsnprintf(buf, 4096, fmt, ap);
+    return n < 0 ? 0 : n > 4095 ? 4095 : (size_t)n;
+}
+
 static void con_printf(const char *fmt, ...) {
     char buf[4096];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    size_t n = vformat(buf, fmt, ap);
     va_end(ap);
-    if (n > (int)sizeof buf - 1) n = (int)sizeof buf - 1;
-    con_write(buf, (size_t)n);
+    con_write(buf, n);
 }
 
 /* ---- console input ----------------------------------------------------------- */
@@ -271,10 +276,9 @@ static void out_printf(int fd, const char *fmt, ...) {
     char buf[4096];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    size_t n = vformat(buf, fmt, ap);
     va_end(ap);
-    if (n > (int)sizeof buf - 1) n = (int)sizeof buf - 1;
-    out_write(fd, buf, (size_t)n);
+    out_write(fd, buf, n);
 }
 
 /* A guest path as the Emscripten FS path it is (9p mounts map onto -virtfs dirs). */
