@@ -7,7 +7,7 @@ raw control bytes (RS, 0x1e) only in what the command prints, never in the shell
 echo of the line being typed, and carry a random id, so output of another command
 cannot end this one.
 
-    printf '\\036S%s\\036\\n' ID; ( CMD ) </dev/null 2>&1; printf '\\036E%s:%d\\036\\n' ID $?
+    printf '\\036S%s\\036\\n' ID; ( sh -c 'CMD' ) </dev/null 2>&1; printf '\\036E%s:%d\\036\\n' ID $?
 
 What this gives up, compared with the agent (capabilities say exec, the README says
 which): stdout and stderr arrive merged, as a terminal shows them, with the line
@@ -40,21 +40,23 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 def shell_line(args: str | Sequence[str], token: str, *, cwd: str | None = None,
                env: Mapping[str, str] | None = None) -> str:
-    """The line typed into the console to run `args` (a shell string or an argv list)."""
+    """The line typed into the console to run `args` (a shell string or an argv list).
+
+    A shell string runs under `sh -c`, quoted: however broken its syntax, the typed
+    line parses, so the status line always comes (sh reports the error, status 2)."""
     if isinstance(args, str):
-        command = args
+        if not args.strip():
+            raise InvalidOption("run() needs a command, not an empty string")
+        command = "sh -c " + shlex.quote(args)
     elif isinstance(args, Sequence) and args and all(isinstance(a, str) for a in args):
         command = " ".join(shlex.quote(a) for a in args)
     else:
         raise InvalidOption(f"run() over the console takes a shell string or a list of strings, not {args!r}")
-    if not command.strip():
-        raise InvalidOption("run() needs a command, not an empty string")
     if env is not None:
         bad = [k for k in env if not isinstance(k, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
         if bad or not all(isinstance(v, str) for v in env.values()):
             raise InvalidOption(f"env must map variable names to strings; bad names: {bad!r}")
-        assigns = " ".join(shlex.quote(f"{k}={v}") for k, v in env.items())
-        command = f"env -i {assigns + ' ' if assigns else ''}sh -c {shlex.quote(command)}"
+        command = " ".join(["env", "-i", *(shlex.quote(f"{k}={v}") for k, v in env.items()), command])
     if cwd is not None:
         if not isinstance(cwd, str) or not cwd:
             raise InvalidOption(f"cwd must be a non-empty path string, not {cwd!r}")
@@ -62,10 +64,8 @@ def shell_line(args: str | Sequence[str], token: str, *, cwd: str | None = None,
     if _CONTROL.search(command):
         raise InvalidOption("a command run over the console cannot hold control characters "
                             "(other than tab and newline); use a guest with pyapptron's agent for that")
-    # A trailing comment or a newline in the command would swallow the closing
-    # parenthesis on the same line: close the group on a line of its own then.
-    close = "\n)" if ("\n" in command or "#" in command) else " )"
-    return (f"printf '\\036S%s\\036\\n' {token}; ( {command}{close} </dev/null 2>&1; "
+    # The group keeps `cd` (and an argv's `exit`) from touching the console's own shell.
+    return (f"printf '\\036S%s\\036\\n' {token}; ( {command} ) </dev/null 2>&1; "
             f"printf '\\036E%s:%d\\036\\n' {token} $?")
 
 

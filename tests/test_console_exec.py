@@ -128,6 +128,17 @@ def test_multi_line_commands_and_comments(on_shell):
     on_shell(check)
 
 
+def test_a_command_the_shell_cannot_parse_fails_instead_of_hanging(on_shell):
+    async def check(shell):
+        for broken in ("echo 'unterminated", "( echo", "if true; then"):
+            status, out, timed_out = await shell.run(broken, timeout=10)
+            assert status == 2 and not timed_out and b"sh: " in out
+        status, out, _ = await shell.run("echo fine")
+        assert (status, out) == (0, b"fine\n")
+
+    on_shell(check)
+
+
 def test_a_timeout_interrupts_the_command_and_the_shell_stays_usable(on_shell):
     async def check(shell):
         status, out, timed_out = await shell.run("echo started; sleep 30", timeout=1)
