@@ -275,3 +275,30 @@ def test_an_agent_gets_an_x86_64_machine_with_exec_and_files_but_no_snapshot_too
         assert (result["structuredContent"]["stderr"], result["structuredContent"]["exit_code"]) == ("err\n", 3)
     finally:
         assert mcp.close() == 0
+
+
+@pytest.mark.browser
+def test_an_agent_gets_a_qemu_wasm_build_with_exec_through_its_console():
+    mcp = McpProcess("--headless", "--emulator", "qemu-wasm", "--option", "build=/assets/qemu_wasm/standin/",
+                     "--option", "packages=load-rom.js,load-kernel.js", "--option", "kernel=/pack/standin-kernel.bin")
+    try:
+        mcp.request("initialize", INIT, timeout=120)
+        mcp.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        tools = {t["name"] for t in mcp.request("tools/list")["result"]["tools"]}
+        assert tools == {"exec"}  # no agent in the guest: no file or snapshot tools
+        result = mcp.call("exec", {"command": "uname -m; echo err >&2; exit 3"})
+        # Over the console the two streams arrive merged.
+        assert result["structuredContent"]["stdout"] == "x86_64\nerr\n"
+        assert result["structuredContent"]["exit_code"] == 3
+    finally:
+        assert mcp.close() == 0
+
+
+def test_mcp_refuses_page_options_the_emulator_does_not_take():
+    from pyapptron.host.mcp_bridge import page_boot_options
+
+    assert page_boot_options("qemu-wasm", ["build=/q/", "append=a b"]) == ["build=/q/", "append=a%20b"]
+    with pytest.raises(SystemExit, match="qemu-wasm takes build="):
+        page_boot_options("qemu-wasm", ["bogus=1"])
+    with pytest.raises(SystemExit, match="v86 has no options"):
+        page_boot_options("v86", ["build=/q/"])

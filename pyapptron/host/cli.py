@@ -215,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
                                    "on stderr.")
     _browser_args(p)
     p.add_argument("--headless", action="store_true", help="open the page in headless Chromium (no window needed)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a backend option for the page's boot; qemu-wasm: build=URL, packages=load-rom.js,load-kernel.js, "
+                        "kernel=, initrd=, disk=, append=, main=")
+    p.add_argument("--mount", action="append", default=[], metavar="/PATH/=DIR",
+                   help="also serve DIR at /PATH/ beside the page (a QEMU-Wasm build directory)")
     p.add_argument("--port", type=int, default=0, help="WebSocket port on 127.0.0.1 (default: any free port)")
     p.add_argument("--page-port", type=int, default=0, help="port the page is served on (default: any free port)")
     p.add_argument("--connect-timeout", type=float, default=120.0, metavar="S",

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from ..mcp.server import INVALID_REQUEST, MAX_MESSAGE_BYTES
 
@@ -30,6 +31,23 @@ from ..mcp.server import INVALID_REQUEST, MAX_MESSAGE_BYTES
 NO_PAGE = -32000
 HELLO_TIMEOUT_S = 10.0
 
+
+#: Backend options the terminal page takes from its query string (web/index.html).
+PAGE_OPTIONS = {"qemu-wasm": ("build", "packages", "kernel", "initrd", "disk", "append", "main")}
+
+
+def page_boot_options(emulator: str, options: list[str]) -> list[str]:
+    """--option KEY=VALUE ... as the page's query parameters (qemu-wasm: build=, packages=a.js,b.js, ...)."""
+    allowed = PAGE_OPTIONS.get(emulator, ())
+    query = []
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep or key not in allowed:
+            raise SystemExit(f"pyapptron mcp: --option {option!r}: " + (
+                f"{emulator} takes {', '.join(k + '=' for k in allowed)}" if allowed
+                else f"{emulator} has no options for the page; they are for --emulator qemu-wasm"))
+        query.append(f"{key}={quote(value, safe='/,:')}")
+    return query
 
 def log(text: str) -> None:
     print(f"pyapptron mcp: {text}", file=sys.stderr, flush=True)
@@ -288,7 +306,10 @@ async def serve(args) -> int:
         port = profile_port(args.profile)
     elif args.page_port:
         port = args.page_port
-    page_server = PageServer(port).start()
+    from .cli import parse_mounts
+
+    boot_query = page_boot_options(args.emulator, getattr(args, "option", []))
+    page_server = PageServer(port, extra_roots=parse_mounts(getattr(args, "mount", []))).start()
     page_origin = f"http://127.0.0.1:{page_server.port}"
     config = BridgeConfig(origins=[page_origin, f"http://localhost:{page_server.port}", *args.allow_origin],
                           connect_timeout=args.connect_timeout,
@@ -314,6 +335,7 @@ async def serve(args) -> int:
                 query.append(f"persist={args.persist}")
             if getattr(args, "cold", False):
                 query.append("cold=1")
+            query += boot_query
             bridge.url_for_humans = f"{page_origin}/web/index.html?{'&'.join(query)}#mcp-token={config.token}"
             threading.Thread(target=_stdin_lines, args=(loop, bridge, stop), daemon=True,
                              name="pyapptron-mcp-stdin").start()
