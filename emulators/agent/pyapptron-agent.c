@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -59,6 +60,11 @@
 #define SERIAL_WINDOW_CHUNKS 6u
 static uint32_t window_chunks = WINDOW_CHUNKS;
 #define CHUNK_SIZE 4096u
+static uint32_t chunk_size = CHUNK_SIZE;
+/* The shared-memory channel has no guest buffers to overrun: its window only
+ * bounds what the host queues ahead (the 1 MiB ring, then the page's queue). */
+#define HOSTCHAN_WINDOW_CHUNKS 32u
+#define HOSTCHAN_CHUNK_SIZE (64u * 1024u)
 
 /* host -> guest */
 #define H_HELLO 0x01
@@ -86,8 +92,11 @@ static uint32_t window_chunks = WINDOW_CHUNKS;
 #define EXEC_ENV_REPLACES 0x2u
 
 /* Size of the DATA/STDOUT frames we produce: big enough to amortise the
- * header, small enough to keep other requests' output interleaving. */
-#define IO_CHUNK (32u * 1024u)
+ * header, small enough to keep other requests' output interleaving.  On the
+ * shared-memory channel (hostchan, below) a frame costs a memcpy, not a byte
+ * per I/O instruction, so its frames are larger. */
+#define IO_CHUNK_MAX (128u * 1024u)
+static size_t io_chunk = 32u * 1024u;
 
 /* Upper bound on what we drain from a dead child's pipes: a grandchild that
  * keeps writing must not keep the EXIT frame from ever being sent. */
@@ -207,6 +216,140 @@ static void set_nonblock(int fd)
 
 static int chan = -1;
 
+/* ---- the shared-memory channel (hostchan) ------------------------------- */
+/*
+ * On the c2w backend the emulator (Bochs, our patch 0008) maps two rings at a
+ * fixed guest-physical address; we map them through /dev/mem.  A byte through
+ * a UART costs an emulated I/O instruction and a share of an interrupt; a
+ * frame through the rings costs one memcpy.  The layout is in Bochs's
+ * iodev/hostchan.cc: control words, a doorbell page (a write calls the host,
+ * which then drains guest-to-host and refills host-to-guest at once), then the
+ * two rings.  The serial line we were given (chan) stays open as the host's
+ * way to wake us: before poll() sleeps we set "sleeping", and a host that puts
+ * bytes in our ring while it is set sends a byte on that line.
+ */
+#define HOSTCHAN_PHYS 0xfd000000UL
+#define HOSTCHAN_MAP 0x210000UL
+#define HOSTCHAN_MAGIC 0x48435950u /* "PYCH" */
+enum { HC_MAGIC, HC_VERSION, HC_H2G_OFF, HC_H2G_SIZE, HC_G2H_OFF, HC_G2H_SIZE,
+       HC_H2G_HEAD = 8, HC_H2G_TAIL, HC_G2H_HEAD, HC_G2H_TAIL, HC_SLEEPING, HC_ATTACHED };
+
+static struct {
+    volatile uint32_t *ctl;
+    volatile uint32_t *doorbell;
+    uint8_t *h2g, *g2h;
+    uint32_t h2g_size, g2h_size;
+} hc;
+static bool use_hc;
+
+#define HC_BARRIER() __atomic_thread_fence(__ATOMIC_SEQ_CST)
+
+static void hc_kick(void)
+{
+    HC_BARRIER();
+    *hc.doorbell = 1;
+    HC_BARRIER();
+}
+
+/* Maps the rings; false (and a message) when this machine has none. */
+static bool hc_attach(void)
+{
+    int fd = open("/dev/mem", O_RDWR | O_SYNC | O_CLOEXEC);
+    if (fd < 0) {
+        fprintf(stderr, "pyapptron-agent: hostchan: /dev/mem: %s\n", strerror(errno));
+        return false;
+    }
+    void *m = mmap(NULL, HOSTCHAN_MAP, PROT_READ | PROT_WRITE, MAP_SHARED, fd, HOSTCHAN_PHYS);
+    close(fd);
+    if (m == MAP_FAILED) {
+        fprintf(stderr, "pyapptron-agent: hostchan: mmap: %s\n", strerror(errno));
+        return false;
+    }
+    volatile uint32_t *ctl = m;
+    uint32_t h2g_off = ctl[HC_H2G_OFF], h2g_size = ctl[HC_H2G_SIZE];
+    uint32_t g2h_off = ctl[HC_G2H_OFF], g2h_size = ctl[HC_G2H_SIZE];
+    bool pow2 = h2g_size && g2h_size && !(h2g_size & (h2g_size - 1)) && !(g2h_size & (g2h_size - 1));
+    if (ctl[HC_MAGIC] != HOSTCHAN_MAGIC || ctl[HC_VERSION] != 1 || !pow2 ||
+        h2g_off + (uint64_t)h2g_size > HOSTCHAN_MAP || g2h_off + (uint64_t)g2h_size > HOSTCHAN_MAP) {
+        fprintf(stderr, "pyapptron-agent: hostchan: no channel at %#lx\n", HOSTCHAN_PHYS);
+        munmap(m, HOSTCHAN_MAP);
+        return false;
+    }
+    hc.ctl = ctl;
+    hc.doorbell = (volatile uint32_t *)((uint8_t *)m + 0x1000);
+    hc.h2g = (uint8_t *)m + h2g_off;
+    hc.g2h = (uint8_t *)m + g2h_off;
+    hc.h2g_size = h2g_size;
+    hc.g2h_size = g2h_size;
+    /* What an earlier agent left unread belongs to no session. */
+    ctl[HC_H2G_TAIL] = ctl[HC_H2G_HEAD];
+    ctl[HC_SLEEPING] = 0;
+    ctl[HC_ATTACHED] = 1;
+    hc_kick();
+    return true;
+}
+
+static void hc_write(const uint8_t *p, size_t len)
+{
+    while (len > 0) {
+        uint32_t head = hc.ctl[HC_G2H_HEAD], tail = hc.ctl[HC_G2H_TAIL];
+        uint32_t free_bytes = hc.g2h_size - (head - tail);
+        if (free_bytes == 0) {
+            hc_kick(); /* the host drains the ring during the kick */
+            continue;
+        }
+        uint32_t at = head & (hc.g2h_size - 1);
+        size_t n = len < free_bytes ? len : free_bytes;
+        if (n > hc.g2h_size - at)
+            n = hc.g2h_size - at;
+        memcpy(hc.g2h + at, p, n);
+        HC_BARRIER();
+        hc.ctl[HC_G2H_HEAD] = head + (uint32_t)n;
+        p += n;
+        len -= n;
+    }
+}
+
+/* Copies what the host has queued into buf; 0 when the ring is empty. */
+static size_t hc_read(uint8_t *buf, size_t cap)
+{
+    uint32_t head = hc.ctl[HC_H2G_HEAD], tail = hc.ctl[HC_H2G_TAIL];
+    HC_BARRIER();
+    size_t got = 0;
+    while (got < cap && tail != head) {
+        uint32_t at = tail & (hc.h2g_size - 1);
+        size_t n = head - tail;
+        if (n > hc.h2g_size - at)
+            n = hc.h2g_size - at;
+        if (n > cap - got)
+            n = cap - got;
+        memcpy(buf + got, hc.h2g + at, n);
+        got += n;
+        tail += (uint32_t)n;
+    }
+    if (got > 0) {
+        HC_BARRIER();
+        hc.ctl[HC_H2G_TAIL] = tail;
+        hc_kick(); /* room again: the host refills at once */
+    }
+    return got;
+}
+
+static bool hc_pending(void)
+{
+    return hc.ctl[HC_H2G_HEAD] != hc.ctl[HC_H2G_TAIL];
+}
+
+/* The channel's two operations, whichever transport carries it. */
+static int chan_write(const void *buf, size_t len)
+{
+    if (use_hc) {
+        hc_write(buf, len);
+        return 0;
+    }
+    return write_all(chan, buf, len);
+}
+
 static void send_frame(uint8_t type, uint32_t id, const void *payload, uint32_t len)
 {
     /* One write per frame when it fits: on virtio-console each write becomes
@@ -222,12 +365,14 @@ static void send_frame(uint8_t type, uint32_t id, const void *payload, uint32_t 
     if (len <= sizeof buf - HDR_LEN) {
         if (len > 0)
             memcpy(buf + HDR_LEN, payload, len);
-        err = write_all(chan, buf, HDR_LEN + len);
+        err = chan_write(buf, HDR_LEN + len);
     } else {
-        err = write_all(chan, buf, HDR_LEN);
+        err = chan_write(buf, HDR_LEN);
         if (err == 0)
-            err = write_all(chan, payload, len);
+            err = chan_write(payload, len);
     }
+    if (use_hc)
+        hc_kick(); /* the frame is whole: let the host take it */
     if (err != 0) {
         /* The channel is gone: nothing useful is left to do.  The image's init
          * restarts us, and the host resynchronises with HELLO. */
@@ -241,7 +386,7 @@ static void send_hello(void)
     uint8_t p[12 + sizeof AGENT_VERSION - 1];
     put_u32(p, PROTOCOL_VERSION);
     put_u32(p + 4, window_chunks);
-    put_u32(p + 8, CHUNK_SIZE);
+    put_u32(p + 8, chunk_size);
     memcpy(p + 12, AGENT_VERSION, sizeof AGENT_VERSION - 1);
     send_frame(G_HELLO, 0, p, sizeof p);
 }
@@ -316,9 +461,9 @@ static void drop_stdin(struct proc *p)
  * -1 if nothing is available right now. */
 static ssize_t forward_output(struct proc *p, int *fd, uint8_t type)
 {
-    static uint8_t buf[IO_CHUNK];
+    static uint8_t buf[IO_CHUNK_MAX];
     for (;;) {
-        ssize_t n = read(*fd, buf, sizeof buf);
+        ssize_t n = read(*fd, buf, io_chunk);
         if (n > 0) {
             send_frame(type, p->id, buf, (uint32_t)n);
             return n;
@@ -748,9 +893,9 @@ static void handle_read_file(uint32_t id, const uint8_t *payload, uint32_t len)
         send_error(id, EINVAL, what);
     } else {
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-        static uint8_t buf[IO_CHUNK];
+        static uint8_t buf[IO_CHUNK_MAX];
         for (;;) {
-            ssize_t n = read(fd, buf, sizeof buf);
+            ssize_t n = read(fd, buf, io_chunk);
             if (n > 0) {
                 send_frame(G_DATA, id, buf, (uint32_t)n);
             } else if (n == 0) {
@@ -867,7 +1012,7 @@ static void handle_list_dir(uint32_t id, const uint8_t *payload, uint32_t len)
         free(path);
         return;
     }
-    static uint8_t buf[IO_CHUNK];
+    static uint8_t buf[IO_CHUNK_MAX];
     uint32_t used = 0;
     struct dirent *e;
     for (;;) {
@@ -882,7 +1027,7 @@ static void handle_list_dir(uint32_t id, const uint8_t *payload, uint32_t len)
             continue; /* removed since readdir: it is not there any more */
         uint32_t nlen = (uint32_t)strlen(e->d_name);
         uint32_t need = 1 + 4 + 8 + 8 + 4 + nlen;
-        if (used + need > sizeof buf) { /* entries never span two frames */
+        if (used + need > io_chunk) { /* entries never span two frames */
             send_frame(G_DATA, id, buf, used);
             used = 0;
         }
@@ -919,7 +1064,7 @@ static const uint8_t hello_header[HDR_LEN] = {MAGIC0, MAGIC1, H_HELLO, 0, 0, 0,
 
 static uint32_t frame_cost(uint32_t len)
 {
-    return (HDR_LEN + len + CHUNK_SIZE - 1) / CHUNK_SIZE;
+    return (HDR_LEN + len + chunk_size - 1) / chunk_size;
 }
 
 static void dispatch(uint8_t type, uint32_t id, const uint8_t *payload, uint32_t len)
@@ -997,7 +1142,20 @@ static void on_channel_readable(void)
     bool full;
     do {
         full = false;
+        if (use_hc) {
+            /* The serial line only wakes us: what came on it carries nothing. */
+            uint8_t wake[256];
+            while (read(chan, wake, sizeof wake) > 0)
+                ;
+        }
         while (rlen < RBUF_CAP) {
+            if (use_hc) {
+                size_t got = hc_read(rbuf + rlen, RBUF_CAP - rlen);
+                if (got == 0)
+                    break;
+                rlen += got;
+                continue;
+            }
             ssize_t n = read(chan, rbuf + rlen, RBUF_CAP - rlen);
             if (n > 0) {
                 rlen += (size_t)n;
@@ -1023,6 +1181,18 @@ static void on_channel_readable(void)
 
 static int open_channel(const char *dev)
 {
+    if (strncmp(dev, "hostchan:", 9) == 0) {
+        /* hostchan:TTY - the rings, with TTY as the line that wakes us; the
+         * plain serial line on TTY if this machine has no rings. */
+        int fd = open_channel(dev + 9);
+        use_hc = hc_attach();
+        if (use_hc) {
+            io_chunk = IO_CHUNK_MAX;
+            window_chunks = HOSTCHAN_WINDOW_CHUNKS;
+            chunk_size = HOSTCHAN_CHUNK_SIZE;
+        }
+        return fd;
+    }
     if (strncmp(dev, "fd:", 3) == 0) {
         int fd = atoi(dev + 3);
         fcntl(fd, F_SETFD, FD_CLOEXEC);
@@ -1047,7 +1217,7 @@ static void setup_channel(void)
 {
     if (isatty(chan)) {
         const char *name = ttyname(chan);
-        if (name != NULL && strncmp(name, "/dev/ttyS", 9) == 0)
+        if (name != NULL && strncmp(name, "/dev/ttyS", 9) == 0 && !use_hc)
             window_chunks = SERIAL_WINDOW_CHUNKS;
         /* Raw bytes both ways: no echo, no line discipline, no CR/LF
          * translation, reads return as soon as one byte is there. */
@@ -1238,7 +1408,19 @@ int main(int argc, char **argv)
                 pfds[n++] = (struct pollfd){.fd = p->in_fd, .events = POLLOUT};
             }
         }
-        if (poll(pfds, n, -1) < 0) {
+        int timeout = -1;
+        if (use_hc) {
+            /* Say we sleep, then look once more: a host that queued bytes
+             * before it saw the flag sent no wake-up. */
+            hc.ctl[HC_SLEEPING] = 1;
+            HC_BARRIER();
+            if (hc_pending())
+                timeout = 0;
+        }
+        int ready = poll(pfds, n, timeout);
+        if (use_hc)
+            hc.ctl[HC_SLEEPING] = 0;
+        if (ready < 0) {
             if (errno == EINTR)
                 continue;
             perror("pyapptron-agent: poll");
@@ -1256,7 +1438,7 @@ int main(int argc, char **argv)
         }
         if (pfds[1].revents != 0)
             reap_children();
-        if (pfds[0].revents != 0)
+        if (pfds[0].revents != 0 || (use_hc && hc_pending()))
             on_channel_readable();
     }
 }

@@ -41,7 +41,7 @@ function notIsolated() {
 
 export async function start(options, sinks) {
   if (!globalThis.crossOriginIsolated || typeof SharedArrayBuffer === "undefined") throw notIsolated();
-  const { worker_url, shim_url, args, env, preopens, channels, stderr, ring_bytes } = options;
+  const { worker_url, shim_url, args, env, preopens, channels, stderr, ring_bytes, hostchan } = options;
   // URLs are the page's: the worker would resolve them against its own script.
   const pageUrl = (u) => new URL(u, globalThis.location.href).href;
   // A module in chunks is put together here, in order (the page can read any of its
@@ -101,7 +101,7 @@ export async function start(options, sinks) {
   };
   worker.onerror = (e) => readyReject(new Error(`the c2w worker failed to load: ${e.message || e}`));
   worker.postMessage({ type: "start", shimUrl: shim_url, wasm, args, env, files, preopens, channels: spec,
-                       doorbell: doorbell.buffer, stderr: stderr || "log" },
+                       doorbell: doorbell.buffer, stderr: stderr || "log", hostchan: hostchan || null },
                      Array.isArray(options.wasm) ? [wasm.buffer] : []);
   try {
     await ready;

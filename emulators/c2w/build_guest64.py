@@ -102,6 +102,9 @@ AGENT_SRC = HERE.parent / "agent" / "pyapptron-agent.c"
 # (Bochs patch 0006, "dev=wasi:fd:4"; fd 3 is the one preopen "/").
 AGENT_TTY = "/dev/ttyS1"
 AGENT_FD = 4
+# The agent's bytes travel over Bochs's shared-memory rings (patch 0008, mapped
+# through /dev/mem); the serial line above only wakes it.  Its device argument:
+AGENT_DEVICE = f"hostchan:{AGENT_TTY}"
 
 INIT_SCRIPT = f"""#!/bin/sh
 # /init of the pyapptron x86_64 guest (emulators/c2w/build_guest64.py).
@@ -122,7 +125,7 @@ chmod 1777 /tmp
 (
   cd /
   while :; do
-    /sbin/pyapptron-agent {AGENT_TTY} </dev/null >/dev/null 2>>/tmp/pyapptron-agent.log
+    /sbin/pyapptron-agent {AGENT_DEVICE} </dev/null >/dev/null 2>>/tmp/pyapptron-agent.log
     sleep 1
   done
 ) &
@@ -523,6 +526,7 @@ def make_guest(out: Path, cache: Path, *, pins: dict | None = None, kernel: str 
             "min_megs": (INITRD_ADDR + len(initrd)) // (1 << 20) + 64,
             "agent_tty": AGENT_TTY,
             "agent_fd": AGENT_FD,
+            "hostchan": True,
             "boot": boot,
             "time0": TIME0,
             "sha256": {rel: sha256_file(tmp / rel) for rel in files.values()},

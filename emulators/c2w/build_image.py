@@ -86,6 +86,7 @@ def build(out_dir: Path, cache_dir: Path, manifest: dict) -> str:
         "arch": "x86_64",
         "agent": guest["agent_tty"],
         "agent_fd": guest["agent_fd"],
+        "hostchan": guest.get("hostchan", False),
         "wasm": "../../c2w/bochs.wasm",
         "args": guest["args"],
         "env": guest["env"],

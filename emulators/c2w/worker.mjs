@@ -21,6 +21,10 @@
 //   doorbell  SharedArrayBuffer (Int32 [1]) the page bumps after each write
 //             into any ring: waits in fd_read / poll_oneoff sleep on it.
 //   stderr    the channel name fd 2 goes to.
+//   hostchan  { channel, wake_fd }: when the module is Bochs with our patch 0008
+//             and the guest attaches to its shared-memory rings, that channel's
+//             bytes go over the rings instead of the serial line on wake_fd,
+//             which then only carries wake-up bytes (see HostChan below).
 // Out: { type: 'ready', compileMs, fetchMs }, { type: 'out', name, data },
 //      { type: 'exit', code }, { type: 'error', text }.
 //
@@ -82,28 +86,107 @@ class InputRing {
   available() { return (Atomics.load(this.ctl, 0) - Atomics.load(this.ctl, 1)) | 0; }
   closed() { return Atomics.load(this.ctl, 2) !== 0; }
   take(max) {
-    const r = Atomics.load(this.ctl, 1);
     const n = Math.min(max, this.available());
     const out = new Uint8Array(n);
-    const start = r & this.mask;
-    const first = Math.min(n, this.data.length - start);
-    out.set(this.data.subarray(start, start + first));
-    if (n > first) out.set(this.data.subarray(0, n - first), first);
-    Atomics.store(this.ctl, 1, (r + n) | 0);
+    this.takeInto(out, 0, n);
     return out;
   }
+  // Moves n bytes (at most available()) into dst at offset, without a copy of its own.
+  takeInto(dst, offset, n) {
+    const r = Atomics.load(this.ctl, 1);
+    const start = r & this.mask;
+    const first = Math.min(n, this.data.length - start);
+    dst.set(this.data.subarray(start, start + first), offset);
+    if (n > first) dst.set(this.data.subarray(0, n - first), offset + first);
+    Atomics.store(this.ctl, 1, (r + n) | 0);
+  }
 }
+
+// ---- the shared-memory channel (Bochs patch 0008, iodev/hostchan.cc) ------------
+// Bochs maps a region of its own memory into the guest and tells us where
+// (pyapptron.hostchan_attach); the guest agent maps it through /dev/mem.  Words of
+// the control page (u32): [8] host-to-guest head (ours) [9] its tail (the guest's)
+// [10] guest-to-host head (the guest's) [11] its tail (ours) [12] the guest sleeps
+// [13] the guest attached.  service() runs inside the module's calls (the guest's
+// doorbell, the serial line's polls), between guest instructions.
+const HC = { H2G_OFF: 2, H2G_SIZE: 3, G2H_OFF: 4, G2H_SIZE: 5, H2G_HEAD: 8, H2G_TAIL: 9,
+             G2H_HEAD: 10, G2H_TAIL: 11, SLEEPING: 12, ATTACHED: 13 };
+
+class HostChan {
+  constructor(ring, output) {
+    this.ring = ring;       // the page's bytes for the guest (InputRing)
+    this.output = output;   // where the guest's bytes go (OutputSink)
+    this.memory = null;
+    this.base = 0;
+    this.wakePending = false;
+  }
+  attach(memory, base) {
+    this.memory = memory;
+    this.base = base;
+    return 1;
+  }
+  get attached() { return this.memory !== null && this.ctl()[HC.ATTACHED] !== 0; }
+  ctl() {
+    // A new view each time: the module's memory may have grown (a new buffer).
+    return new Uint32Array(this.memory.buffer, this.base, 16);
+  }
+  // Has the page queued bytes that could move now (for poll_oneoff)?
+  readable() {
+    if (this.wakePending) return true;
+    if (!this.attached || this.ring.available() <= 0) return false;
+    const c = this.ctl();
+    return c[HC.H2G_SIZE] - ((c[HC.H2G_HEAD] - c[HC.H2G_TAIL]) >>> 0) > 0;
+  }
+  service() {
+    if (!this.attached) return;
+    const c = this.ctl();
+    const bytes = new Uint8Array(this.memory.buffer);
+    // guest -> host: everything the guest has written
+    const g2hSize = c[HC.G2H_SIZE], g2h = this.base + c[HC.G2H_OFF];
+    let tail = c[HC.G2H_TAIL];
+    const used = (c[HC.G2H_HEAD] - tail) >>> 0;
+    if (used > 0) {
+      const out = new Uint8Array(used);
+      const at = tail & (g2hSize - 1);
+      const first = Math.min(used, g2hSize - at);
+      out.set(bytes.subarray(g2h + at, g2h + at + first));
+      if (used > first) out.set(bytes.subarray(g2h, g2h + used - first), first);
+      c[HC.G2H_TAIL] = (tail + used) >>> 0;
+      this.output.write(out);
+    }
+    // host -> guest: as much as the ring has room for
+    const h2gSize = c[HC.H2G_SIZE], h2g = this.base + c[HC.H2G_OFF];
+    const head = c[HC.H2G_HEAD];
+    const room = h2gSize - ((head - c[HC.H2G_TAIL]) >>> 0);
+    let n = Math.min(room, this.ring.available());
+    if (n > 0) {
+      const at = head & (h2gSize - 1);
+      const first = Math.min(n, h2gSize - at);
+      this.ring.takeInto(bytes, h2g + at, first);
+      if (n > first) this.ring.takeInto(bytes, h2g, n - first);
+      c[HC.H2G_HEAD] = (head + n) >>> 0;
+      if (c[HC.SLEEPING]) { c[HC.SLEEPING] = 0; this.wakePending = true; }
+    }
+  }
+}
+let hostchan = null;
+const WAKE_BYTE = new Uint8Array([0x21]);
 
 function waitDoorbell(seen, ms) {
   flushAll(); // nothing stays unsent while the module sleeps
   Atomics.wait(doorbell, 0, seen, ms === Infinity ? undefined : Math.max(0, ms));
 }
 
-// One end of a channel as a WASI fd: a character device.
-function channelFd(ring, output, blocking) {
+// One end of a channel as a WASI fd: a character device.  With hc (a HostChan the
+// guest has attached to), the fd is only the guest's wake-up line.
+function channelFd(ring, output, blocking, hc = null) {
   const { Fd, wasi } = shim;
   return new (class extends Fd {
     constructor() { super(); this.flags = blocking ? 0 : FDFLAGS_NONBLOCK; this.ring = ring; }
+    readable() {
+      if (hc && hc.attached) return hc.readable();
+      return ring ? ring.available() > 0 || ring.closed() : false;
+    }
     fd_fdstat_get() {
       return { ret: 0, fdstat: new wasi.Fdstat(wasi.FILETYPE_CHARACTER_DEVICE, this.flags) };
     }
@@ -114,6 +197,13 @@ function channelFd(ring, output, blocking) {
     }
     fd_read(size) {
       if (!ring) return { ret: 0, data: new Uint8Array(0) };
+      if (hc && hc.attached) {
+        hc.service();
+        tick();
+        if (!hc.wakePending) return { ret: ERRNO.AGAIN, data: new Uint8Array(0) };
+        hc.wakePending = false;
+        return { ret: 0, data: WAKE_BYTE.slice() };
+      }
       for (;;) {
         const seen = Atomics.load(doorbell, 0);
         if (ring.available() > 0) return { ret: 0, data: ring.take(size) };
@@ -125,6 +215,7 @@ function channelFd(ring, output, blocking) {
     fd_write(data) {
       if (!output) return { ret: ERRNO.BADF, nwritten: 0 };
       const n = data.length;
+      if (hc && hc.attached) return { ret: 0, nwritten: n }; // the line carries nothing then
       output.write(data);
       return { ret: 0, nwritten: n };
     }
@@ -166,9 +257,7 @@ function pollOneoff(memory, fds, inPtr, outPtr, nsubs, neventsPtr) {
       if (!fd) { events.push([s, ERRNO.BADF, 0]); continue; }
       const ring = fd.ring;
       if (s.tag === 2 || ring === undefined) { events.push([s, 0, 0]); continue; } // writable / a file
-      if (ring === null) continue; // a channel without input never becomes readable
-      const n = ring.available();
-      if (n > 0 || ring.closed()) events.push([s, 0, n]);
+      if (fd.readable()) events.push([s, 0, ring ? Math.max(1, ring.available()) : 0]);
     }
     const now = performance.now();
     if (!events.length) for (const s of subs) if (s.tag === 0 && s.at <= now) events.push([s, 0, 0]);
@@ -252,7 +341,9 @@ async function start(msg) {
   for (const ch of msg.channels || []) {
     const ring = ch.ring ? new InputRing(ch.ring) : null;
     const out = sinkFor(ch.out !== undefined ? ch.name : null);
-    if (ch.in !== undefined) byFd.set(ch.in, channelFd(ring, ch.in === ch.out ? out : null, ch.blocking));
+    let hc = null;
+    if (msg.hostchan && msg.hostchan.channel === ch.name && ring && out) hostchan = hc = new HostChan(ring, out);
+    if (ch.in !== undefined) byFd.set(ch.in, channelFd(ring, ch.in === ch.out ? out : null, ch.blocking, hc));
     if (ch.out !== undefined && ch.out !== ch.in) byFd.set(ch.out, channelFd(null, out, ch.blocking));
   }
   for (const fd of [0, 1, 2]) {
@@ -288,7 +379,12 @@ async function start(msg) {
     post({ type: 'exit', code });
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
   };
-  const instance = await WebAssembly.instantiate(module, { wasi_snapshot_preview1: imports });
+  // Bochs's patch 0008 imports these; other modules ignore them.
+  const pyapptron = {
+    hostchan_attach: (base, size) => (hostchan ? hostchan.attach(memory, base) : 0),
+    hostchan_kick: () => { if (hostchan) { hostchan.service(); tick(); } },
+  };
+  const instance = await WebAssembly.instantiate(module, { wasi_snapshot_preview1: imports, pyapptron });
   memory = instance.exports.memory;
   wasi.inst = instance;
   post({ type: 'ready', fetchMs: tFetched - t0, compileMs: tCompiled - tFetched });

@@ -37,8 +37,9 @@ from ..errors import InvalidOption, NotSupported
 from . import Backend, Capabilities, Sink
 
 MAX_MEMORY_MIB = 2048  # wasm32: guest RAM lives in the module's 4 GiB memory
-#: Input ring sizes: the agent's flow-control window (15 x 4096) must fit, with room.
-RING_BYTES = {"console": 1 << 16, "agent": 1 << 17}
+#: Input ring sizes: the agent's flow-control window must fit, with room (on the
+#: shared-memory channel it announces 32 chunks of 64 KiB; the rest waits in the adapter).
+RING_BYTES = {"console": 1 << 16, "agent": 1 << 20}
 #: container2wasm's own flags, in the order its init reads them, before the command.
 C2W_FLAGS = ("entrypoint", "no_stdin", "net", "mac")
 
@@ -149,6 +150,10 @@ class C2WBackend(Backend):
             "channels": {"console": {"in": 0, "out": 1}, "agent": {"in": image["agent_fd"], "out": image["agent_fd"]}},
             "stderr": "log",
         }
+        if image.get("hostchan"):
+            # The agent's bytes go over Bochs's shared-memory rings (patch 0008); its
+            # serial line only wakes the guest.
+            self.options["hostchan"] = {"channel": "agent", "wake_fd": image["agent_fd"]}
         agent = bool(image.get("agent"))
         self.capabilities = Capabilities(arch=image.get("arch", "x86_64"), exec=agent, files=agent, console=True,
                                          snapshot=False, network=False)
