@@ -52,6 +52,8 @@ export async function start(options, sinks) {
   for (const [path, v] of Object.entries(options.files || {})) {
     files[path] = typeof v === "string" ? pageUrl(v) : v instanceof Uint8Array ? v : { ...v, url: pageUrl(v.url) };
   }
+  const lazy = {};
+  for (const [path, spec] of Object.entries(options.lazy || {})) lazy[path] = { ...spec, base: pageUrl(spec.base) };
   const timings = {};
   const t0 = performance.now();
   const doorbell = new Int32Array(new SharedArrayBuffer(4));
@@ -82,6 +84,11 @@ export async function start(options, sinks) {
       if (m.name === "console") sinks.console(m.data);
       else if (m.name === "agent") sinks.agent(m.data);
       else keepLog(m.data);
+    } else if (m.type === "lazy") {
+      // what the guest's reads of lazily loaded files fetched so far
+      timings.lazy_chunks = m.chunks;
+      timings.lazy_bytes = m.bytes;
+      timings.lazy_fetch = m.ms / 1000;
     } else if (m.type === "ready") {
       timings.fetch = m.fetchMs / 1000;
       timings.compile = m.compileMs / 1000;
@@ -101,7 +108,7 @@ export async function start(options, sinks) {
   };
   worker.onerror = (e) => readyReject(new Error(`the c2w worker failed to load: ${e.message || e}`));
   worker.postMessage({ type: "start", shimUrl: shim_url, wasm, args, env, files, preopens, channels: spec,
-                       doorbell: doorbell.buffer, stderr: stderr || "log", hostchan: hostchan || null },
+                       doorbell: doorbell.buffer, stderr: stderr || "log", hostchan: hostchan || null, lazy },
                      Array.isArray(options.wasm) ? [wasm.buffer] : []);
   try {
     await ready;

@@ -21,11 +21,15 @@
 //   doorbell  SharedArrayBuffer (Int32 [1]) the page bumps after each write
 //             into any ring: waits in fd_read / poll_oneoff sleep on it.
 //   stderr    the channel name fd 2 goes to.
+//   lazy      { '/abs/path': { size, chunk, base, chunks: [name | null, ...] } }: files
+//             of the tree read chunk by chunk on demand (LazyFile below): chunk i is
+//             base + chunks[i] (null: all zeros), fetched the first time it is read.
 //   hostchan  { channel, wake_fd }: when the module is Bochs with our patch 0008
 //             and the guest attaches to its shared-memory rings, that channel's
 //             bytes go over the rings instead of the serial line on wake_fd,
 //             which then only carries wake-up bytes (see HostChan below).
 // Out: { type: 'ready', compileMs, fetchMs }, { type: 'out', name, data },
+//      { type: 'lazy', chunks, bytes, ms } (totals fetched on demand, after each fetch),
 //      { type: 'exit', code }, { type: 'error', text }.
 //
 // An input ring: Int32 [0] bytes written (total, wrapping at 2^31), [1] bytes
@@ -223,6 +227,148 @@ function channelFd(ring, output, blocking, hc = null) {
   })();
 }
 
+// ---- files read on demand ---------------------------------------------------------
+// A large read-only image (the agent-x86_64 root: a squashfs cut into content-addressed
+// chunks) must not be downloaded whole.  The module's reads block while a missing chunk
+// is fetched with a synchronous XMLHttpRequest (allowed in a worker; the worker never
+// returns to its event loop while the module runs, so a fetch() could never finish).
+// The browser's HTTP cache keeps the chunks (served immutable), so this cache holds
+// only the most recently read ones; bytes the module writes stay here, in memory.
+const LAZY_CACHE_BYTES = 96 << 20;
+const lazyStats = { chunks: 0, bytes: 0, ms: 0 };
+
+class LazyImage {
+  constructor(spec) {
+    this.size = spec.size;
+    this.chunk = spec.chunk;
+    this.base = spec.base;
+    this.names = spec.chunks;
+    this.cache = new Map();   // chunk index -> bytes, least recently read first
+    this.cached = 0;
+    this.dirty = new Map();   // chunk index -> bytes the module wrote (never evicted)
+  }
+  chunkAt(i, forWrite = false) {
+    let data = this.dirty.get(i);
+    if (data) return data;
+    data = this.cache.get(i);
+    if (data) {
+      this.cache.delete(i);
+      this.cache.set(i, data);
+    } else {
+      const name = this.names[i];
+      data = name ? this.fetch(this.base + name) : new Uint8Array(this.chunk);
+      this.cache.set(i, data);
+      this.cached += data.length;
+      for (const [j, old] of this.cache) {
+        if (this.cached <= LAZY_CACHE_BYTES) break;
+        this.cache.delete(j);
+        this.cached -= old.length;
+      }
+    }
+    if (forWrite) {
+      if (this.cache.delete(i)) this.cached -= data.length;
+      data = data.slice();
+      this.dirty.set(i, data);
+    }
+    return data;
+  }
+  fetch(url) {
+    const t0 = performance.now();
+    let error = '';
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        const xhr = new XMLHttpRequest();
+        xhr.open('GET', url, false);
+        xhr.responseType = 'arraybuffer';
+        xhr.send();
+        if (xhr.status === 200 && xhr.response && xhr.response.byteLength === this.chunk) {
+          lazyStats.chunks++;
+          lazyStats.bytes += this.chunk;
+          lazyStats.ms += performance.now() - t0;
+          post({ type: 'lazy', ...lazyStats });
+          return new Uint8Array(xhr.response);
+        }
+        error = `HTTP ${xhr.status}, ${xhr.response ? xhr.response.byteLength : 0} bytes`;
+      } catch (e) {
+        error = String(e);
+      }
+    }
+    throw new LazyError(`cannot fetch ${url}: ${error}`);
+  }
+  read(offset, size) {
+    const end = Math.min(this.size, offset + size);
+    if (end <= offset) return new Uint8Array(0);
+    const out = new Uint8Array(end - offset);
+    for (let at = offset; at < end;) {
+      const i = Math.floor(at / this.chunk), within = at - i * this.chunk;
+      const n = Math.min(this.chunk - within, end - at);
+      out.set(this.chunkAt(i).subarray(within, within + n), at - offset);
+      at += n;
+    }
+    return out;
+  }
+  write(offset, data) {
+    const end = Math.min(this.size, offset + data.length);
+    for (let at = offset; at < end;) {
+      const i = Math.floor(at / this.chunk), within = at - i * this.chunk;
+      const n = Math.min(this.chunk - within, end - at);
+      this.chunkAt(i, true).set(data.subarray(at - offset, at - offset + n), within);
+      at += n;
+    }
+    return Math.max(0, end - offset);
+  }
+}
+class LazyError extends Error {}
+
+function lazyFileInode(image) {
+  const { Inode, Fd, wasi } = shim;
+  const inode = new (class extends Inode {
+    stat() { return new wasi.Filestat(this.ino, wasi.FILETYPE_REGULAR_FILE, BigInt(image.size)); }
+    path_open() { return { ret: 0, fd_obj: openLazy() }; }
+  })();
+  const failed = (e) => {
+    if (!(e instanceof LazyError)) throw e;
+    outputs.find((o) => o.name === 'log')?.write(new TextEncoder().encode(`pyapptron: ${e.message}\n`));
+    return 29; // EIO: the guest sees a disk error, the page the reason in the log
+  };
+  const openLazy = () => new (class extends Fd {
+    constructor() { super(); this.pos = 0; }
+    fd_fdstat_get() { return { ret: 0, fdstat: new wasi.Fdstat(wasi.FILETYPE_REGULAR_FILE, 0) }; }
+    fd_filestat_get() { return { ret: 0, filestat: inode.stat() }; }
+    fd_seek(offset, whence) {
+      const base = whence === wasi.WHENCE_SET ? 0 : whence === wasi.WHENCE_CUR ? this.pos : image.size;
+      const at = base + Number(offset);
+      if (at < 0) return { ret: ERRNO.INVAL, offset: 0n };
+      this.pos = at;
+      return { ret: 0, offset: BigInt(at) };
+    }
+    fd_tell() { return { ret: 0, offset: BigInt(this.pos) }; }
+    fd_read(size) {
+      try {
+        const data = image.read(this.pos, size);
+        this.pos += data.length;
+        return { ret: 0, data };
+      } catch (e) { return { ret: failed(e), data: new Uint8Array(0) }; }
+    }
+    fd_pread(size, offset) {
+      try { return { ret: 0, data: image.read(Number(offset), size) }; }
+      catch (e) { return { ret: failed(e), data: new Uint8Array(0) }; }
+    }
+    fd_write(data) {
+      try {
+        const n = image.write(this.pos, data);
+        this.pos += n;
+        return { ret: 0, nwritten: n };
+      } catch (e) { return { ret: failed(e), nwritten: 0 }; }
+    }
+    fd_pwrite(data, offset) {
+      try { return { ret: 0, nwritten: image.write(Number(offset), data) }; }
+      catch (e) { return { ret: failed(e), nwritten: 0 }; }
+    }
+  })();
+  return inode;
+}
+
 // ---- poll_oneoff: clocks and fds, several subscriptions -----------------------
 
 function pollOneoff(memory, fds, inPtr, outPtr, nsubs, neventsPtr) {
@@ -296,7 +442,7 @@ async function compileModule(wasm) {
   return WebAssembly.compile(wasm);
 }
 
-function buildTree(files) {
+function buildTree(files, lazy = {}) {
   const { File, Directory } = shim;
   const root = new Directory(new Map());
   const dirAt = (parts) => {
@@ -311,6 +457,10 @@ function buildTree(files) {
   for (const [path, bytes] of Object.entries(files)) {
     const parts = path.split('/').filter(Boolean);
     dirAt(parts.slice(0, -1)).contents.set(parts[parts.length - 1], new File(bytes));
+  }
+  for (const [path, spec] of Object.entries(lazy)) {
+    const parts = path.split('/').filter(Boolean);
+    dirAt(parts.slice(0, -1)).contents.set(parts[parts.length - 1], lazyFileInode(new LazyImage(spec)));
   }
   return { root, dirAt };
 }
@@ -335,7 +485,7 @@ async function start(msg) {
     if (!sinks.has(name)) sinks.set(name, new OutputSink(name));
     return sinks.get(name);
   };
-  const { dirAt } = buildTree(files);
+  const { dirAt } = buildTree(files, msg.lazy || {});
   const fds = [];
   const byFd = new Map(); // fd number -> channel end
   for (const ch of msg.channels || []) {

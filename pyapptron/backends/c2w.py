@@ -140,6 +140,9 @@ class C2WBackend(Backend):
             url = self.assets.require(posixpath.normpath(image_dir + rel))
             files[guest] = {"url": url, "inflate": True} if guest in inflate else url
         files["/bochsrc.txt"] = f"megs: {memory}\n{image['bochsrc_body']}".encode()
+        # Disks read chunk by chunk as the guest touches them (the agent-x86_64 root).
+        lazy = {guest: dict(spec, base=self.assets.url(posixpath.normpath(image_dir + spec["base"])) + "/")
+                for guest, spec in image.get("lazy", {}).items()}
         files.update(self.user_files)
         self.options = {
             "wasm": self.assets.require(posixpath.normpath(image_dir + image["wasm"])),
@@ -149,6 +152,7 @@ class C2WBackend(Backend):
             "preopens": ["/"],
             "channels": {"console": {"in": 0, "out": 1}, "agent": {"in": image["agent_fd"], "out": image["agent_fd"]}},
             "stderr": "log",
+            "lazy": lazy,
         }
         if image.get("hostchan"):
             # The agent's bytes go over Bochs's shared-memory rings (patch 0008); its
