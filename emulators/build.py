@@ -20,6 +20,10 @@ Steps, in order (all cached; a second run with nothing changed takes seconds):
   c2w     emulators/c2w/build_image.py: Bochs 3.0 for WASI (x86_64) from Debian's
           source with our patches, the "debian-x86_64" image from Debian amd64
           packages, and the WASI probe program (about 2 minutes the first time).
+  agent64 emulators/c2w/build_agent64.py: the "agent-x86_64" image, Debian amd64
+          with Node 22, Claude Code, Bun and Gemini CLI (pinned in the manifest's
+          "guest_npm"), its root a squashfs cut into content-addressed chunks that
+          the guest reads lazily (debootstrap; needs root; minutes the first time).
   qemu-wasm  emulators/qemu_wasm/build_standin.py: a stand-in for a user's QEMU-Wasm
           build, made with Debian's emscripten 3.1.6 (-sMODULARIZE -sEXPORT_ES6
           -sPROXY_TO_PTHREAD) and file_packager, laid out like a QEMU-Wasm build
@@ -66,7 +70,7 @@ DEFAULT_OUT = REPO / "build" / "assets"
 # machine (CI) builds in seconds instead of minutes.
 DEFAULT_CACHE = Path(os.environ.get("PYAPPTRON_CACHE")
                      or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pyapptron")
-STEPS = ("npm", "wheels", "adapters", "guest", "agent", "c2w", "qemu-wasm", "wheel", "snapshot", "tools")
+STEPS = ("npm", "wheels", "adapters", "guest", "agent", "c2w", "agent64", "qemu-wasm", "wheel", "snapshot", "tools")
 INDEX_NAME = "assets.json"
 # Content-addressed trees are not listed file by file in assets.json (tens of
 # thousands of entries, fetched at every boot): their own index names and sizes
@@ -498,6 +502,10 @@ def step_c2w(out: Path, cache: Path, manifest: dict, force: bool) -> str:
     return _run_image_builder(HERE / "c2w" / "build_image.py", out, cache, manifest)
 
 
+def step_agent64(out: Path, cache: Path, manifest: dict, force: bool) -> str:
+    return _run_image_builder(HERE / "c2w" / "build_agent64.py", out, cache, manifest)
+
+
 def step_qemu_wasm(out: Path, cache: Path, manifest: dict, force: bool) -> str:
     return _run_image_builder(HERE / "qemu_wasm" / "build_standin.py", out, cache, manifest)
 
@@ -752,7 +760,7 @@ def _refresh_index_subdir(out: Path, subdir: str) -> None:
 # --------------------------------------------------------------------------
 
 STEP_FUNCS = {"npm": step_npm, "wheels": step_wheels, "adapters": step_adapters, "guest": step_guest,
-              "agent": step_agent, "c2w": step_c2w, "qemu-wasm": step_qemu_wasm, "wheel": step_wheel, "snapshot": step_snapshot,
+              "agent": step_agent, "c2w": step_c2w, "agent64": step_agent64, "qemu-wasm": step_qemu_wasm, "wheel": step_wheel, "snapshot": step_snapshot,
               "tools": step_tools}
 
 

@@ -32,11 +32,12 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
 # builds the v86 guests from Debian i386 packages; debootstrap the agent image;
 # Java runs the Selenium Grid that the pytest plugin's tests start; clang, lld,
 # wasi-libc and the wasm32 C++ runtime build Bochs for WASI, nasm/mtools/syslinux
-# the x86_64 guest's boot disk: emulators/c2w; emscripten the QEMU-Wasm stand-in:
+# the x86_64 guest's boot disk, squashfs-tools the agent-x86_64 root: emulators/c2w;
+# emscripten the QEMU-Wasm stand-in:
 # emulators/qemu_wasm).
 APT_PACKAGES=(chromium chromium-driver gcc-multilib kmod cpio dpkg-dev zstd debootstrap default-jre-headless
               clang lld llvm wasi-libc libc++-14-dev-wasm32 libc++abi-14-dev-wasm32 libclang-rt-14-dev-wasm32
-              patch nasm mtools syslinux syslinux-common emscripten)
+              patch nasm mtools syslinux syslinux-common squashfs-tools emscripten)
 
 SUDO=()
 if [ "$(id -u)" -ne 0 ]; then

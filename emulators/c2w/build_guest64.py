@@ -45,12 +45,10 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
-import io
 import json
 import os
 import re
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -61,7 +59,9 @@ HOST_TOOLS = ["syslinux", "syslinux-common", "mtools", "nasm"]
 HERE = Path(__file__).resolve().parent
 DIRECT_ASM = HERE / "direct_boot.asm"
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent / "v86"))
 from build import sha256_file  # noqa: E402  (emulators/build.py)
+import build_minimal  # noqa: E402  (the cpio writer and the kernel-module helpers)
 KERNEL_ADDR = 0x1000000   # LOAD_PHYSICAL_ADDR of Debian's kernel (= the bzImage's pref_address)
 INITRD_ADDR = 0x8000000   # 128 MiB: above the kernel image, inside the usable RAM
 ZERO_PAGE = 0x8000        # direct_boot.asm: boot_params at 0x8000, command line at 0x9000
@@ -248,40 +248,7 @@ def download(name: str, meta: dict, debs: Path) -> Path:
     return target
 
 
-# ---- initramfs: newc cpio, written here so that /dev/console can be a node ---
-
-
-class Cpio:
-    def __init__(self):
-        self.buf = io.BytesIO()
-        self.ino = 1
-
-    def _entry(self, name: str, mode: int, data: bytes = b"", rdev=(0, 0), nlink=1):
-        name_b = name.encode() + b"\0"
-        fields = [self.ino, mode, 0, 0, nlink, 0, len(data), 0, 0, rdev[0], rdev[1], len(name_b), 0]
-        self.ino += 1
-        hdr = b"070701" + b"".join(b"%08X" % v for v in fields)
-        self.buf.write(hdr + name_b)
-        self.buf.write(b"\0" * (-(len(hdr) + len(name_b)) % 4))
-        self.buf.write(data)
-        self.buf.write(b"\0" * (-len(data) % 4))
-
-    def dir(self, name):
-        self._entry(name, stat.S_IFDIR | 0o755, nlink=2)
-
-    def file(self, name, data: bytes, perm=0o644):
-        self._entry(name, stat.S_IFREG | perm, data)
-
-    def symlink(self, name, target):
-        self._entry(name, stat.S_IFLNK | 0o777, target.encode())
-
-    def chardev(self, name, major, minor, perm=0o600):
-        self._entry(name, stat.S_IFCHR | perm, rdev=(major, minor))
-
-    def finish(self) -> bytes:
-        self._entry("TRAILER!!!", 0, nlink=1)
-        self.buf.write(b"\0" * (-self.buf.tell() % 512))
-        return self.buf.getvalue()
+# ---- initramfs ------------------------------------------------------------------
 
 
 def compile_agent(work: Path) -> bytes:
@@ -291,26 +258,49 @@ def compile_agent(work: Path) -> bytes:
     return out.read_bytes()
 
 
-def make_initramfs(busybox: bytes, agent: bytes) -> bytes:
-    c = Cpio()
+def make_initramfs(busybox: bytes, agent: bytes | None, init: str = INIT_SCRIPT,
+                   modules: list[tuple[str, bytes]] = ()) -> bytes:
+    """busybox, /init and, if given, the agent and kernel modules (insmod'ed by /init
+    in the order of lib/modules/pyapptron/order)."""
+    c = build_minimal.Cpio()
     for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "usr/local", "usr/local/bin", "dev", "proc", "sys",
-              "tmp", "root", "etc", "mnt", "var", "run"):
+              "root", "etc", "mnt", "var", "run"):
         c.dir(d)
+    c.dir("tmp", 0o1777)
     c.chardev("dev/console", 5, 1)
     c.chardev("dev/ttyS0", 4, 64)
     c.chardev("dev/null", 1, 3, 0o666)
     c.file("bin/busybox", busybox, 0o755)
     c.symlink("bin/sh", "busybox")
-    c.file("sbin/pyapptron-agent", agent, 0o755)
-    c.file("init", INIT_SCRIPT.encode(), 0o755)
+    if agent is not None:
+        c.file("sbin/pyapptron-agent", agent, 0o755)
+    c.file("init", init.encode(), 0o755)
     c.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
     c.file("etc/group", b"root:x:0:\ntty:x:5:\n")
     c.file("etc/hostname", b"pyapptron64\n")
-    raw = c.finish()
-    out = io.BytesIO()
-    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=9, mtime=0) as gz:
-        gz.write(raw)
-    return out.getvalue()
+    if modules:
+        c.dir("lib/modules/pyapptron")
+        for name, data in modules:
+            c.file(f"lib/modules/pyapptron/{name}", data)
+        c.file("lib/modules/pyapptron/order", "".join(n + "\n" for n, _ in modules).encode())
+    return gzip.compress(c.finish(), compresslevel=9, mtime=0)
+
+
+def kernel_modules(kernel_deb: Path, work: Path, names: list[str]) -> list[tuple[str, bytes]]:
+    """(file name, bytes) of these modules and what they depend on, in insmod order."""
+    if not names:
+        return []
+    root = work / ("x-" + kernel_deb.name)
+    if not root.is_dir():
+        run(["dpkg-deb", "-x", kernel_deb, root])
+    release = build_minimal.kernel_release(root)
+    mods = []
+    for i, path in enumerate(build_minimal.module_order(root, release, names)):
+        rel = root / path.relative_to("/") if path.is_absolute() else path
+        name, data = build_minimal.module_bytes(rel if rel.exists() else path)
+        mods.append((f"{i:02d}-{name}", data))
+    log("modules: " + " ".join(n[3:-3] for n, _ in mods))
+    return mods
 
 
 # ---- disk --------------------------------------------------------------------
@@ -398,7 +388,7 @@ def make_direct_disk(path: Path, boot_sector: bytes, zp: bytes) -> int:
     return 1
 
 
-def bochsrc(cylinders: int, com1: str, ram_images=(), megs: int = MEGS) -> str:
+def bochsrc(cylinders: int, com1: str, ram_images=(), megs: int = MEGS, extra=()) -> str:
     return "\n".join([
         "# Generated by emulators/c2w/build_guest64.py (paths are inside the WASI preopen /)",
         f"megs: {megs}",
@@ -411,6 +401,7 @@ def bochsrc(cylinders: int, com1: str, ram_images=(), megs: int = MEGS) -> str:
         f"clock: sync={CLOCK_SYNC}, time0={TIME0}",
         "ata0: enabled=1, ioaddr1=0x1f0, ioaddr2=0x3f0, irq=14",
         f"ata0-master: type=disk, path=/disk.img, mode=flat, cylinders={cylinders}, heads={HEADS}, spt={SPT}",
+        *extra,
         "boot: disk",
         *[f"optramimage{i + 1}: file={f}, address={a:#x}" for i, (f, a) in enumerate(ram_images)],
         f"com1: enabled=1, mode=file, dev={com1}",
@@ -457,8 +448,16 @@ def pinned(pins: dict | None, names) -> dict:
 
 
 def make_guest(out: Path, cache: Path, *, pins: dict | None = None, kernel: str | None = None,
-               boot: str = "direct", com1: str = "wasi:stdio") -> dict:
-    """Build (or take from the cache) the guest into out; returns its guest.json."""
+               boot: str = "direct", com1: str = "wasi:stdio", init: str = INIT_SCRIPT,
+               agent_in_initramfs: bool = True, modules: tuple[str, ...] = (), cmdline_extra: str = "",
+               bochsrc_extra: tuple[str, ...] = (), megs: int = MEGS, prompt: str = PROMPT,
+               init_mark: str = INIT_MARK) -> dict:
+    """Build (or take from the cache) the guest into out; returns its guest.json.
+
+    The defaults make the busybox guest ("debian-x86_64"). Another image boots the same
+    kernel with its own initramfs /init (init=), the kernel modules that init loads,
+    more of the kernel command line, more bochsrc lines (e.g. a second disk) and its
+    own memory size."""
     t0 = time.time()
     cache, out = cache.resolve(), out.resolve()
     tools = ensure_host_tools()
@@ -467,7 +466,10 @@ def make_guest(out: Path, cache: Path, *, pins: dict | None = None, kernel: str 
     if not KERNEL_RE.match(kernel):
         raise SystemExit(f"{kernel}: expected linux-image-6.1.0-NN-amd64-unsigned")
     pkgs = pinned(pins, [kernel, BUSYBOX] + list(BIOS_PACKAGES))
+    cmdline = KERNEL_CMDLINE + (" " + cmdline_extra if cmdline_extra else "")
     manifest = {"packages": pkgs, "host_tools": tools, "script": sha256_file(Path(__file__)), "com1": com1,
+                "init": hashlib.sha256(init.encode()).hexdigest(), "agent_in_initramfs": agent_in_initramfs,
+                "modules": list(modules), "cmdline": cmdline, "bochsrc_extra": list(bochsrc_extra), "megs": megs,
                 "boot": boot, "direct_boot_asm": sha256_file(DIRECT_ASM), "agent": sha256_file(AGENT_SRC),
                 "gcc": pkg_installed("gcc-12"), "libc6-dev": pkg_installed("libc6-dev"), "clock": CLOCK_SYNC}
     key = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:20]
@@ -486,14 +488,16 @@ def make_guest(out: Path, cache: Path, *, pins: dict | None = None, kernel: str 
             busybox = extract(debs[BUSYBOX], "bin/busybox", work)
             for pkg, member in BIOS_PACKAGES.items():
                 (tmp / "bios" / Path(member).name).write_bytes(extract(debs[pkg], member, work))
-            initrd = make_initramfs(busybox, compile_agent(work))
+            initrd = make_initramfs(busybox, compile_agent(work) if agent_in_initramfs else None, init,
+                                    kernel_modules(debs[kernel], work, list(modules)))
             (tmp / "vmlinuz").write_bytes(vmlinuz)
             (tmp / "initrd.gz").write_bytes(initrd)
             files = {"/bochsrc.txt": "bochsrc.txt", "/disk.img": "disk.img",
                      "/bios/BIOS-bochs-latest": "bios/BIOS-bochs-latest", "/bios/vgabios.bin": "bios/vgabios.bin"}
             ram_images = []
             if boot == "syslinux":
-                cyl = make_disk(tmp / "disk.img", {"syslinux.cfg": SYSLINUX_CFG.encode(),
+                cfg = SYSLINUX_CFG.replace(KERNEL_CMDLINE, cmdline)
+                cyl = make_disk(tmp / "disk.img", {"syslinux.cfg": cfg.encode(),
                                                    "vmlinuz": vmlinuz, "initrd.gz": initrd}, work)
             else:
                 vmlinux, _ = extract_vmlinux(vmlinuz)
@@ -504,25 +508,25 @@ def make_guest(out: Path, cache: Path, *, pins: dict | None = None, kernel: str 
                 if len(boot_sector) != 512:
                     raise SystemExit("direct_boot.asm must assemble to 512 bytes")
                 cyl = make_direct_disk(tmp / "disk.img", boot_sector,
-                                       zero_page(vmlinuz, len(initrd), "BOOT_IMAGE=vmlinux " + KERNEL_CMDLINE))
+                                       zero_page(vmlinuz, len(initrd), "BOOT_IMAGE=vmlinux " + cmdline))
                 ram_images = [("/kernel.bin", KERNEL_ADDR), ("/initrd.gz", INITRD_ADDR)]
                 files.update({"/kernel.bin": "kernel.bin", "/initrd.gz": "initrd.gz"})
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        (tmp / "bochsrc.txt").write_text(bochsrc(cyl, com1, ram_images))
+        rc = bochsrc(cyl, com1, ram_images, megs, bochsrc_extra)
+        (tmp / "bochsrc.txt").write_text(rc)
         guest = {
             "args": ["bochs", "-q", "-f", "/bochsrc.txt"],
             "env": ["BXSHARE=/bios"],
             "files": files,
-            "prompt": PROMPT,
-            "init_mark": INIT_MARK,
-            "kernel_cmdline": KERNEL_CMDLINE,
+            "prompt": prompt,
+            "init_mark": init_mark,
+            "kernel_cmdline": cmdline,
             "ips": IPS,
             "clock": CLOCK_SYNC,
-            "megs": MEGS,
+            "megs": megs,
             # bochsrc without its "megs:" line: boot(memory_mib=) writes its own.
-            "bochsrc_body": "\n".join(l for l in bochsrc(cyl, com1, ram_images).splitlines()
-                                       if not l.startswith("megs:")) + "\n",
+            "bochsrc_body": "\n".join(l for l in rc.splitlines() if not l.startswith("megs:")) + "\n",
             "min_megs": (INITRD_ADDR + len(initrd)) // (1 << 20) + 64,
             "agent_tty": AGENT_TTY,
             "agent_fd": AGENT_FD,

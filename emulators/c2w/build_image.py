@@ -69,19 +69,16 @@ def build_probe(out: Path, cache: Path) -> str:
     return f"probe.wasm {dest.stat().st_size} bytes"
 
 
-def build(out_dir: Path, cache_dir: Path, manifest: dict) -> str:
-    out, cache = Path(out_dir), Path(cache_dir) / "c2w"
-    pins = manifest["c2w"]
-    if build_bochs.main(["--out", str(out / "c2w"), "--cache", str(cache)]) != 0:
-        raise SystemExit("building bochs.wasm failed")
-    image_dir = out / "images" / IMAGE
-    guest = build_guest64.make_guest(image_dir, cache, pins=pins["debian"])
+def write_image_record(image_dir: Path, name: str, guest: dict, cache: Path, *, lazy: dict | None = None,
+                       sizes: dict | None = None, extra: dict | None = None) -> dict:
+    """image.json: the backend's view of an image (pyapptron/backends/c2w.py), from the
+    guest.json make_guest wrote; the flat kernel is shipped gzip'd. lazy: {guest path:
+    {size, chunk, base, chunks}} for disks the worker reads chunk by chunk."""
     files = dict(guest["files"])
     if "/kernel.bin" in files:
         files["/kernel.bin"] = _gzip_kernel(image_dir, cache)
-    # image.json: the backend's view of the image (pyapptron/backends/c2w.py).
     image = {
-        "name": IMAGE,
+        "name": name,
         "emulator": "c2w",
         "arch": "x86_64",
         "agent": guest["agent_tty"],
@@ -99,9 +96,25 @@ def build(out_dir: Path, cache_dir: Path, manifest: dict) -> str:
         "kernel_cmdline": guest["kernel_cmdline"],
         "ips": guest["ips"],
         "clock": guest["clock"],
-        "packages": {name: pkg["version"] for name, pkg in guest["inputs"]["packages"].items()},
+        "packages": {n: pkg["version"] for n, pkg in guest["inputs"]["packages"].items()},
     }
+    if lazy:
+        image["lazy"] = lazy
+    if sizes:
+        image["sizes"] = sizes
+    image.update(extra or {})
     write_atomic(image_dir / "image.json", (json.dumps(image, indent=2, sort_keys=True) + "\n").encode())
+    return image
+
+
+def build(out_dir: Path, cache_dir: Path, manifest: dict) -> str:
+    out, cache = Path(out_dir), Path(cache_dir) / "c2w"
+    pins = manifest["c2w"]
+    if build_bochs.main(["--out", str(out / "c2w"), "--cache", str(cache)]) != 0:
+        raise SystemExit("building bochs.wasm failed")
+    image_dir = out / "images" / IMAGE
+    guest = build_guest64.make_guest(image_dir, cache, pins=pins["debian"])
+    write_image_record(image_dir, IMAGE, guest, cache)
     probe = build_probe(out, cache)
     size = sum(p.stat().st_size for p in image_dir.rglob("*") if p.is_file())
     return f"bochs.wasm + image {IMAGE} ({size >> 20} MiB), {probe}"

@@ -72,7 +72,9 @@ COMPRESS_MIN_GAIN = 0.05
 # the debootstrap leftovers. Patterns match paths relative to the root: "DIR/*"
 # empties DIR (the directory stays), any other pattern (globs allowed) removes
 # what it matches, a whole tree for a directory.
-PRUNE = [
+# The GNU triplets of an architecture's gcc and multiarch library directories.
+TRIPLETS = {"i386": ("i686-linux-gnu", "i386-linux-gnu"), "amd64": ("x86_64-linux-gnu", "x86_64-linux-gnu")}
+PRUNE_I386 = [
     "usr/share/doc/*",            # (copyright files are kept, see KEEP)
     "usr/share/man/*",
     "usr/share/info/*",
@@ -107,6 +109,15 @@ PRUNE = [
     "dev/*", "proc/*", "sys/*", "run/*", "tmp/*",
 ]
 KEEP = ["usr/share/doc/*/copyright"]
+
+
+def prune_patterns(arch: str = "i386") -> list[str]:
+    """PRUNE for a Debian architecture (the list above names i386's paths)."""
+    gcc, lib = TRIPLETS[arch]
+    return [p.replace("i686-linux-gnu", gcc).replace("i386-linux-gnu", lib) for p in PRUNE_I386]
+
+
+PRUNE = prune_patterns("i386")
 
 # Shell and tmux configuration for the image (overlay_files() lists everything the
 # image adds to or replaces in the Debian root).
@@ -170,13 +181,14 @@ def _chroot_env() -> dict:
             "LANG": "C.UTF-8", "HOME": "/root"}
 
 
-def make_rootfs(target: pathlib.Path, suite: str, packages: list[str], debs: pathlib.Path) -> None:
+def make_rootfs(target: pathlib.Path, suite: str, packages: list[str], debs: pathlib.Path,
+                arch: str = "i386") -> None:
     """debootstrap minbase, then apt-get install the packages in a chroot."""
     mirror = debian_mirror()
     debs.mkdir(parents=True, exist_ok=True)
-    log(f"debootstrap {suite} i386 from {mirror} (about half a minute)")
+    log(f"debootstrap {suite} {arch} from {mirror} (about half a minute)")
     t0 = time.monotonic()
-    run(["debootstrap", "--arch=i386", "--variant=minbase", f"--cache-dir={debs}",
+    run(["debootstrap", f"--arch={arch}", "--variant=minbase", f"--cache-dir={debs}",
          suite, str(target), mirror], stdout=subprocess.DEVNULL)
     log(f"debootstrap done in {time.monotonic() - t0:.0f} s; apt-get install {len(packages)} packages")
     archives = target / "var/cache/apt/archives"
@@ -204,9 +216,10 @@ def installed_packages(root: pathlib.Path) -> dict[str, str]:
             if status == "installed"}
 
 
-def ensure_rootfs(cache: pathlib.Path, spec: dict) -> pathlib.Path:
+def ensure_rootfs(cache: pathlib.Path, spec: dict, arch: str = "i386") -> pathlib.Path:
+    """The Debian root for spec (suite, packages), made once and cached under cache."""
     suite, packages = spec["suite"], sorted(spec["packages"])
-    key = hashlib.sha256(json.dumps({"suite": suite, "packages": packages, "arch": "i386",
+    key = hashlib.sha256(json.dumps({"suite": suite, "packages": packages, "arch": arch,
                                      "stage": 1}, sort_keys=True).encode()).hexdigest()[:16]
     root = cache / f"rootfs-{key}"
     if (root / ".pyapptron-complete").exists():
@@ -223,7 +236,7 @@ def ensure_rootfs(cache: pathlib.Path, spec: dict) -> pathlib.Path:
     tmp = cache / f".rootfs-{key}.tmp"
     _remove_tree(tmp)
     try:
-        make_rootfs(tmp, suite, packages, cache / "debs")
+        make_rootfs(tmp, suite, packages, cache / "debs", arch)
         (tmp / ".pyapptron-packages.json").write_text(json.dumps(installed_packages(tmp), indent=0, sort_keys=True))
         (tmp / ".pyapptron-complete").touch()
     except BaseException:
@@ -242,7 +255,8 @@ def _remove_tree(path: pathlib.Path) -> None:
     shutil.rmtree(path)
 
 
-def check_lock(installed: dict[str, str], lock: dict[str, str] | None, lock_path: pathlib.Path) -> None:
+def check_lock(installed: dict[str, str], lock: dict[str, str] | None, lock_path: pathlib.Path,
+               name: str = IMAGE) -> None:
     if installed == lock:
         return
     lock = lock or {}
@@ -252,22 +266,27 @@ def check_lock(installed: dict[str, str], lock: dict[str, str] | None, lock_path
     lines = [f"{n} {lock[n]} -> {installed[n]}" for n in changed[:20]]
     lines += [f"+ {n} {installed[n]}" for n in added[:20]] + [f"- {n}" for n in removed[:20]]
     build_minimal.warn_loudly(
-        "the agent image's packages differ from the lock in emulators/manifest.json "
-        f"(rootfs.agent.lock): {len(changed)} changed, {len(added)} added, {len(removed)} gone.\n  "
+        f"the {name} image's packages differ from the lock in emulators/manifest.json "
+        f"(rootfs.{name}.lock): {len(changed)} changed, {len(added)} added, {len(removed)} gone.\n  "
         + "\n  ".join(lines)
-        + f"\nTo pin what was built, set rootfs.agent.lock to the contents of {lock_path}.")
+        + f"\nTo pin what was built, set rootfs.{name}.lock to the contents of {lock_path}.")
 
 
 # ---- the 9p index ------------------------------------------------------------------
 
-def _pruned(rel: str) -> bool:
-    for pattern in PRUNE:
+def _pruned(rel: str, prune: list[str] = PRUNE) -> bool:
+    for pattern in prune:
         if pattern.endswith("/*"):
             if rel.startswith(pattern[:-1]):
                 return True
         elif rel == pattern or rel.startswith(pattern + "/") or fnmatch.fnmatchcase(rel, pattern):
             return True
     return False
+
+
+def pruned(rel: str, prune: list[str] = PRUNE) -> bool:
+    """Whether a path (relative to the root) is left out of an image built from it."""
+    return _pruned(rel, prune) and not _kept(rel)
 
 
 def _kept(rel: str) -> bool:

@@ -219,12 +219,12 @@ def kernel_release(root: pathlib.Path) -> str:
     return releases[0]
 
 
-def module_order(root: pathlib.Path, release: str) -> list[pathlib.Path]:
-    """The .ko files to insmod, dependencies first, each once."""
+def module_order(root: pathlib.Path, release: str, modules: list[str] = MODULES) -> list[pathlib.Path]:
+    """The .ko files to insmod for these modules, dependencies first, each once."""
     if not (root / "lib" / "modules" / release / "modules.dep").exists():
         run(["depmod", "-b", str(root), release])
     order: list[pathlib.Path] = []
-    for name in MODULES:
+    for name in modules:
         out = run(["modprobe", "-d", str(root), "-S", release, "--show-depends", name],
                   capture_output=True).stdout
         for line in out.splitlines():
