@@ -374,6 +374,96 @@ def bench_c2w(server, boots: int = 3, rounds: int = 20, repeats: int = 3, loop: 
     }
 
 
+# agent-x86_64: the 64-bit agent sandbox on c2w, measured in the page (Python in Pyodide),
+# so that no WebDriver hop is in the figures. Tools: first start (what it fetches of the
+# lazily read root, and its time) and a second start (from the guest's page cache).
+AGENT64_IMAGE = "agent-x86_64"
+AGENT64_TOOLS = ["node -e 0", "claude --version", "bun --version", "gemini --version", "npm --version"]
+AGENT64_BENCH = """
+import time
+from js import performance
+performance.setResourceTimingBufferSize(1_000_000)
+performance.clearResourceTimings()
+IMAGE = "agent-x86_64"
+
+def image_files_MB():  # the boot's own files (kernel, initramfs, BIOS, boot disk, bochs.wasm)
+    total = 0
+    for e in performance.getEntriesByType("resource"):
+        url = str(e.name)
+        if f"/images/{IMAGE}/" in url or url.endswith("/c2w/bochs.wasm"):
+            total += int(e.encodedBodySize) or int(e.transferSize)
+    return total / 1e6
+
+def disk():
+    t = vm.backend.timings()
+    return {"chunks": t.get("lazy_chunks", 0), "MB": t.get("lazy_bytes", 0) / 1e6, "fetch_s": t.get("lazy_fetch", 0)}
+
+t0 = time.perf_counter()
+vm = await pyapptron.boot("c2w", IMAGE)
+boot_s = time.perf_counter() - t0
+r = await vm.run("true")
+ready_s = time.perf_counter() - t0
+res = {"boot_s": boot_s, "exec_ready_s": ready_s, "at_ready": disk(), "boot_files_MB": image_files_MB(),
+       "timings": vm.backend.timings(), "tools": {}}
+await vm.console.wait_for(rb"root@pyapptron", timeout=300)
+res["zsh_prompt_s"] = time.perf_counter() - t0
+for cmd in TOOLS:
+    runs = []
+    for _ in range(2):
+        before = disk()
+        t = time.perf_counter()
+        r = await vm.run(cmd, timeout=900)
+        runs.append({"s": round(time.perf_counter() - t, 2), "MB_fetched": round(disk()["MB"] - before["MB"], 1),
+                     "rc": r.returncode, "stdout": r.stdout.decode(errors="replace").strip()[-60:]})
+    res["tools"][cmd] = runs
+# The channel, 10 MB each way, in the page.
+data = bytes(range(256)) * (10_000_000 // 256)
+chan = {}
+for what in ("write_file", "read_file", "stdout", "stdin"):
+    t = time.perf_counter()
+    if what == "write_file":
+        await vm.write_file("/tmp/bench.bin", data)
+    elif what == "read_file":
+        assert await vm.read_file("/tmp/bench.bin") == data
+    elif what == "stdout":
+        assert (await vm.run("cat /tmp/bench.bin")).stdout == data
+    else:
+        assert (await vm.run("cat > /tmp/in.bin; stat -c %s /tmp/in.bin", input=data)).stdout.strip() == b"10000000"
+    chan[what] = round(len(data) / 1e6 / (time.perf_counter() - t), 1)
+res["channel_MBps"] = chan
+res["disk_total"] = disk()
+await vm.shutdown()
+result = res
+"""
+
+
+def bench_agent64(server) -> dict:
+    """agent-x86_64 in one freshly loaded page: cold boot, bytes fetched, each tool's first
+    and second start, the agent channel; and the image's size."""
+    spec = json.loads((HERE.parent / "build" / "assets" / "images" / AGENT64_IMAGE / "image.json").read_text())
+    with Browser() as browser:
+        session = RemoteSession(browser, server.url)
+        py = session.python(AGENT64_BENCH.replace("TOOLS", json.dumps(AGENT64_TOOLS)))
+    mb = lambda n: round(n / 1e6, 1)  # noqa: E731
+    sizes = spec["sizes"]
+    return {
+        "image": {"files": sizes["files"], "unpacked_MB": mb(sizes["unpacked_bytes"]),
+                  "squashfs_MB": mb(sizes["squashfs_bytes"]), "stored_MB": mb(sizes["stored_bytes"]),
+                  "chunks": sizes["chunks"], "chunk_KiB": spec["lazy"]["/rootfs.img"]["chunk"] >> 10,
+                  "memory_mib": spec["memory_mib"]},
+        "cold_boot_to_exec_ready_s": round(py["exec_ready_s"], 2),
+        "cold_boot_to_zsh_prompt_s": round(py["zsh_prompt_s"], 2),
+        "fetched_by_exec_ready_MB": {"root_disk": round(py["at_ready"]["MB"], 1),
+                                     "root_disk_chunks": py["at_ready"]["chunks"],
+                                     "boot_files_and_engine": round(py["boot_files_MB"], 1),
+                                     "total": round(py["at_ready"]["MB"] + py["boot_files_MB"], 1)},
+        "adapter_timings_s": {k: round(v, 3) for k, v in py["timings"].items()},
+        "tools_first_then_second": py["tools"],
+        "channel_10MB_in_page_MBps": py["channel_MBps"],
+        "root_disk_fetched_in_all_MB": round(py["disk_total"]["MB"], 1),
+    }
+
+
 # qemu-wasm: not a real QEMU but the asset step's stand-in (an Emscripten program with a shell
 # on its console), so these figures are pyapptron's side: the adapter and console framing.
 QEMU_WASM_BOOT = {"packages": ["load-rom.js", "load-kernel.js"], "kernel": "/pack/standin-kernel.bin"}
@@ -664,6 +754,8 @@ def main() -> int:
                          "mcp, snapshot (resume vs cold boot, both images), lab (JupyterLite notebook), "
                          "fixture (the pytest vm fixture per test: resumed, cold, through a Grid), "
                          "c2w (x86_64 Bochs on WASI: cold boot, exec, 1 MB each way, real MIPS), "
+                         "agent64 (the agent-x86_64 image: cold boot, bytes fetched, the agent tools' first "
+                         "and second start, the channel in the page), "
                          "qemu-wasm (the stand-in build: cold boot, exec and 1 MB out over the console)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     args = ap.parse_args()
@@ -692,6 +784,7 @@ def main() -> int:
         ("lab", "lab", bench_lab),
         ("fixture", "pytest_fixture", bench_fixture),
         ("c2w", "c2w", lambda: bench_c2w(server)),
+        ("agent64", "agent_x86_64", lambda: bench_agent64(server)),
         ("qemu-wasm", "qemu_wasm", lambda: bench_qemu_wasm(server, args.rounds)),
     ]
     with PageServer(extra_roots={"/bench/": HERE}) as server:

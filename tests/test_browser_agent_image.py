@@ -1,11 +1,20 @@
-"""In real headless Chromium: the "agent" image (Debian bookworm i386, root on 9p).
+"""In real headless Chromium: the two agent images, the same userland on two engines.
 
-One VM for the whole module: the page boots it into its xterm.js terminal, and the
-same machine answers run()/read_file() from here, so the terminal tests see what a
-user sees and the exec tests check the userland a program gets.
+- "agent": Debian bookworm i386 on v86, root on v86's 9p device;
+- "agent-x86_64": Debian bookworm amd64 on the c2w engine (Bochs for WASI), root a
+  squashfs disk read lazily, with Node 22, Claude Code, Bun and Gemini CLI.
+
+One VM per image: the page boots it into its xterm.js terminal, and the same machine
+answers run()/read_file() from here, so the terminal tests see what a user sees and the
+exec tests check the userland a program gets. Every test runs on both images unless it
+is marked for one (@only), e.g. the x86_64 agent tools.
 """
 
+import hashlib
+import json
+import os
 import time
+from pathlib import Path
 
 import pytest
 from selenium.webdriver.common.by import By
@@ -15,11 +24,44 @@ from pyapptron.host.browser import RemoteSession, terminal_text
 pytestmark = pytest.mark.browser
 
 PROMPT = "root@pyapptron"
+ASSETS = Path(__file__).resolve().parent.parent / "build" / "assets"
+# What differs between the images: the page query, and what their programs report.
+IMAGES = {
+    "agent-x86_64": {"query": "emulator=c2w&image=agent-x86_64", "arch": "x86_64", "node": ("v22.", "x64"),
+                     "bits": 64},
+    "agent": {"query": "image=agent", "arch": "i686", "node": ("v18.", "ia32"), "bits": 32},
+}
+
+
+def only(*names):
+    """Run this test on these images only (the others do not have what it checks).
+
+    They must be the first of IMAGES: pytest shares a module-scoped fixture between tests
+    by the parameter's position, so a test parametrized with a shorter list shares the
+    booted machine only where the positions agree."""
+    assert list(names) == list(IMAGES)[:len(names)], names
+
+    def mark(test):
+        test.images = names
+        return test
+    return mark
+
+
+def pytest_generate_tests(metafunc):
+    if "image" in metafunc.fixturenames:
+        names = getattr(metafunc.function, "images", list(IMAGES))
+        metafunc.parametrize("image", names, indirect=True, scope="module")
 
 
 @pytest.fixture(scope="module")
-def session(pyapptron_browser, pyapptron_server):
-    return RemoteSession(pyapptron_browser, pyapptron_server.url + "web/index.html?image=agent", autoboot=True)
+def image(request):
+    return dict(IMAGES[request.param], name=request.param)
+
+
+@pytest.fixture(scope="module")
+def session(image, pyapptron_browser, pyapptron_server):
+    return RemoteSession(pyapptron_browser, pyapptron_server.url + "web/index.html?" + image["query"],
+                         autoboot=True)
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +93,10 @@ def type_keys(driver, keys):
 
 
 # -- the userland, through run() -------------------------------------------------------
-def test_the_agent_image_is_debian_bookworm_on_a_32bit_kernel(vm):
-    assert vm.capabilities["arch"] == "i686"
+def test_the_agent_image_is_debian_bookworm_on_its_architecture(vm, image):
+    assert vm.capabilities["arch"] == image["arch"]
     r = vm.run("uname -m; . /etc/os-release; echo $VERSION_CODENAME; readlink /proc/1/exe")
-    assert r.stdout.decode().split() == ["i686", "bookworm", "/usr/bin/dash"]
+    assert r.stdout.decode().split() == [image["arch"], "bookworm", "/usr/bin/dash"]
 
 
 def test_zsh_is_there_and_is_root_s_login_shell(vm):
@@ -90,23 +132,23 @@ def test_python_venv_and_the_standard_library(vm):
     assert lines[1].startswith("pip ")
 
 
-def test_node_and_npm_run(vm):
-    r = vm.run(["node", "-e", "console.log(process.version, process.arch, 6*7)"], timeout=120)
+def test_node_and_npm_run(vm, image):
+    r = vm.run(["node", "-e", "console.log(process.version, process.arch, 6*7)"], timeout=300)
     assert r.returncode == 0, r.stderr
     version, arch, answer = r.stdout.decode().split()
-    assert version.startswith("v18.") and arch == "ia32" and answer == "42"
+    assert (version[:len(image["node"][0])], arch, answer) == (*image["node"], "42")
     r = vm.run("npm --version", timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.decode().strip().split(".")[0].isdigit()
 
 
-def test_gcc_compiles_and_runs_a_c_program(vm):
+def test_gcc_compiles_and_runs_a_c_program(vm, image):
     vm.write_file("/root/hello.c", b'#include <stdio.h>\nint main(void) { printf("hello, %d-bit world\\n", '
                                    b'(int)(8 * sizeof(void *))); return 3; }\n')
     r = vm.run("gcc -O2 -o /root/hello /root/hello.c", timeout=300)
     assert (r.returncode, r.stderr) == (0, b"")
     r = vm.run(["/root/hello"])
-    assert (r.returncode, r.stdout) == (3, b"hello, 32-bit world\n")
+    assert (r.returncode, r.stdout) == (3, f"hello, {image['bits']}-bit world\n".encode())
 
 
 def test_curl_and_certificates_are_installed(vm):
@@ -121,6 +163,56 @@ def test_the_locale_is_utf8(vm):
     assert r.stdout == b"utf-8 UTF-8\n"
     r = vm.run("printf 'h\\303\\251llo' | wc -m")
     assert r.stdout.strip() == b"5"
+
+
+def test_a_file_of_several_megabytes_goes_both_ways_exactly(vm):
+    data = os.urandom(6 << 20)
+    vm.write_file("/root/big.bin", data)
+    r = vm.run("sha256sum /root/big.bin", timeout=300)
+    assert r.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+    assert vm.read_file("/root/big.bin") == data
+    vm.run("rm /root/big.bin")
+
+
+# -- the agent tools of the x86_64 image (versions: the manifest's guest_npm pins) --------
+def pinned_version(package):
+    spec = json.loads((ASSETS / "images" / "agent-x86_64" / "image.json").read_text())
+    return spec["sources"]["npm"][package]
+
+
+@only("agent-x86_64")
+def test_claude_code_answers_version_and_help(vm):
+    r = vm.run("claude --version", timeout=300)
+    assert (r.returncode, r.stdout) == (0, f"{pinned_version('@anthropic-ai/claude-code')} (Claude Code)\n".encode())
+    r = vm.run("claude --help", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert b"Usage: claude" in r.stdout
+
+
+@only("agent-x86_64")
+def test_bun_evaluates_and_runs_a_typescript_file(vm):
+    r = vm.run(["bun", "-e", "console.log(Bun.version, 6 * 7)"], timeout=300)
+    assert (r.returncode, r.stdout) == (0, f"{pinned_version('bun')} 42\n".encode()), r.stderr
+    vm.write_file("/root/hello.ts", b"interface Greeting { to: string }\n"
+                                    b"const g: Greeting = { to: 'typescript' };\n"
+                                    b"console.log(`hello, ${g.to}`);\n")
+    r = vm.run("bun /root/hello.ts", timeout=300)
+    assert (r.returncode, r.stdout) == (0, b"hello, typescript\n"), r.stderr
+
+
+@only("agent-x86_64")
+def test_gemini_cli_answers_version(vm):
+    r = vm.run("gemini --version", timeout=600)
+    assert (r.returncode, r.stdout) == (0, f"{pinned_version('@google/gemini-cli')}\n".encode()), r.stderr
+
+
+@only("agent-x86_64")
+def test_npm_is_the_one_of_node_22(vm):
+    r = vm.run("npm --version; for t in node npm npx claude bun gemini; do command -v $t; done", timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().split()
+    assert lines[0] == pinned_version("npm")
+    assert lines[1:] == [f"/usr/local/bin/{t}" for t in ("node", "npm", "npx", "claude", "bun", "gemini")]
 
 
 # -- the terminal, as a user types into it ----------------------------------------------
