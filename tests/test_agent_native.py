@@ -66,12 +66,14 @@ class Agent:
     """The host end: a reader thread that sorts frames by id and keeps the
     flow-control credit, and a sender that respects it."""
 
-    def __init__(self, binary: pathlib.Path):
+    def __init__(self, binary: pathlib.Path, environment_file: str = "/nonexistent/environment"):
         self.master, slave = pty.openpty()
         tty.setraw(slave)
         self.proc = subprocess.Popen(
             [str(binary), os.ttyname(slave)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            # the image's /etc/environment, not this host's
+            env={"PYAPPTRON_ENVIRONMENT_FILE": environment_file},
         )
         self.cond = threading.Condition()
         self.frames: dict[int, list[tuple[int, bytes]]] = {}
@@ -300,6 +302,19 @@ def test_default_env_cwd_and_extra_env(agent):
                              env=["FOO=bar", "TERM=xterm"])
     assert code == 0
     assert out == b"/root|xterm|C.UTF-8|bar|/root\n"
+
+
+def test_the_images_etc_environment_adds_to_the_default_env(agent_binary, tmp_path):
+    env_file = tmp_path / "environment"
+    env_file.write_text('# comment\nNODE_COMPILE_CACHE=/var/cache/ncc\nLANG="en_US.UTF-8"\nnot a line\n')
+    agent = Agent(agent_binary, str(env_file))
+    try:
+        out, _, code = agent.run(["sh", "-c", 'echo "$NODE_COMPILE_CACHE|$LANG|$HOME|$FOO"'], env=["FOO=bar"])
+        assert (out, code) == (b"/var/cache/ncc|en_US.UTF-8|/root|bar\n", 0)
+        out, _, _ = agent.run(["sh", "-c", 'echo "$NODE_COMPILE_CACHE"'], env=["NODE_COMPILE_CACHE=/x"])
+        assert out == b"/x\n"  # the request's env still wins
+    finally:
+        agent.close()
 
 
 def test_env_replaces(agent, tmp_path):

@@ -102,13 +102,16 @@ static size_t io_chunk = 32u * 1024u;
  * keeps writing must not keep the EXIT frame from ever being sent. */
 #define DRAIN_LIMIT (1u << 20)
 
-static const char *const default_env[] = {
+static const char *const builtin_env[] = {
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME=/root",
     "TERM=dumb",
     "LANG=C.UTF-8",
     NULL,
 };
+/* The built-in defaults, then the image's /etc/environment (set by load_environment). */
+static const char **default_env = (const char **)builtin_env;
+static size_t n_default_env = sizeof builtin_env / sizeof *builtin_env - 1;
 #define DEFAULT_CWD "/root"
 
 /* ---- little-endian helpers --------------------------------------------- */
@@ -689,7 +692,7 @@ static void child_start(int report_fd, int in_fd, int out_fd, int err_fd,
  * entries (overriding same-named ones), or the request's alone. */
 static char **build_env(char **req, uint32_t reqc, bool replace)
 {
-    size_t ndef = replace ? 0 : sizeof default_env / sizeof *default_env - 1;
+    size_t ndef = replace ? 0 : n_default_env;
     char **env = calloc(ndef + reqc + 1, sizeof *env);
     if (env == NULL)
         return NULL;
@@ -1179,6 +1182,64 @@ static void on_channel_readable(void)
 
 /* ---- setup -------------------------------------------------------------- */
 
+/* The image's system-wide environment, as pam_env gives a login: KEY=VALUE lines of
+ * /etc/environment (# comments, a value may be in double quotes).  An entry replaces a
+ * built-in default of the same name. */
+static void load_environment(const char *path)
+{
+    FILE *f = fopen(path, "re");
+    if (f == NULL)
+        return;
+    size_t cap = n_default_env + 16, n = 0;
+    const char **env = calloc(cap + 1, sizeof *env);
+    if (env == NULL) {
+        fclose(f);
+        return;
+    }
+    for (size_t i = 0; i < n_default_env; i++)
+        env[n++] = default_env[i];
+    char line[4096];
+    while (fgets(line, sizeof line, f) != NULL) {
+        char *p = line + strspn(line, " \t");
+        p[strcspn(p, "\r\n")] = 0;
+        char *eq = strchr(p, '=');
+        if (*p == '#' || eq == NULL || eq == p || strspn(p, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_") != (size_t)(eq - p))
+            continue;
+        char *value = eq + 1;
+        size_t vlen = strlen(value);
+        if (vlen >= 2 && value[0] == '"' && value[vlen - 1] == '"') {
+            value[vlen - 1] = 0;
+            value++;
+        }
+        size_t klen = (size_t)(eq - p);
+        char *entry = malloc(klen + 1 + strlen(value) + 1);
+        if (entry == NULL)
+            break;
+        memcpy(entry, p, klen + 1);
+        strcpy(entry + klen + 1, value);
+        size_t i = 0;
+        while (i < n && strncmp(env[i], entry, klen + 1) != 0)
+            i++;
+        if (i == n) {
+            if (n == cap) {
+                const char **bigger = realloc(env, (2 * cap + 1) * sizeof *env);
+                if (bigger == NULL) {
+                    free(entry);
+                    break;
+                }
+                env = bigger;
+                cap *= 2;
+            }
+            n++;
+        }
+        env[i] = entry;
+    }
+    fclose(f);
+    env[n] = NULL;
+    default_env = env;
+    n_default_env = n;
+}
+
 static int open_channel(const char *dev)
 {
     if (strncmp(dev, "hostchan:", 9) == 0) {
@@ -1367,6 +1428,9 @@ int main(int argc, char **argv)
     const char *dev = argc > 1 ? argv[1] : "/dev/hvc0";
     ensure_std_fds();
     setup_signals();
+    /* (another file only for the agent's own tests, which run on a host) */
+    const char *env_file = getenv("PYAPPTRON_ENVIRONMENT_FILE");
+    load_environment(env_file != NULL ? env_file : "/etc/environment");
     rbuf = malloc(RBUF_CAP);
     if (rbuf == NULL) {
         perror("pyapptron-agent");

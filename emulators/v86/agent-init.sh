@@ -30,6 +30,9 @@ ln -sfn /proc/self/fd/2 /dev/stderr
 # From here on only emergencies reach the console: ttyS0 is the human's.
 echo 1 > /proc/sys/kernel/printk
 
+# The image's system-wide environment (the agent reads the same file for its commands).
+if [ -r /etc/environment ]; then set -a; . /etc/environment; set +a; fi
+
 AGENT_DEVICE=/dev/hvc0
 for arg in $(cat /proc/cmdline); do
     case "$arg" in pyapptron.agent=*) AGENT_DEVICE="${arg#pyapptron.agent=}" ;; esac
