@@ -142,7 +142,7 @@ def test_bad_options_raise_invalid_option(page):
     with pytest.raises(pyapptron.InvalidOption, match="out of range for c2w"):
         page.boot("c2w", memory_mib=64)
     with pytest.raises(pyapptron.InvalidOption, match="out of range for c2w"):
-        page.boot("c2w", "agent-x86_64", memory_mib=8192)
+        page.boot("c2w", "agent-x86_64", memory_mib=4096)
     with pytest.raises(pyapptron.InvalidOption, match="for a user's module"):
         page.boot("c2w", args=["-c", "true"])
     with pytest.raises(pyapptron.ImageNotFound, match="agent-x86_64"):

@@ -40,6 +40,22 @@ def test_the_image_gets_its_own_bochsrc_with_the_memory_size_and_the_agent_chann
     assert C2WBackend(ASSETS, IMAGE).memory_mib == 256
 
 
+def test_a_lazy_root_disk_and_the_shared_memory_channel_reach_the_worker():
+    image = dict(IMAGE, name="agent-x86_64", hostchan=True, memory_mib=2048,
+                 lazy={"/rootfs.img": {"size": 1 << 20, "chunk": 1 << 18, "base": "fs/",
+                                       "chunks": ["00ff", None, "00ff", "abcd"]}})
+    assets = Assets("http://x/assets/", {"files": {f.replace("debian-x86_64", "agent-x86_64"): {}
+                                                   for f in FILES}})
+    b = C2WBackend(assets, image)
+    assert b.memory_mib == 2048
+    assert b.options["lazy"] == {"/rootfs.img": {"size": 1 << 20, "chunk": 1 << 18,
+                                                 "base": "http://x/assets/images/agent-x86_64/fs/",
+                                                 "chunks": ["00ff", None, "00ff", "abcd"]}}
+    assert "/rootfs.img" not in b.options["files"]  # never fetched whole
+    assert b.options["hostchan"] == {"channel": "agent", "wake_fd": 4}
+    assert "hostchan" not in C2WBackend(ASSETS, IMAGE).options  # an image without the rings: the serial line
+
+
 @pytest.mark.parametrize("memory", [64, 192, 4096])
 def test_memory_out_of_range_says_the_range(memory):
     with pytest.raises(pyapptron.InvalidOption, match="use 193 to 2048"):

@@ -263,15 +263,16 @@ def test_malformed_input_is_answered_and_an_agents_setup_survives_a_restart(tmp_
 
 
 @pytest.mark.browser
-def test_an_agent_gets_an_x86_64_machine_with_exec_and_files_but_no_snapshot_tools():
-    mcp = McpProcess("--headless", "--emulator", "c2w")
+def test_an_agent_gets_the_x86_64_agent_sandbox_with_exec_and_files_but_no_snapshot_tools():
+    mcp = McpProcess("--headless", "--emulator", "c2w", "--image", "agent-x86_64")
     try:
         mcp.request("initialize", INIT, timeout=120)
         mcp.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         tools = {t["name"] for t in mcp.request("tools/list")["result"]["tools"]}
         assert tools == {"exec", "read_file", "write_file", "list_dir"}  # c2w cannot snapshot: not offered
-        result = mcp.call("exec", {"command": "uname -m; echo err >&2; exit 3"})
-        assert result["structuredContent"]["stdout"] == "x86_64\n"
+        result = mcp.call("exec", {"command": "uname -m; node -p 'process.arch + \" \" + process.version.split(\".\")[0]'; "
+                                              "echo err >&2; exit 3", "timeout": 300})
+        assert result["structuredContent"]["stdout"] == "x86_64\nx64 v22\n", result
         assert (result["structuredContent"]["stderr"], result["structuredContent"]["exit_code"]) == ("err\n", 3)
     finally:
         assert mcp.close() == 0

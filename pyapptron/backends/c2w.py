@@ -36,7 +36,9 @@ from ..assets import Assets
 from ..errors import InvalidOption, NotSupported
 from . import Backend, Capabilities, Sink
 
-MAX_MEMORY_MIB = 2048  # wasm32: guest RAM lives in the module's 4 GiB memory
+# Guest RAM lives in the module's wasm32 memory (Bochs allocates it block by block as the
+# guest touches it, patch 0009); Bochs itself caps it at 2 GiB on a 32-bit host.
+MAX_MEMORY_MIB = 2048
 #: Input ring sizes: the agent's flow-control window must fit, with room (on the
 #: shared-memory channel it announces 32 chunks of 64 KiB; the rest waits in the adapter).
 RING_BYTES = {"console": 1 << 16, "agent": 1 << 20}
@@ -129,7 +131,8 @@ class C2WBackend(Backend):
         memory = image.get("memory_mib", 256) if memory_mib is None else memory_mib
         if not low <= memory <= MAX_MEMORY_MIB:
             raise InvalidOption(f"memory_mib={memory} is out of range for c2w image {image['name']!r}: use {low} "
-                                f"to {MAX_MEMORY_MIB} (its initrd is loaded at 128 MiB)")
+                                f"to {MAX_MEMORY_MIB} (its initrd is loaded at 128 MiB; Bochs on a "
+                                "32-bit host allows 2 GiB)")
         self.memory_mib = memory
         image_dir = f"images/{image['name']}/"
         inflate = set(image.get("inflate", []))  # served gzip'd, inflated in the worker
