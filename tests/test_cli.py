@@ -41,4 +41,4 @@ def test_run_resumes_the_boot_snapshot_by_default_and_cold_boots_on_request():
     r = cli("demo")
     assert r.returncode == 0 and b"resumed from its boot snapshot of image 'minimal'" in r.stdout
     r = cli("demo", "--cold")
-    assert r.returncode == 0 and b"(cold boot;" in r.stdout
+    assert r.returncode == 0 and b"(a cold boot of the kernel)" in r.stdout

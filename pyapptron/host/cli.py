@@ -122,9 +122,10 @@ def cmd_demo(args) -> int:
     started = time.monotonic()
     try:
         with booted(args) as (_, vm):
-            how = f"resumed from its {vm.resumed_from}" if vm.resumed_from else "cold boot"
-            print(f"booted {vm.emulator}/{vm.image} in {vm.boot_seconds:.1f} s ({how}; --cold boots "
-                  f"the kernel)\ncapabilities: {vm.capabilities}")
+            how = (f"resumed from its {vm.resumed_from}; --cold boots the kernel" if vm.resumed_from
+                   else "a cold boot of the kernel")
+            print(f"booted {vm.emulator}/{vm.image} in {vm.boot_seconds:.1f} s ({how})\n"
+                  f"capabilities: {vm.capabilities}")
             r = vm.run("uname -a")
             print(f"$ uname -a\n{r.stdout.decode()}", end="")
             vm.write_file("/root/hello.txt", b"hello from the host\n")
@@ -132,9 +133,17 @@ def cmd_demo(args) -> int:
             print(vm.run(["cat", "/root/hello.txt"]).stdout.decode(), end="")
             vm.run("echo 'written in the guest' > /root/reply.txt")
             print(f"read back from the guest: {vm.read_file('/root/reply.txt')!r}")
-            r = vm.run("for tool in zsh tmux git python3 node npm gcc; do command -v $tool >/dev/null "
-                       "&& printf '%s ' $tool; done", timeout=60)
-            print(f"tools in this image: {r.stdout.decode().strip() or 'busybox only'}")
+            r = vm.run("for tool in zsh tmux git python3 node npm gcc claude bun gemini; do command -v $tool "
+                       ">/dev/null && printf '%s ' $tool; done", timeout=60)
+            tools = r.stdout.decode().split()
+            print(f"tools in this image: {' '.join(tools) or 'busybox only'}")
+            # The agent tools of the x86_64 image (a first start reads the tool from the lazily
+            # loaded root: seconds; gemini's first start takes minutes, so it is left out here).
+            for tool in ("node", "claude", "bun"):
+                if tool in tools and "claude" in tools:
+                    t = time.monotonic()
+                    r = vm.run([tool, "--version"], timeout=600)
+                    print(f"$ {tool} --version   ({time.monotonic() - t:.1f} s)\n{r.stdout.decode().strip()}")
             r = vm.run("echo out; echo err >&2; exit 7")
             print(f"$ echo out; echo err >&2; exit 7\n  stdout={r.stdout!r} stderr={r.stderr!r} returncode={r.returncode}")
     except PyapptronError as exc:
