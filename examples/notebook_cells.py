@@ -54,12 +54,15 @@ await vm.console.wait_for(b"hello-console")
 # %% Release the emulator
 await vm.shutdown()
 
-# %% A 64-bit guest: the same interface on the c2w backend (Bochs for WASI, x86_64;
-# the page must be cross-origin isolated, as `python -m pyapptron serve` makes it)
-async with await pyapptron.boot("c2w", image="debian-x86_64") as vm64:
-    r = await vm64.run("uname -m; uname -r")
+# %% The 64-bit agent sandbox: the same interface on the c2w backend (Bochs for WASI,
+# x86_64; the page must be cross-origin isolated, as `python -m pyapptron serve` makes it).
+# Debian amd64 with Node 22, Claude Code, Bun and Gemini CLI; a tool's first start reads
+# it from the lazily loaded root (seconds), later starts come from the guest's cache.
+async with await pyapptron.boot("c2w", image="agent-x86_64") as vm64:
+    await vm64.write_file("/root/hello.ts", b"const n: number = 6 * 7; console.log(`bun says ${n}`);\n")
+    r = await vm64.run("uname -m; node -p process.version; bun /root/hello.ts", timeout=600)
     print(r.stdout.decode(), vm64.capabilities.arch)
-    assert r.stdout.startswith(b"x86_64\n")
+    assert r.stdout.startswith(b"x86_64\nv22.") and r.stdout.endswith(b"bun says 42\n")
 
 # %% Your own QEMU-Wasm build: serve its directory (out.js, its .wasm, load-*.js packages)
 # beside the page, e.g. `python -m pyapptron serve --mount /qemu/=DIR`, and point boot at
