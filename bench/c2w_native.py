@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""The native ceiling for c2w: the same Bochs source, configure options and guest, built for
+x86_64 Linux, running the same shell loop as bench/c2w_cpu.py times in Chromium.
+
+    python3 bench/c2w_native.py [--speedups] [--rounds 3] [--loop 30000] [--sync none,slowdown]
+                                [--cc clang] [--out bench/results/c2w_native.json]
+
+Build: Debian's bochs source (the orig tarball build_bochs.py pins and caches), patches
+0001-... of emulators/c2w/patches applied as for the wasm build (they change nothing
+natively: their code is #ifdef __wasi__), configure with build_bochs.CONFIGURE_ARGS (host and
+build triplets dropped; --speedups adds build_bochs.SPEEDUP_ARGS) and the same -O2, with
+clang-14 (the wasm build's compiler) or gcc.  One difference, for driving the guest: the
+WASI serial streams of patch 0006 are enabled natively too (its `#ifdef __wasi__` in
+iodev/serial.cc read as `#if defined(__wasi__) || defined(BX_PYAPPTRON_STREAM)`, built with
+-DBX_PYAPPTRON_STREAM), so COM1 is this process's stdin/stdout pipes (non-blocking, as the
+WASI host's fds) and COM2 a socket on fd 4 exactly as in the browser.  The result is cached
+under ~/.cache/pyapptron/c2w/native/KEY (key: a hash of the inputs) and never shipped.
+
+Run: the built image (build/assets/images/debian-x86_64) with its bochsrc (paths made
+absolute in a temporary copy), the console driven through the pipes: wait for the prompt,
+type the loop, and MIPS = (guest seconds between two reads of /proc/uptime) * ips / (wall
+seconds between the arrivals of the two lines that carry them), as in bench/c2w_cpu.mjs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO / "emulators" / "c2w"))
+import build_bochs as B  # noqa: E402
+
+IMAGE_DIR = REPO / "build" / "assets" / "images" / "debian-x86_64"
+CACHE = Path.home() / ".cache" / "pyapptron" / "c2w"
+OPT = ["-O2"]
+
+
+def native_build(speedups: bool, cc: str) -> Path:
+    orig = B.fetch_source(CACHE)
+    extra = B.SPEEDUP_ARGS if speedups else []
+    configure = [a for a in B.CONFIGURE_ARGS if not a.startswith(("--host=", "--build="))] + extra
+    compilers = {"clang": ("clang-14", "clang++-14"), "gcc": ("gcc", "g++")}[cc]
+    h = hashlib.sha256(json.dumps({"orig": B.ORIG_SHA256, "configure": configure, "cc": compilers, "opt": OPT,
+                                   "script": B.sha256_file(Path(__file__)),
+                                   "patches": [B.sha256_file(p) for p in sorted(B.PATCH_DIR.glob("*.patch"))]},
+                                  sort_keys=True).encode()).hexdigest()[:16]
+    out_dir = CACHE / "native" / h
+    binary = out_dir / "bochs"
+    if binary.is_file():
+        return binary
+    work = out_dir / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    log = out_dir / "build.log"
+    log.write_text("")
+    tree = B.unpack(orig, work)
+    for p in sorted(B.PATCH_DIR.glob("*.patch")):
+        B.run(["patch", "-p1", "--forward", "--no-backup-if-mismatch", "-i", p], cwd=tree, logfile=log)
+    serial = tree / "iodev" / "serial.cc"
+    serial.write_text(serial.read_text().replace(
+        "#ifdef __wasi__\n", "#if defined(__wasi__) || defined(BX_PYAPPTRON_STREAM)\n"))
+    flags = " ".join(OPT + ["-DBX_PYAPPTRON_STREAM"])
+    env = dict(os.environ, CC=compilers[0], CXX=compilers[1], CFLAGS=flags, CXXFLAGS=flags, LC_ALL="C")
+    B.run(["./configure"] + configure, cwd=tree, env=env, logfile=log, nice=True)
+    B.run(["make", f"-j{B.MAX_JOBS}", "bochs"], cwd=tree, env=env, logfile=log, nice=True)
+    shutil.copyfile(tree / "bochs", binary)
+    binary.chmod(0o755)
+    (out_dir / "inputs.json").write_text(json.dumps({"configure": configure, "cc": compilers, "opt": OPT}, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+    return binary
+
+
+class Guest:
+    """One native Bochs boot of the image, its console on pipes."""
+
+    def __init__(self, binary: Path, sync: str, ips: int | None):
+        spec = json.loads((IMAGE_DIR / "image.json").read_text())
+        self.spec = spec
+        self.ips = ips or spec["ips"]
+        self.dir = Path(tempfile.mkdtemp(prefix="c2w-native-"))
+        for guest, rel in spec["files"].items():
+            if guest == "/bochsrc.txt":
+                continue
+            dest = self.dir / guest.lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if guest in spec.get("inflate", []):
+                with gzip.open(IMAGE_DIR / rel) as f, open(dest, "wb") as g:
+                    shutil.copyfileobj(f, g)
+            else:
+                shutil.copyfile(IMAGE_DIR / rel, dest)
+        body = spec["bochsrc_body"]
+        body = re.sub(r"(file|path)=/", lambda m: f"{m.group(1)}={self.dir}/", body)
+        body = re.sub(r"sync=\w+", f"sync={sync}", body)
+        if ips:
+            body = re.sub(r"ips=\d+", f"ips={ips}", body)
+        (self.dir / "bochsrc.txt").write_text(f"megs: {spec.get('memory_mib', 256)}\n{body}")
+        self.agent_parent, agent_child = socket.socketpair()
+        agent_child.setblocking(False)
+        child_fd = agent_child.fileno()
+        env = dict(os.environ, BXSHARE=str(self.dir / "bios"))
+
+        def fd4():
+            os.dup2(child_fd, 4)
+
+        self.t0 = time.perf_counter()
+        self.proc = subprocess.Popen([str(binary), "-q", "-f", str(self.dir / "bochsrc.txt")], cwd=self.dir,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(self.dir / "log", "wb"),
+                                     env=env, preexec_fn=fd4, pass_fds=(child_fd,))
+        agent_child.close()
+        os.set_blocking(self.proc.stdin.fileno(), False)  # the child's end shares the flag: reads never block
+        self.text = ""
+        self.arrivals = []  # (time, length)
+        self.lock = threading.Condition()
+        threading.Thread(target=self._reader, daemon=True).start()
+
+    def _reader(self):
+        fd = self.proc.stdout.fileno()
+        while True:
+            data = os.read(fd, 65536)
+            now = time.perf_counter()
+            if not data:
+                break
+            with self.lock:
+                self.text += data.decode("latin1")
+                self.arrivals.append((now, len(self.text)))
+                self.lock.notify_all()
+
+    def wait_for(self, pattern: str, start: int, timeout: float):
+        rx = re.compile(pattern)
+        end = time.perf_counter() + timeout
+        with self.lock:
+            while True:
+                m = rx.search(self.text, start)
+                if m:
+                    at = next(t for t, n in self.arrivals if n >= m.end())
+                    return m, at
+                left = end - time.perf_counter()
+                if left <= 0 or self.proc.poll() is not None:
+                    raise TimeoutError(f"waiting for {pattern!r}: {self.text[-500:]}")
+                self.lock.wait(left)
+
+    def send(self, s: str) -> None:
+        data = s.encode()
+        while data:
+            try:
+                n = os.write(self.proc.stdin.fileno(), data)
+                data = data[n:]
+            except BlockingIOError:
+                time.sleep(0.001)
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def loop_once(g: Guest, n: int) -> dict:
+    start = len(g.text)
+    g.send(f'read a x </proc/uptime; echo "@@A $a"; i=0; while [ $i -lt {n} ]; do i=$((i+1)); done; '
+           f'read b x </proc/uptime; echo "@@B $b"\n')
+    ma, ta = g.wait_for(r"@@A (\d+\.\d+)", start, 120)
+    mb, tb = g.wait_for(r"@@B (\d+\.\d+)", start, 900)
+    guest = float(mb.group(1)) - float(ma.group(1))
+    g.wait_for(re.escape(g.spec["prompt"]), mb.end(), 60)
+    return {"n": n, "guest_s": round(guest, 3), "wall_s": round(tb - ta, 3),
+            "MIPS": round(guest * g.ips / (tb - ta) / 1e6, 1)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--speedups", action="store_true")
+    ap.add_argument("--cc", choices=["clang", "gcc"], default="clang")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--loop", type=int, default=30000)
+    ap.add_argument("--loops-per-boot", type=int, default=2)
+    ap.add_argument("--sync", default="none,slowdown")
+    ap.add_argument("--ips", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    binary = native_build(args.speedups, args.cc)
+    runs = []
+    for rnd in range(args.rounds):
+        for sync in args.sync.split(","):
+            g = Guest(binary, sync, args.ips)
+            try:
+                _, tp = g.wait_for(re.escape(g.spec["prompt"]), 0, 300)
+                time.sleep(0.5)
+                loops = [loop_once(g, args.loop) for _ in range(args.loops_per_boot)]
+            finally:
+                g.close()
+            rec = {"round": rnd, "sync": sync, "boot_to_prompt_s": round(tp - g.t0, 3), "loops": loops}
+            runs.append(rec)
+            print(f"r{rnd} native/{sync}: boot {rec['boot_to_prompt_s']:.2f} s, MIPS "
+                  + ", ".join(str(lp["MIPS"]) for lp in loops), flush=True)
+    summary = {}
+    for sync in args.sync.split(","):
+        mine = [r for r in runs if r["sync"] == sync]
+        mips = sorted(lp["MIPS"] for r in mine for lp in r["loops"])
+        boots = sorted(r["boot_to_prompt_s"] for r in mine)
+        summary[sync] = {"MIPS": {"median": statistics.median(mips), "min": mips[0], "max": mips[-1], "n": len(mips)},
+                         "boot_to_prompt_s": {"median": statistics.median(boots), "min": boots[0], "max": boots[-1]}}
+    out = {"binary": str(binary), "compiler": args.cc, "speedups": args.speedups,
+           "configure": json.loads((binary.parent / "inputs.json").read_text())["configure"],
+           "loop": args.loop, "summary": summary, "runs": runs}
+    print(json.dumps(summary, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
