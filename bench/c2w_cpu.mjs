@@ -24,7 +24,7 @@ export async function run(opts) {
   const sinks = {
     console(data) {
       text += dec.decode(data);
-      arrivals.push([performance.now(), text.length]);
+      arrivals.push([performance.now(), text.length, Date.now()]);
       if (waiter) waiter();
     },
     agent() {},
@@ -41,7 +41,7 @@ export async function run(opts) {
         const a = arrivals.find(([, len]) => len >= end);
         clearTimeout(timer);
         waiter = null;
-        resolve([m, a ? a[0] : performance.now()]);
+        resolve([m, a ? a[0] : performance.now(), a ? a[2] : Date.now()]);
       }
     };
     waiter = check;
@@ -60,15 +60,15 @@ export async function run(opts) {
     handle.send("console", enc.encode(
       `read a x </proc/uptime; echo "@@A $a"; i=0; while [ $i -lt ${n} ]; do i=$((i+1)); done; ` +
       `read b x </proc/uptime; echo "@@B $b"\n`));
-    const [ma, ta] = await waitFor(/@@A (\d+\.\d+)/g, from, 120000);
+    const [ma, ta, ea] = await waitFor(/@@A (\d+\.\d+)/g, from, 120000);
     if (opts.counts) await pause(1100);
     const ca = (() => { const l = handle.log().split('\n').filter((x) => x.startsWith('@@COUNTS ')); return l.length ? JSON.parse(l[l.length - 1].slice(9)) : null; })();
-    const [mb, tb] = await waitFor(/@@B (\d+\.\d+)/g, from, 900000);
+    const [mb, tb, eb] = await waitFor(/@@B (\d+\.\d+)/g, from, 900000);
     const lastCounts = () => { const l = handle.log().split('\n').filter((x) => x.startsWith('@@COUNTS ')); return l.length ? JSON.parse(l[l.length - 1].slice(9)) : null; };
     const cb = lastCounts();
     const guest = Number(mb[1]) - Number(ma[1]);
     const wall = (tb - ta) / 1000;
-    result.loops.push({ n, guest_s: Math.round(guest * 1000) / 1000, wall_s: Math.round(wall * 1000) / 1000,
+    result.loops.push({ n, epoch_ms: [ea, eb], guest_s: Math.round(guest * 1000) / 1000, wall_s: Math.round(wall * 1000) / 1000,
                         MIPS: Math.round(guest * opts.ips / wall / 1e5) / 10 });
     if (ca && cb) {  // import calls per second over the loop (instrumented worker only)
       const dt = (cb.t - ca.t) / 1000, rates = {};

@@ -11,6 +11,7 @@ iterations on the console; MIPS = (guest seconds between two reads of /proc/upti
 (wall seconds between the arrivals of the two console lines that carry them).  Bochs's
 clock is its instruction counter over ips, so the numerator counts instructions; with
 sync=none nothing caps the rate, with sync=slowdown it cannot exceed ips (see c2w_cpu.mjs).
+Also the CPU time the worker thread got (see WorkerCpu): instructions per worker CPU second.
 Prints and saves JSON: every run, and per variant and loop index the median and range.
 --js-flags passes V8 flags to Chromium: a diagnostic only (a user's browser has none).
 """
@@ -21,9 +22,11 @@ import argparse
 import json
 import re
 import shutil
+import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -62,6 +65,57 @@ def adapter_options(spec: dict, wasm_url: str, rc: str, worker_url: str) -> dict
         "stderr": "log", "worker_url": worker_url, "shim_url": "/assets/c2w/browser_wasi_shim/dist/index.js",
         "ring_bytes": RING_BYTES,
     }
+
+
+class WorkerCpu:
+    """Samples the CPU time (utime + stime) of this browser's DedicatedWorker threads every
+    20 ms, so a loop's instructions can be divided by the CPU seconds the worker got as well
+    as by wall seconds: on a machine shared with other work the wall figure drops whenever the
+    worker waits for a core, the CPU figure much less (caches and SMT still shared)."""
+
+    HZ = os.sysconf("SC_CLK_TCK")
+
+    def __init__(self, profile: str):
+        self.profile = profile
+        self.samples = []  # (epoch s, {tid: cpu s})
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _pids(self):
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    if self.profile in (d / "cmdline").read_bytes().decode(errors="replace"):
+                        yield d
+                except OSError:
+                    pass
+
+    def _run(self):
+        pids, last = [], 0.0
+        while not self.stop.wait(0.02):
+            now = time.time()
+            if now - last > 1:
+                pids, last = list(self._pids()), now
+            cpu = {}
+            for d in pids:
+                try:
+                    for t in (d / "task").iterdir():
+                        if (t / "comm").read_text().startswith("DedicatedWorker"):
+                            f = (t / "stat").read_text().rsplit(")", 1)[1].split()
+                            cpu[int(t.name)] = (int(f[11]) + int(f[12])) / self.HZ
+                except OSError:
+                    pass
+            self.samples.append((now, cpu))
+
+    def between(self, t0: float, t1: float) -> float | None:
+        """CPU seconds of the busiest worker thread between epoch times t0 and t1."""
+        a = next((c for t, c in reversed(self.samples) if t <= t0), None)
+        b = next((c for t, c in self.samples if t >= t1), None)
+        if not a or not b:
+            return None
+        deltas = [b[k] - a[k] for k in b if k in a]
+        return max(deltas) if deltas else None
 
 
 RUN_JS = """
@@ -106,6 +160,7 @@ def main(argv=None) -> int:
     runs = []
     with PageServer(refresh=False, extra_roots={"/perf/": tmp}) as server, Browser() as browser:
         d = browser.driver
+        sampler = WorkerCpu(browser._tmp_profile)
         for rnd in range(args.rounds):
             for name, label, sync in variants:
                 d.get(server.url + "perf/index.html")
@@ -122,10 +177,16 @@ def main(argv=None) -> int:
                     continue
                 r = r["ok"]
                 tail = r.pop("log_tail", "")
+                time.sleep(0.1)
+                for lp in r["loops"]:
+                    cpu_s = sampler.between(lp["epoch_ms"][0] / 1000, lp["epoch_ms"][1] / 1000)
+                    lp["worker_cpu_s"] = round(cpu_s, 3) if cpu_s else None
+                    lp["MIPS_per_cpu_s"] = round(lp["guest_s"] * ips / cpu_s / 1e6, 1) if cpu_s else None
                 rec = {"variant": name, "round": rnd, "sync": sync, "wall_s": round(time.perf_counter() - t, 2), **r}
                 runs.append(rec)
                 print(f"r{rnd} {name:>24}: boot {r['boot_to_prompt_s']:.2f} s, MIPS "
-                      + ", ".join(f"{lp['MIPS']:.1f}" for lp in r["loops"]), flush=True)
+                      + ", ".join(f"{lp['MIPS']:.1f}" for lp in r["loops"]) + "; per worker CPU s "
+                      + ", ".join(f"{lp['MIPS_per_cpu_s']}" for lp in r["loops"]), flush=True)
                 if args.worker and "@@" in tail:
                     rec["worker_log"] = [ln for ln in tail.splitlines() if ln.startswith("@@")][-3:]
     summary = {}
@@ -136,10 +197,14 @@ def main(argv=None) -> int:
         s = {"boot_to_prompt_s": _stat([r["boot_to_prompt_s"] for r in mine])}
         for k in range(args.loops_per_boot):
             s[f"loop{k + 1}_MIPS"] = _stat([r["loops"][k]["MIPS"] for r in mine])
+            cpu = [r["loops"][k]["MIPS_per_cpu_s"] for r in mine if r["loops"][k].get("MIPS_per_cpu_s")]
+            if cpu:
+                s[f"loop{k + 1}_MIPS_per_cpu_s"] = _stat(cpu)
         summary[name] = s
     out = {"image": IMAGE, "ips": ips, "loop": args.loop, "js_flags": args.js_flags, "summary": summary, "runs": runs,
            "method": "MIPS = guest seconds (/proc/uptime, Bochs ticks / ips) * ips / wall seconds between the "
-                     "console lines carrying the two reads"}
+                     "console lines carrying the two reads; MIPS_per_cpu_s divides by the CPU seconds the "
+                     "worker thread got in that window instead (/proc/PID/task/TID/stat, 10 ms ticks)"}
     print(json.dumps(summary, indent=1))
     if args.out:
         args.out.write_text(json.dumps(out, indent=1) + "\n")

@@ -9,11 +9,12 @@ Build: Debian's bochs source (the orig tarball build_bochs.py pins and caches), 
 0001-... of emulators/c2w/patches applied as for the wasm build (they change nothing
 natively: their code is #ifdef __wasi__), configure with build_bochs.CONFIGURE_ARGS (host and
 build triplets dropped; --speedups adds build_bochs.SPEEDUP_ARGS) and the same -O2, with
-clang-14 (the wasm build's compiler) or gcc.  One difference, for driving the guest: the
-WASI serial streams of patch 0006 are enabled natively too (its `#ifdef __wasi__` in
-iodev/serial.cc read as `#if defined(__wasi__) || defined(BX_PYAPPTRON_STREAM)`, built with
--DBX_PYAPPTRON_STREAM), so COM1 is this process's stdin/stdout pipes (non-blocking, as the
-WASI host's fds) and COM2 a socket on fd 4 exactly as in the browser.  The result is cached
+clang-14 or gcc.  Two patches are enabled natively too, their `#ifdef __wasi__` read as
+`#if defined(__wasi__) || defined(BX_PYAPPTRON_STREAM)` (built with -DBX_PYAPPTRON_STREAM):
+0006's serial streams, so COM1 is this process's stdin/stdout pipes (non-blocking, as the
+WASI host's fds) and COM2 a socket on fd 4 exactly as in the browser, and 0007's block-wise
+optramimage load (stock Bochs loads the 60 MiB kernel into one RAM block natively too and
+the guest triple-faults).  The result is cached
 under ~/.cache/pyapptron/c2w/native/KEY (key: a hash of the inputs) and never shipped.
 
 Run: the built image (build/assets/images/debian-x86_64) with its bochsrc (paths made
@@ -71,9 +72,10 @@ def native_build(speedups: bool, cc: str) -> Path:
     tree = B.unpack(orig, work)
     for p in sorted(B.PATCH_DIR.glob("*.patch")):
         B.run(["patch", "-p1", "--forward", "--no-backup-if-mismatch", "-i", p], cwd=tree, logfile=log)
-    serial = tree / "iodev" / "serial.cc"
-    serial.write_text(serial.read_text().replace(
-        "#ifdef __wasi__\n", "#if defined(__wasi__) || defined(BX_PYAPPTRON_STREAM)\n"))
+    for rel in ("iodev/serial.cc", "memory/misc_mem.cc"):
+        src = tree / rel
+        src.write_text(src.read_text().replace(
+            "#ifdef __wasi__\n", "#if defined(__wasi__) || defined(BX_PYAPPTRON_STREAM)\n"))
     flags = " ".join(OPT + ["-DBX_PYAPPTRON_STREAM"])
     env = dict(os.environ, CC=compilers[0], CXX=compilers[1], CFLAGS=flags, CXXFLAGS=flags, LC_ALL="C")
     B.run(["./configure"] + configure, cwd=tree, env=env, logfile=log, nice=True)
@@ -117,12 +119,16 @@ class Guest:
         def fd4():
             os.dup2(child_fd, 4)
 
+        # The console's input: a pipe whose read end is non-blocking, as the WASI host's
+        # fd 0 (Bochs's receive poll must never wait).
+        stdin_r, self.stdin_w = os.pipe()
+        os.set_blocking(stdin_r, False)
         self.t0 = time.perf_counter()
         self.proc = subprocess.Popen([str(binary), "-q", "-f", str(self.dir / "bochsrc.txt")], cwd=self.dir,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(self.dir / "log", "wb"),
+                                     stdin=stdin_r, stdout=subprocess.PIPE, stderr=open(self.dir / "log", "wb"),
                                      env=env, preexec_fn=fd4, pass_fds=(child_fd,))
+        os.close(stdin_r)
         agent_child.close()
-        os.set_blocking(self.proc.stdin.fileno(), False)  # the child's end shares the flag: reads never block
         self.text = ""
         self.arrivals = []  # (time, length)
         self.lock = threading.Condition()
@@ -158,12 +164,13 @@ class Guest:
         data = s.encode()
         while data:
             try:
-                n = os.write(self.proc.stdin.fileno(), data)
+                n = os.write(self.stdin_w, data)
                 data = data[n:]
             except BlockingIOError:
                 time.sleep(0.001)
 
     def close(self) -> None:
+        os.close(self.stdin_w)
         self.proc.kill()
         self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
