@@ -17,6 +17,9 @@ optramimage load (stock Bochs loads the 60 MiB kernel into one RAM block nativel
 the guest triple-faults).  The result is cached
 under ~/.cache/pyapptron/c2w/native/KEY (key: a hash of the inputs) and never shipped.
 
+With --wasm PATH each round also boots that bochs.wasm in headless Chromium (bench/c2w_cpu.py)
+and the JSON gets wasm/native, by wall time and by CPU time.
+
 Run: the built image (build/assets/images/debian-x86_64) with its bochsrc (paths made
 absolute in a temporary copy), the console driven through the pipes: wait for the prompt,
 type the loop, and MIPS = (guest seconds between two reads of /proc/uptime) * ips / (wall
@@ -49,6 +52,7 @@ import build_bochs as B  # noqa: E402
 IMAGE_DIR = REPO / "build" / "assets" / "images" / "debian-x86_64"
 CACHE = Path.home() / ".cache" / "pyapptron" / "c2w"
 OPT = ["-O2"]
+STREAM_FILES = ("iodev/serial.cc", "memory/misc_mem.cc")  # their `#ifdef __wasi__` also natively
 
 
 def native_build(speedups: bool, cc: str) -> Path:
@@ -57,7 +61,7 @@ def native_build(speedups: bool, cc: str) -> Path:
     configure = [a for a in B.CONFIGURE_ARGS if not a.startswith(("--host=", "--build="))] + extra
     compilers = {"clang": ("clang-14", "clang++-14"), "gcc": ("gcc", "g++")}[cc]
     h = hashlib.sha256(json.dumps({"orig": B.ORIG_SHA256, "configure": configure, "cc": compilers, "opt": OPT,
-                                   "script": B.sha256_file(Path(__file__)),
+                                   "recipe": [STREAM_FILES, "-DBX_PYAPPTRON_STREAM"],
                                    "patches": [B.sha256_file(p) for p in sorted(B.PATCH_DIR.glob("*.patch"))]},
                                   sort_keys=True).encode()).hexdigest()[:16]
     out_dir = CACHE / "native" / h
@@ -72,7 +76,7 @@ def native_build(speedups: bool, cc: str) -> Path:
     tree = B.unpack(orig, work)
     for p in sorted(B.PATCH_DIR.glob("*.patch")):
         B.run(["patch", "-p1", "--forward", "--no-backup-if-mismatch", "-i", p], cwd=tree, logfile=log)
-    for rel in ("iodev/serial.cc", "memory/misc_mem.cc"):
+    for rel in STREAM_FILES:
         src = tree / rel
         src.write_text(src.read_text().replace(
             "#ifdef __wasi__\n", "#if defined(__wasi__) || defined(BX_PYAPPTRON_STREAM)\n"))
@@ -141,20 +145,29 @@ class Guest:
             now = time.perf_counter()
             if not data:
                 break
+            cpu = self.cpu_s()
             with self.lock:
                 self.text += data.decode("latin1")
-                self.arrivals.append((now, len(self.text)))
+                self.arrivals.append((now, len(self.text), cpu))
                 self.lock.notify_all()
 
-    def wait_for(self, pattern: str, start: int, timeout: float):
+    def cpu_s(self) -> float | None:
+        """CPU seconds (utime + stime) Bochs has used so far."""
+        try:
+            f = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, AttributeError):
+            return None
+
+    def wait_for(self, pattern: str, start: int, timeout: float, cpu: bool = False):
         rx = re.compile(pattern)
         end = time.perf_counter() + timeout
         with self.lock:
             while True:
                 m = rx.search(self.text, start)
                 if m:
-                    at = next(t for t, n in self.arrivals if n >= m.end())
-                    return m, at
+                    at = next(a for a in self.arrivals if a[1] >= m.end())
+                    return (m, at[0], at[2]) if cpu else (m, at[0])
                 left = end - time.perf_counter()
                 if left <= 0 or self.proc.poll() is not None:
                     raise TimeoutError(f"waiting for {pattern!r}: {self.text[-500:]}")
@@ -180,12 +193,14 @@ def loop_once(g: Guest, n: int) -> dict:
     start = len(g.text)
     g.send(f'read a x </proc/uptime; echo "@@A $a"; i=0; while [ $i -lt {n} ]; do i=$((i+1)); done; '
            f'read b x </proc/uptime; echo "@@B $b"\n')
-    ma, ta = g.wait_for(r"@@A (\d+\.\d+)", start, 120)
-    mb, tb = g.wait_for(r"@@B (\d+\.\d+)", start, 900)
+    ma, ta, ca = g.wait_for(r"@@A (\d+\.\d+)", start, 120, cpu=True)
+    mb, tb, cb = g.wait_for(r"@@B (\d+\.\d+)", start, 900, cpu=True)
     guest = float(mb.group(1)) - float(ma.group(1))
     g.wait_for(re.escape(g.spec["prompt"]), mb.end(), 60)
+    cpu = (cb - ca) if ca is not None and cb is not None else None
     return {"n": n, "guest_s": round(guest, 3), "wall_s": round(tb - ta, 3),
-            "MIPS": round(guest * g.ips / (tb - ta) / 1e6, 1)}
+            "MIPS": round(guest * g.ips / (tb - ta) / 1e6, 1), "cpu_s": cpu and round(cpu, 3),
+            "MIPS_per_cpu_s": round(guest * g.ips / cpu / 1e6, 1) if cpu else None}
 
 
 def main(argv=None) -> int:
@@ -197,11 +212,21 @@ def main(argv=None) -> int:
     ap.add_argument("--loops-per-boot", type=int, default=2)
     ap.add_argument("--sync", default="none,slowdown")
     ap.add_argument("--ips", type=int, default=None)
+    ap.add_argument("--wasm", type=Path, default=None,
+                    help="also time this bochs.wasm in headless Chromium (bench/c2w_cpu.py), one boot per sync mode "
+                         "after each native round, and report wasm/native")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     binary = native_build(args.speedups, args.cc)
-    runs = []
+    runs, wasm_runs = [], []
     for rnd in range(args.rounds):
+        if args.wasm:
+            import c2w_cpu  # noqa: E402  (beside this file)
+            tmp = Path(tempfile.mkstemp(suffix=".json")[1])
+            c2w_cpu.main(["--wasm", f"wasm={args.wasm}", "--rounds", "1", "--loop", str(args.loop),
+                          "--loops-per-boot", str(args.loops_per_boot), "--sync", args.sync, "--out", str(tmp)])
+            wasm_runs += json.loads(tmp.read_text())["runs"]
+            tmp.unlink()
         for sync in args.sync.split(","):
             g = Guest(binary, sync, args.ips)
             try:
@@ -213,18 +238,35 @@ def main(argv=None) -> int:
             rec = {"round": rnd, "sync": sync, "boot_to_prompt_s": round(tp - g.t0, 3), "loops": loops}
             runs.append(rec)
             print(f"r{rnd} native/{sync}: boot {rec['boot_to_prompt_s']:.2f} s, MIPS "
-                  + ", ".join(str(lp["MIPS"]) for lp in loops), flush=True)
+                  + ", ".join(str(lp["MIPS"]) for lp in loops) + "; per CPU s "
+                  + ", ".join(str(lp["MIPS_per_cpu_s"]) for lp in loops), flush=True)
     summary = {}
     for sync in args.sync.split(","):
         mine = [r for r in runs if r["sync"] == sync]
         mips = sorted(lp["MIPS"] for r in mine for lp in r["loops"])
         boots = sorted(r["boot_to_prompt_s"] for r in mine)
+        cpu = sorted(lp["MIPS_per_cpu_s"] for r in mine for lp in r["loops"] if lp["MIPS_per_cpu_s"])
         summary[sync] = {"MIPS": {"median": statistics.median(mips), "min": mips[0], "max": mips[-1], "n": len(mips)},
+                         "MIPS_per_cpu_s": cpu and {"median": statistics.median(cpu), "min": cpu[0], "max": cpu[-1]},
                          "boot_to_prompt_s": {"median": statistics.median(boots), "min": boots[0], "max": boots[-1]}}
+    wasm_summary = {}
+    for sync in args.sync.split(","):
+        mine = [r for r in wasm_runs if r.get("sync") == sync and "loops" in r]
+        if not mine:
+            continue
+        w = sorted(lp["MIPS"] for r in mine for lp in r["loops"])
+        c = sorted(lp["MIPS_per_cpu_s"] for r in mine for lp in r["loops"] if lp.get("MIPS_per_cpu_s"))
+        wasm_summary[sync] = {"MIPS": {"median": statistics.median(w), "min": w[0], "max": w[-1], "n": len(w)},
+                              "MIPS_per_cpu_s": c and {"median": statistics.median(c), "min": c[0], "max": c[-1]}}
+        nat = summary[sync]
+        wasm_summary[sync]["wasm_over_native"] = round(statistics.median(w) / nat["MIPS"]["median"], 3)
+        if c and nat.get("MIPS_per_cpu_s"):
+            wasm_summary[sync]["wasm_over_native_per_cpu_s"] = round(statistics.median(c) / nat["MIPS_per_cpu_s"]["median"], 3)
     out = {"binary": str(binary), "compiler": args.cc, "speedups": args.speedups,
+           "wasm": str(args.wasm) if args.wasm else None, "wasm_chromium": wasm_summary, "wasm_runs": wasm_runs,
            "configure": json.loads((binary.parent / "inputs.json").read_text())["configure"],
            "loop": args.loop, "summary": summary, "runs": runs}
-    print(json.dumps(summary, indent=1))
+    print(json.dumps({"native": summary, "wasm_chromium": wasm_summary}, indent=1))
     if args.out:
         args.out.write_text(json.dumps(out, indent=1) + "\n")
     return 0

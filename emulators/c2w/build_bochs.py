@@ -92,11 +92,16 @@ TARGET = ["--target=wasm32-wasi", "--sysroot=/usr"]
 WASI_DEFINES = ["-D_WASI_EMULATED_SIGNAL", "-D_WASI_EMULATED_PROCESS_CLOCKS", "-D_WASI_EMULATED_MMAN"]
 WASI_LIBS = ["-lwasi-emulated-signal", "-lwasi-emulated-process-clocks", "-lwasi-emulated-mman"]
 OPT = ["-O2"]
-# Code generation for speed, trixie toolchain only (bench/c2w_cpu.py measured
-# each; see the table in bench/README.md or the commit messages):
+# Code generation for speed, trixie toolchain only; each measured with
+# bench/c2w_cpu.py in headless Chromium, interleaved, instructions per worker
+# CPU second (the commit messages have the figures):
 # -mtail-call: the wasm tail-call feature, so that patch 0050's musttail makes
-# the chained handlers return_call_indirect (Chromium runs it since 112).
-TUNE = ["-mtail-call"]
+#   the chained handlers return_call_indirect (Chromium runs it since 112):
+#   +13% over nested calls, and what makes trace linking pay (+6% more);
+# -O3 and -flto (wasm-ld LTO over all of Bochs): about +2% each, near the
+#   noise but never behind -O2 in paired runs.
+# Tried and left out: -msimd128 (no gain: Bochs's SSE code is scalar C).
+TUNE = ["-mtail-call", "-O3", "-flto"]
 # Bochs itself has no C++ exceptions: -fno-exceptions, so the only
 # try/catch of the module is bx_wasi_catch_longjmp() in the shim (a longjmp
 # then runs no destructors, as with a real longjmp).  -fno-exceptions is in
@@ -106,6 +111,7 @@ BOCHS_FLAGS = WASI_DEFINES + ["-mexception-handling", "-fno-exceptions"]
 SHIM_FLAGS = WASI_DEFINES + ["-mexception-handling", "-fwasm-exceptions"]
 LDFLAGS = [
     "-Wl,-z,stack-size=1048576",          # wasm-ld's default stack is 64 KiB
+    "-Wl,--strip-debug",                  # libc's DWARF (0.4 MB); the name section stays
     "-Wl,--wrap=fopen", "-Wl,--wrap=open",  # empty-path guard, see bx_wasi_shim.cc
 ]
 
@@ -381,7 +387,7 @@ def inputs_key(orig: Path, tc: Toolchain, extra_configure=(), speed=True) -> tup
 
 
 def compile_flags(tc: Toolchain, speed: bool = True) -> list[str]:
-    """OPT and, on the trixie toolchain (and unless speed is off), TUNE."""
+    """OPT and, on the trixie toolchain (and unless speed is off), TUNE (a later -O wins)."""
     return OPT + (TUNE if speed and tc.name != "host" else [])
 
 
