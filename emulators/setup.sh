@@ -31,7 +31,8 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
 # Debian packages the project needs (chromium for the page and tests; the rest
 # builds the v86 guests from Debian i386 packages; debootstrap the agent image;
 # Java runs the Selenium Grid that the pytest plugin's tests start; clang, lld,
-# wasi-libc and the wasm32 C++ runtime build Bochs for WASI, nasm/mtools/syslinux
+# wasi-libc and the wasm32 C++ runtime build wasi_probe.c (Bochs builds with trixie's LLVM 19
+# in a debootstrap chroot that build_bochs.py makes), nasm/mtools/syslinux
 # the x86_64 guest's boot disk, squashfs-tools the agent-x86_64 root: emulators/c2w;
 # emscripten the QEMU-Wasm stand-in:
 # emulators/qemu_wasm).

@@ -6,7 +6,9 @@
 Groundwork for an x86_64 backend of pyapptron.  Standard library only.
 
 Steps (each is skipped when its result is already in the cache):
-  1. make sure Debian's wasm toolchain is installed (apt-get, as root);
+  1. make the toolchain: Debian trixie's LLVM 19 for wasm32-wasi in a chroot
+     under the cache (debootstrap --variant=minbase from this machine's Debian
+     mirror, as root; `--toolchain host` uses bookworm's clang-14 instead);
   2. fetch the Bochs source with ``apt-get source bochs/trixie`` from the
      mirror this machine already uses (a deb-src-only entry for trixie is
      added under /etc/apt/sources.list.d/ if none exists).  The .dsc may 404
@@ -15,12 +17,15 @@ Steps (each is skipped when its result is already in the cache):
   3. apply emulators/c2w/patches/*.patch in order and copy in the WASI shims
      from emulators/c2w/wasi/;
   4. configure (nogui, x86-64, cpu level 6, no plugins/SMP/debugger, no
-     optional devices) with clang-14 --target=wasm32-wasi --sysroot=/usr and
-     build with nice -n 10 and make -j2 at most;
+     optional devices; Bochs's speedups: repeat speedups, handlers chaining
+     as wasm tail calls, trace linking) with clang-19 --target=wasm32-wasi
+     --sysroot=/usr inside the chroot and build with nice -n 10 and make -j2
+     at most;
   5. copy the result to DIR/bochs.wasm (plus DIR/bochs.wasm.json).
 
 The cache key is a hash of every input: the orig tarball, the patches, the
-shim sources, this script and the versions of the toolchain packages.  A
+shim sources, this script, the compile flags and the versions of the
+toolchain packages.  A
 second run with the same inputs only copies the cached bochs.wasm.
 """
 
@@ -55,30 +60,58 @@ ORIG_TARBALL = _PIN["orig"]
 ORIG_SHA256 = _PIN["sha256"]
 SOURCE_DIR = _PIN["dir"]
 
-APT_PACKAGES = [
-    "clang", "lld", "wasi-libc", "libc++-14-dev-wasm32", "libc++abi-14-dev-wasm32", "llvm",
+# The toolchain: Debian trixie's LLVM 19 in a chroot this script makes under
+# the cache (debootstrap --variant=minbase from the machine's own Debian
+# mirror), because bookworm's clang-14 cannot do what the speed needs: with
+# -mtail-call it puts a function's epilogue (the restore of the shadow stack
+# pointer) after a return_call_indirect, so every chained handler with a
+# stack frame leaked its frame and the shadow stack ran into the data (the
+# guest crashed in its first second); LLVM 19 restores it before the call.
+# `--toolchain host` builds with bookworm's clang-14 as before (no tail
+# calls then).  The chroot's package versions are part of the cache key.
+TOOLCHAIN_SUITE = "trixie"
+TOOLCHAIN_PACKAGES = [
+    "clang-19", "lld-19", "llvm-19", "wasi-libc", "libc++-19-dev-wasm32", "libc++abi-19-dev-wasm32",
     # compiler-rt builtins for wasm32 (64/128-bit helpers); clang links them implicitly
-    "libclang-rt-14-dev-wasm32",
-    "patch",
+    "libclang-rt-19-dev-wasm32",
+    "make", "patch",
 ]
-CC = ["clang-14", "--target=wasm32-wasi", "--sysroot=/usr"]
-CXX = ["clang++-14", "--target=wasm32-wasi", "--sysroot=/usr"]
-AR = "llvm-ar-14"
-RANLIB = "llvm-ranlib-14"
+TOOLCHAINS = {
+    "trixie": {"cc": "clang-19", "cxx": "clang++-19", "ar": "llvm-ar-19", "ranlib": "llvm-ranlib-19",
+               "ld": "wasm-ld-19"},
+    "host": {"cc": "clang-14", "cxx": "clang++-14", "ar": "llvm-ar-14", "ranlib": "llvm-ranlib-14",
+             "ld": "wasm-ld"},
+}
+HOST_PACKAGES = {  # what this machine needs for each
+    "trixie": ["debootstrap", "debian-archive-keyring", "patch"],
+    "host": ["clang", "lld", "wasi-libc", "libc++-14-dev-wasm32", "libc++abi-14-dev-wasm32", "llvm",
+             "libclang-rt-14-dev-wasm32", "patch"],
+}
+TARGET = ["--target=wasm32-wasi", "--sysroot=/usr"]
 
 WASI_DEFINES = ["-D_WASI_EMULATED_SIGNAL", "-D_WASI_EMULATED_PROCESS_CLOCKS", "-D_WASI_EMULATED_MMAN"]
 WASI_LIBS = ["-lwasi-emulated-signal", "-lwasi-emulated-process-clocks", "-lwasi-emulated-mman"]
 OPT = ["-O2"]
+# Code generation for speed, trixie toolchain only; each measured with
+# bench/c2w_cpu.py in headless Chromium, interleaved, instructions per worker
+# CPU second (the commit messages have the figures):
+# -mtail-call: the wasm tail-call feature, so that patch 0050's musttail makes
+#   the chained handlers return_call_indirect (Chromium runs it since 112):
+#   +13% over nested calls, and what makes trace linking pay (+6% more);
+# -O3 and -flto (wasm-ld LTO over all of Bochs): about +2% each, near the
+#   noise but never behind -O2 in paired runs.
+# Tried and left out: -msimd128 (no gain: Bochs's SSE code is scalar C).
+TUNE = ["-mtail-call", "-O3", "-flto"]
 # Bochs itself has no C++ exceptions: -fno-exceptions, so the only
 # try/catch of the module is bx_wasi_catch_longjmp() in the shim (a longjmp
 # then runs no destructors, as with a real longjmp).  -fno-exceptions is in
 # CFLAGS too because Bochs compiles softfloat's .c files with $(CXX).
 # -mexception-handling only enables the wasm feature (longjmp throws).
-BOCHS_CFLAGS = OPT + WASI_DEFINES + ["-mexception-handling", "-fno-exceptions"]
-BOCHS_CXXFLAGS = BOCHS_CFLAGS
-SHIM_CXXFLAGS = OPT + WASI_DEFINES + ["-mexception-handling", "-fwasm-exceptions"]
+BOCHS_FLAGS = WASI_DEFINES + ["-mexception-handling", "-fno-exceptions"]
+SHIM_FLAGS = WASI_DEFINES + ["-mexception-handling", "-fwasm-exceptions"]
 LDFLAGS = [
     "-Wl,-z,stack-size=1048576",          # wasm-ld's default stack is 64 KiB
+    "-Wl,--strip-debug",                  # libc's DWARF (0.4 MB); the name section stays
     "-Wl,--wrap=fopen", "-Wl,--wrap=open",  # empty-path guard, see bx_wasi_shim.cc
 ]
 
@@ -101,11 +134,13 @@ CONFIGURE_ARGS = [
 
 MAX_JOBS = 2
 
-# Opt-in (--speedups): Bochs' own emulation speedups, off by default in
-# its configure.  Handlers chaining calls the next instruction's handler
-# from each handler; wasm32 has no guaranteed tail calls, so the chain is
-# ordinary calls, bounded by the trace length (trace linking stays off).
-SPEEDUP_ARGS = ["--enable-repeat-speedups", "--enable-handlers-chaining"]
+# Bochs' own emulation speedups, off by default in its configure (--no-speedups
+# builds without them).  Handlers chaining calls the next instruction's handler
+# from each handler; with TUNE's -mtail-call and patch 0050 that call is a
+# wasm tail call (return_call_indirect), so a trace runs without nesting.
+SPEEDUP_ARGS = ["--enable-repeat-speedups", "--enable-handlers-chaining",
+                # a taken branch jumps into the next trace from the handler (tail call too)
+                "--enable-trace-linking"]
 
 # ---- helpers ---------------------------------------------------------------
 
@@ -162,11 +197,82 @@ def ensure_packages(packages) -> dict:
         log("apt-get install " + " ".join(missing))
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         run(["apt-get", "install", "-y", "-qq"] + missing, env=env)
-    versions = {p: pkg_version(p) for p in packages}
-    for tool in (CC[0], CXX[0], AR, RANLIB, "wasm-ld"):
-        if shutil.which(tool) is None:
-            raise SystemExit(f"{tool} not found after installing {' '.join(packages)}")
+    return {p: pkg_version(p) for p in packages}
+
+
+class Toolchain:
+    """Where the compilers run: this machine (root None) or the trixie chroot at root."""
+
+    def __init__(self, name: str, root: Path | None, versions: dict):
+        self.name, self.root, self.versions = name, root, versions
+        t = TOOLCHAINS[name]
+        self.cc, self.cxx, self.ar, self.ranlib, self.ld = t["cc"], t["cxx"], t["ar"], t["ranlib"], t["ld"]
+
+    def inner(self, path: Path) -> str:
+        """path as the compilers see it."""
+        return str(path) if self.root is None else "/" + str(Path(path).relative_to(self.root))
+
+    def cmd(self, argv, cwd: Path):
+        """(argv, cwd) that run argv in cwd with this toolchain."""
+        argv = [str(a) for a in argv]
+        if self.root is None:
+            return argv, cwd
+        return ["chroot", str(self.root), "/bin/sh", "-c", 'cd "$0" && exec "$@"', self.inner(cwd)] + argv, None
+
+    def which(self, tool: str) -> str:
+        if self.root is None:
+            return shutil.which(tool)
+        return "/usr/bin/" + tool if (self.root / "usr" / "bin" / tool).exists() else None
+
+
+def debian_mirror() -> str:
+    for types, uris, suites in _apt_source_entries():
+        if "deb" not in types:
+            continue
+        for uri in uris:
+            # the main archive: not the security archive, not a third-party repo
+            if re.search(r"/debian/?$", uri) and not any(s.endswith("-security") for s in suites):
+                return uri
+    raise SystemExit("no Debian mirror found in /etc/apt/sources.list*")
+
+
+def chroot_versions(root: Path, packages) -> dict:
+    r = subprocess.run(["chroot", str(root), "dpkg-query", "-W", "-f=${Package} ${db:Status-Status} ${Version}\\n"]
+                       + list(packages), capture_output=True, text=True)
+    versions = {}
+    for line in r.stdout.splitlines():
+        name, status, version = (line.split(" ") + ["", ""])[:3]
+        if status == "installed":
+            versions[name] = version
     return versions
+
+
+def ensure_toolchain(name: str, cache: Path) -> Toolchain:
+    if name == "host":
+        versions = ensure_packages(HOST_PACKAGES["host"])
+        tc = Toolchain("host", None, versions)
+    else:
+        ensure_packages(HOST_PACKAGES[name])
+        root = cache / "toolchain" / f"{TOOLCHAIN_SUITE}-llvm19"
+        versions = chroot_versions(root, TOOLCHAIN_PACKAGES) if (root / "usr" / "bin").is_dir() else {}
+        if any(p not in versions for p in TOOLCHAIN_PACKAGES):
+            if os.geteuid() != 0:
+                raise SystemExit("making the toolchain chroot needs root (debootstrap, chroot)")
+            shutil.rmtree(root, ignore_errors=True)
+            root.parent.mkdir(parents=True, exist_ok=True)
+            mirror = debian_mirror()
+            log(f"debootstrap {TOOLCHAIN_SUITE} (minbase + {len(TOOLCHAIN_PACKAGES)} packages) into {root} from {mirror}")
+            run(["debootstrap", "--variant=minbase", "--include=" + ",".join(TOOLCHAIN_PACKAGES),
+                 TOOLCHAIN_SUITE, root, mirror], logfile=cache / "toolchain" / "debootstrap.log")
+            versions = chroot_versions(root, TOOLCHAIN_PACKAGES)
+            missing = [p for p in TOOLCHAIN_PACKAGES if p not in versions]
+            if missing:
+                raise SystemExit(f"debootstrap left out {' '.join(missing)}")
+        tc = Toolchain(name, root, versions)
+    for tool in (tc.cc, tc.cxx, tc.ar, tc.ranlib, tc.ld):
+        if tc.which(tool) is None:
+            raise SystemExit(f"{tool} not found in the {name} toolchain")
+    return tc
 
 
 # ---- 2. source ---------------------------------------------------------------
@@ -206,19 +312,7 @@ def ensure_deb_src() -> None:
     entries = _apt_source_entries()
     if any("deb-src" in t and SOURCE_SUITE in s for t, _, s in entries):
         return
-    mirror = None
-    for types, uris, suites in entries:
-        if "deb" not in types:
-            continue
-        for uri in uris:
-            # the main archive: not the security archive, not a third-party repo
-            if re.search(r"/debian/?$", uri) and not any(s.endswith("-security") for s in suites):
-                mirror = uri
-                break
-        if mirror:
-            break
-    if mirror is None:
-        raise SystemExit("no Debian mirror found in /etc/apt/sources.list*; cannot add a deb-src entry")
+    mirror = debian_mirror()
     target = Path("/etc/apt/sources.list.d/pyapptron-trixie-src.sources")
     log(f"adding deb-src {SOURCE_SUITE} entry for {mirror} in {target}")
     target.write_text(
@@ -280,9 +374,10 @@ def unpack(tarball: Path, dest: Path) -> Path:
 # ---- 3.-4. build -----------------------------------------------------------
 
 
-def inputs_key(orig: Path, versions: dict, extra_configure=()) -> tuple[str, dict]:
+def inputs_key(orig: Path, tc: Toolchain, extra_configure=(), speed=True) -> tuple[str, dict]:
     h = hashlib.sha256()
-    manifest = {"orig": ORIG_SHA256, "packages": versions, "files": {}}
+    manifest = {"orig": ORIG_SHA256, "toolchain": tc.name, "packages": tc.versions, "files": {},
+                "cflags": compile_flags(tc, speed)}
     if extra_configure:
         manifest["extra_configure"] = list(extra_configure)
     files = [Path(__file__).resolve()] + sorted(PATCH_DIR.glob("*.patch")) + sorted(
@@ -293,7 +388,12 @@ def inputs_key(orig: Path, versions: dict, extra_configure=()) -> tuple[str, dic
     return h.hexdigest()[:20], manifest
 
 
-def build(orig: Path, work: Path, logs: Path, extra_configure=()) -> Path:
+def compile_flags(tc: Toolchain, speed: bool = True) -> list[str]:
+    """OPT and, on the trixie toolchain (and unless speed is off), TUNE (a later -O wins)."""
+    return OPT + (TUNE if speed and tc.name != "host" else [])
+
+
+def build(orig: Path, work: Path, logs: Path, tc: Toolchain, extra_configure=(), speed=True) -> Path:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     logs.mkdir(parents=True, exist_ok=True)
@@ -307,40 +407,52 @@ def build(orig: Path, work: Path, logs: Path, extra_configure=()) -> Path:
         log(f"patch {p.name}")
         run(["patch", "-p1", "--forward", "--no-backup-if-mismatch", "-i", p], cwd=tree, logfile=blog)
 
+    def tc_run(argv, cwd, **kw):
+        argv, where = tc.cmd(argv, cwd)
+        return run(argv, cwd=where, **kw)
+
+    flags = compile_flags(tc, speed)
     # WASI shims: headers (setjmp.h, pthread.h) and a small runtime library.
     shim = tree / "wasi"
     shutil.copytree(SHIM_DIR, shim)
-    inc = shim / "include"
-    run(CXX + SHIM_CXXFLAGS + [f"-I{inc}", "-c", shim / "bx_wasi_shim.cc", "-o", shim / "bx_wasi_shim.o"],
-        cwd=tree, logfile=blog, nice=True)
-    run([AR, "rcs", shim / "libbxwasi.a", shim / "bx_wasi_shim.o"], cwd=tree, logfile=blog)
+    inc = tc.inner(shim / "include")
+    # The shim stays a wasm object under LTO: it defines the exception tag that
+    # longjmp throws, which wasm-ld 19 cannot take from bitcode.
+    shim_flags = [f for f in flags if not f.startswith("-flto")]
+    tc_run([tc.cxx] + TARGET + shim_flags + SHIM_FLAGS + [f"-I{inc}", "-c", "wasi/bx_wasi_shim.cc", "-o", "wasi/bx_wasi_shim.o"],
+           tree, logfile=blog, nice=True)
+    tc_run([tc.ar, "rcs", "wasi/libbxwasi.a", "wasi/bx_wasi_shim.o"], tree, logfile=blog)
 
     # Bochs' sub-Makefiles call plain `ar` (GNU ar cannot index wasm objects).
     tools = work / "tools"
     tools.mkdir()
-    for name, real in (("ar", AR), ("ranlib", RANLIB)):
-        (tools / name).symlink_to(shutil.which(real))
+    for name, real in (("ar", tc.ar), ("ranlib", tc.ranlib)):
+        (tools / name).symlink_to(tc.which(real))
 
     env = dict(os.environ)
+    path = env.get("PATH", "/usr/bin:/bin") if tc.root is None else "/usr/sbin:/usr/bin:/sbin:/bin"
     env.update({
-        "PATH": f"{tools}:{env.get('PATH', '/usr/bin:/bin')}",
-        "CC": " ".join(CC),
-        "CXX": " ".join(CXX),
-        "CFLAGS": " ".join(BOCHS_CFLAGS + [f"-I{inc}"]),
-        "CXXFLAGS": " ".join(BOCHS_CXXFLAGS + [f"-I{inc}"]),
-        "LDFLAGS": " ".join(LDFLAGS + [f"-L{shim}"]),
+        "PATH": f"{tc.inner(tools)}:{path}",
+        "CC": " ".join([tc.cc] + TARGET),
+        "CXX": " ".join([tc.cxx] + TARGET),
+        "CFLAGS": " ".join(flags + BOCHS_FLAGS + [f"-I{inc}"]),
+        "CXXFLAGS": " ".join(flags + BOCHS_FLAGS + [f"-I{inc}"]),
+        "LDFLAGS": " ".join(LDFLAGS + flags + [f"-L{tc.inner(shim)}"]),
         "LIBS": " ".join(["-lbxwasi"] + WASI_LIBS),
-        "AR": AR,
-        "RANLIB": RANLIB,
+        "AR": tc.ar,
+        "RANLIB": tc.ranlib,
         "LC_ALL": "C",
         "SOURCE_DATE_EPOCH": "1739696400",
     })
-    log("configure")
-    run(["./configure"] + CONFIGURE_ARGS + list(extra_configure), cwd=tree, env=env, logfile=logs / "configure.log", nice=True)
+    if tc.root is not None:
+        env.pop("TMPDIR", None)
+    log(f"configure ({tc.name} toolchain, {tc.cxx})")
+    tc_run(["./configure"] + CONFIGURE_ARGS + list(extra_configure), tree, env=env, logfile=logs / "configure.log",
+           nice=True)
     jobs = max(1, min(MAX_JOBS, os.cpu_count() or 1))
     log(f"make -j{jobs} bochs (log: {blog})")
     t0 = time.time()
-    run(["make", f"-j{jobs}", "bochs"], cwd=tree, env=env, logfile=blog, nice=True)
+    tc_run(["make", f"-j{jobs}", "bochs"], tree, env=env, logfile=blog, nice=True)
     log(f"make took {time.time() - t0:.0f} s")
     out = tree / "bochs"
     with open(out, "rb") as f:
@@ -354,23 +466,29 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, type=Path, help="directory to write bochs.wasm to")
     ap.add_argument("--cache", required=True, type=Path, help="cache directory (source, build trees, results)")
     ap.add_argument("--keep-build", action="store_true", help="keep the build tree after a successful build")
-    ap.add_argument("--speedups", action="store_true", help="configure with " + " ".join(SPEEDUP_ARGS))
+    ap.add_argument("--toolchain", choices=sorted(TOOLCHAINS), default="trixie",
+                    help="trixie: LLVM 19 in a chroot under the cache (default); host: this machine's clang-14")
+    ap.add_argument("--no-speedups", action="store_true",
+                    help="Bochs's plain configuration: without " + " ".join(SPEEDUP_ARGS) + " and TUNE")
     args = ap.parse_args(argv)
     t_start = time.time()
     cache = args.cache.resolve()
     out_dir = args.out.resolve()
 
-    versions = ensure_packages(APT_PACKAGES)
+    ensure_packages(HOST_PACKAGES["host"])  # wasi_probe.c (build_image.py) builds with this machine's clang-14
+    tc = ensure_toolchain(args.toolchain, cache)
     orig = fetch_source(cache)
-    extra = SPEEDUP_ARGS if args.speedups else []
-    key, manifest = inputs_key(orig, versions, extra)
+    speed = not args.no_speedups
+    extra = SPEEDUP_ARGS if speed else []
+    key, manifest = inputs_key(orig, tc, extra, speed)
     result_dir = cache / "results" / key
     result = result_dir / "bochs.wasm"
     if result.is_file():
         log(f"cached build {key}")
     else:
-        work = cache / "work" / key
-        built = build(orig, work, result_dir / "logs", extra)
+        # The build tree must be inside the chroot for its compilers to see it.
+        work = (tc.root / "build" if tc.root is not None else cache / "work") / key
+        built = build(orig, work, result_dir / "logs", tc, extra, speed)
         tmp = result_dir / "bochs.wasm.tmp"
         shutil.copyfile(built, tmp)
         manifest["configure"] = CONFIGURE_ARGS + extra
