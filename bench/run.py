@@ -766,6 +766,8 @@ def main() -> int:
                          "and second start, the channel in the page), "
                          "qemu-wasm (the stand-in build: cold boot, exec and 1 MB out over the console)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
+    ap.add_argument("--latency-ms", type=float, default=0,
+                    help="answer each content-addressed image file (fs/ID) this much later, as a far server would")
     args = ap.parse_args()
     images = set(args.images.split(","))
     # Measuring one image keeps the other's figures from the last run.
@@ -795,7 +797,7 @@ def main() -> int:
         ("agent64", "agent_x86_64", lambda: bench_agent64(server)),
         ("qemu-wasm", "qemu_wasm", lambda: bench_qemu_wasm(server, args.rounds)),
     ]
-    with PageServer(extra_roots={"/bench/": HERE}) as server:
+    with PageServer(extra_roots={"/bench/": HERE}, latency_ms=args.latency_ms) as server:
         for name, key, measure in sections:
             if name not in images:
                 continue

@@ -234,8 +234,76 @@ function channelFd(ring, output, blocking, hc = null) {
 // returns to its event loop while the module runs, so a fetch() could never finish).
 // The browser's HTTP cache keeps the chunks (served immutable), so this cache holds
 // only the most recently read ones; bytes the module writes stay here, in memory.
+// Readahead: after a missed chunk, the next READAHEAD chunks are fetched in parallel by a
+// second worker of this script (Fetcher, below; it has an event loop of its own) into
+// shared slots, so a guest reading on finds them there, or waits for the one in flight,
+// instead of paying a round trip per chunk.
 const LAZY_CACHE_BYTES = 96 << 20;
+const READAHEAD = 8;
+const SLOTS = 24;             // chunks in flight or fetched ahead, at most
+const SLOT_FREE = 0, SLOT_LOADING = 1, SLOT_READY = 2, SLOT_FAILED = 3;
 const lazyStats = { chunks: 0, bytes: 0, ms: 0 };
+let fetcher = null;           // the Fetcher worker, when there is a lazy file
+
+// The emulator's side of the readahead: which slot holds which chunk (it alone hands
+// slots out and frees them, so the fetcher never overwrites a slot being read).
+class Readahead {
+  constructor(chunk) {
+    this.chunk = chunk;
+    this.data = new SharedArrayBuffer(SLOTS * chunk);
+    this.state = new Int32Array(new SharedArrayBuffer(SLOTS * 4));
+    this.slotOf = new Map();  // chunk index -> slot
+    this.indexOf = new Array(SLOTS).fill(-1);
+  }
+  // The chunk's bytes if it was fetched ahead (waiting for it if it is in flight), else null.
+  take(i) {
+    const slot = this.slotOf.get(i);
+    if (slot === undefined) return null;
+    if (Atomics.load(this.state, slot) === SLOT_LOADING) Atomics.wait(this.state, slot, SLOT_LOADING, 30000);
+    const ok = Atomics.load(this.state, slot) === SLOT_READY;
+    const bytes = ok ? new Uint8Array(this.data, slot * this.chunk, this.chunk).slice() : null;
+    if (Atomics.load(this.state, slot) !== SLOT_LOADING) this.release(slot);
+    return bytes;
+  }
+  release(slot) {
+    this.slotOf.delete(this.indexOf[slot]);
+    this.indexOf[slot] = -1;
+    Atomics.store(this.state, slot, SLOT_FREE);
+  }
+  request(i, url) {
+    if (this.slotOf.has(i)) return;
+    let slot = this.indexOf.indexOf(-1);
+    if (slot < 0) {  // all busy: reuse a fetched chunk nobody read (the oldest first)
+      slot = this.indexOf.findIndex((_, k) => Atomics.load(this.state, k) !== SLOT_LOADING);
+      if (slot < 0) return;
+      this.release(slot);
+    }
+    this.slotOf.set(i, slot);
+    this.indexOf[slot] = i;
+    Atomics.store(this.state, slot, SLOT_LOADING);
+    fetcher.postMessage({ type: 'fetch', slot, url });
+  }
+}
+
+// The other worker: fetches chunks into the shared slots, several at once.
+function runFetcher(init) {
+  const data = new Uint8Array(init.data), state = new Int32Array(init.state), chunk = init.chunk;
+  self.onmessage = async (ev) => {
+    const { slot, url } = ev.data;
+    let ok = false;
+    try {
+      const r = await fetch(url);
+      const bytes = new Uint8Array(await r.arrayBuffer());
+      if (r.ok && bytes.length === chunk && Atomics.load(state, slot) === SLOT_LOADING) {
+        data.set(bytes, slot * chunk);
+        ok = true;
+      }
+    } catch (e) { /* the emulator's side fetches it itself */ }
+    Atomics.store(state, slot, ok ? SLOT_READY : SLOT_FAILED);
+    Atomics.notify(state, slot);
+  };
+  self.postMessage({ type: 'fetcher-ready' });
+}
 
 class LazyImage {
   constructor(spec) {
@@ -246,6 +314,9 @@ class LazyImage {
     this.cache = new Map();   // chunk index -> bytes, least recently read first
     this.cached = 0;
     this.dirty = new Map();   // chunk index -> bytes the module wrote (never evicted)
+    this.ahead = null;        // Readahead, once the fetcher runs
+    this.lastMiss = -2;       // the last chunk that was not in the cache
+    this.run = 0;             // chunks to read ahead now (grows along a sequential run)
   }
   chunkAt(i, forWrite = false) {
     let data = this.dirty.get(i);
@@ -256,7 +327,25 @@ class LazyImage {
       this.cache.set(i, data);
     } else {
       const name = this.names[i];
-      data = name ? this.fetch(this.base + name) : new Uint8Array(this.chunk);
+      data = name ? (this.ahead && this.ahead.take(i)) || this.fetch(this.base + name) : new Uint8Array(this.chunk);
+      // Read ahead only along a sequential run of misses, doubling as it goes on (as
+      // Linux's readahead does): the squashfs's scattered reads would fetch for nothing.
+      this.run = i === this.lastMiss + 1 ? Math.min(READAHEAD, Math.max(1, this.run * 2)) : 0;
+      this.lastMiss = i;
+      if (name && this.ahead && this.run) {
+        let asked = 0;
+        for (let j = i + 1; j <= i + this.run && j < this.names.length; j++) {
+          if (this.names[j] && !this.cache.has(j) && !this.dirty.has(j) && !this.ahead.slotOf.has(j)) {
+            this.ahead.request(j, this.base + this.names[j]);
+            asked++;
+          }
+        }
+        if (asked) {
+          lazyStats.chunks += asked;
+          lazyStats.bytes += asked * this.chunk;
+          post({ type: 'lazy', ...lazyStats });
+        }
+      }
       this.cache.set(i, data);
       this.cached += data.length;
       for (const [j, old] of this.cache) {
@@ -458,11 +547,14 @@ function buildTree(files, lazy = {}) {
     const parts = path.split('/').filter(Boolean);
     dirAt(parts.slice(0, -1)).contents.set(parts[parts.length - 1], new File(bytes));
   }
+  const images = [];
   for (const [path, spec] of Object.entries(lazy)) {
     const parts = path.split('/').filter(Boolean);
-    dirAt(parts.slice(0, -1)).contents.set(parts[parts.length - 1], lazyFileInode(new LazyImage(spec)));
+    const image = new LazyImage(spec);
+    images.push(image);
+    dirAt(parts.slice(0, -1)).contents.set(parts[parts.length - 1], lazyFileInode(image));
   }
-  return { root, dirAt };
+  return { root, dirAt, images };
 }
 
 async function start(msg) {
@@ -485,7 +577,8 @@ async function start(msg) {
     if (!sinks.has(name)) sinks.set(name, new OutputSink(name));
     return sinks.get(name);
   };
-  const { dirAt } = buildTree(files, msg.lazy || {});
+  const { dirAt, images } = buildTree(files, msg.lazy || {});
+  if (images.length) await startReadahead(images[0]);
   const fds = [];
   const byFd = new Map(); // fd number -> channel end
   for (const ch of msg.channels || []) {
@@ -542,8 +635,25 @@ async function start(msg) {
   imports.proc_exit(0); // returned from main with 0
 }
 
+// One image gets readahead (the pyapptron images have one lazy disk); started, and
+// answering, before the module runs: this worker's event loop stops then.
+async function startReadahead(image) {
+  const ahead = new Readahead(image.chunk);
+  fetcher = new Worker(import.meta.url, { type: 'module' });
+  await new Promise((resolve, reject) => {
+    fetcher.onmessage = (ev) => { if (ev.data.type === 'fetcher-ready') resolve(); };
+    fetcher.onerror = (e) => reject(new Error(`the readahead worker failed to start: ${e.message || e}`));
+    fetcher.postMessage({ type: 'fetcher', data: ahead.data, state: ahead.state.buffer, chunk: image.chunk });
+  });
+  image.ahead = ahead;
+}
+
 self.onmessage = (ev) => {
   const msg = ev.data;
+  if (msg && msg.type === 'fetcher') {
+    runFetcher(msg);
+    return;
+  }
   if (msg && msg.type === 'start') {
     start(msg).catch((e) => {
       flushAll();

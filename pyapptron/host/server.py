@@ -16,6 +16,7 @@ import importlib.util
 import os
 import re
 import threading
+import time
 from pathlib import Path
 
 from ..errors import AssetsMissing, BrowserError
@@ -69,9 +70,10 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         ".json": "application/json", ".whl": "application/zip", ".zst": "application/octet-stream",
     }
 
-    def __init__(self, *args, roots, isolated, **kwargs):
+    def __init__(self, *args, roots, isolated, latency_s=0.0, **kwargs):
         self._roots = roots
         self._isolated = isolated
+        self._latency_s = latency_s
         super().__init__(*args, directory=str(roots["/web/"]), **kwargs)
 
     def do_GET(self) -> None:
@@ -83,6 +85,8 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
+        if self._latency_s and IMMUTABLE.match(path):
+            time.sleep(self._latency_s)  # a far server, for the bench (PageServer(latency_ms=))
         super().do_GET()
 
     def translate_path(self, path: str) -> str:
@@ -147,6 +151,7 @@ class PageServer:
 
     def __init__(self, port: int = 0, *, web_dir: Path | None = None, assets_dir: Path | None = None,
                  isolated: bool = True, refresh: bool = True, extra_roots: dict[str, Path] | None = None,
+                 latency_ms: float = 0,
                  host: str = "127.0.0.1"):
         self.web_dir = Path(web_dir or default_web_dir())
         self.assets_dir = Path(assets_dir or default_assets_dir())
@@ -155,7 +160,9 @@ class PageServer:
             refresh_wheel(self.assets_dir)
         roots = {"/web/": self.web_dir, "/assets/": self.assets_dir, "/examples/": REPO / "examples",
                  **(extra_roots or {})}
-        handler = functools.partial(_Handler, roots=roots, isolated=isolated)
+        # latency_ms: each content-addressed image file (an image's fs/ID) is answered that
+        # much later, as from a server across a network (bench/run.py --latency-ms).
+        handler = functools.partial(_Handler, roots=roots, isolated=isolated, latency_s=latency_ms / 1000)
         try:
             self._httpd = http.server.ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
