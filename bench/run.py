@@ -700,6 +700,9 @@ async function quiet(ms, timeoutMs) {  // no output for ms
   return true;
 }
 const cursorText = () => { const b = core(); return b.getLine(b.baseY + b.cursorY).translateToString(false, 0, b.cursorX); };
+const lastLines = (from) => { const b = core(), out = [];  // from a row to the cursor's
+  for (let i = Math.min(from, b.baseY + b.cursorY); i <= b.baseY + b.cursorY; i++) out.push(b.getLine(i).translateToString(true));
+  return out.join("\n"); };
 const atPrompt = () => /[#$%>] $/.test(cursorText());
 // A key as the browser delivers it: keydown on xterm's textarea (xterm turns it into onData).
 function press(ch) {
@@ -733,7 +736,7 @@ async function typeWord(word) {
     const tData = dataAt;
     const tParsed = await until(shown, keyTimeoutMs);
     const cEcho = counted();
-    if (tParsed === null) return {keys, error: `key ${i} (${word[i]}) not echoed in ${keyTimeoutMs} ms: ${JSON.stringify(cursorText())}`};
+    if (tParsed === null) return {keys, error: `key ${i} (${word[i]}) not echoed in ${keyTimeoutMs} ms; the screen ends: ${JSON.stringify(lastLines(row))}`};
     // On the screen: the next render of the row (xterm renders in an animation frame).
     const vrow = row - core().viewportY;
     const tRender = await until((k) => typeof k === "object" && k.start <= vrow && vrow <= k.end, 2000);
