@@ -28,7 +28,11 @@ default run): cold boot to exec-ready and to the zsh prompt, the bytes fetched b
 (seconds, bytes of the root fetched), the channel in the page, and the image's size. For
 qemu-wasm (the asset step's stand-in for a QEMU-Wasm build, vm.run framed over its console;
 not in the default run): cold boot to the shell prompt with the adapter's timings, the
-run("true") round trip, `cat` of a 1 MB file through the console, and shutdown.
+run("true") round trip, `cat` of a 1 MB file through the console, and shutdown. For key
+echo (`--images keyecho`; images minimal, agent, debian-x86_64 and agent-x86_64, each in freshly booted
+pages of the terminal page): at a warm prompt, 20-key fresh words typed one key at a time
+by keydown events dispatched in the page, each key timed there (performance.now()) until
+xterm.js has parsed it and rendered its row, at two typing speeds.
 Nothing here is asserted: targets
 are in the README and the closing notes, measurements here.
 """
@@ -749,6 +753,210 @@ def bench_mcp(rounds: int) -> dict:
     }
 
 
+# Per-key echo in the terminal page: keys dispatched into xterm.js in the page itself, each
+# timed (performance.now()) until xterm has parsed it into its buffer and then rendered it.
+KEYECHO_IMAGES = {"minimal": "web/index.html?image=minimal", "agent": "web/index.html?image=agent",
+                  "debian-x86_64": "web/index.html?emulator=c2w",
+                  "agent-x86_64": "web/index.html?emulator=c2w&image=agent-x86_64"}
+
+KEYECHO_JS = r"""
+const [words, gapMs, keyTimeoutMs] = [arguments[0], arguments[1], arguments[2]];
+const done = arguments[arguments.length - 1];
+const term = window.sandbox.terminal, core = () => term.buffer.active;
+const now = () => performance.now();
+const sleep = (ms) => new Promise(r => setTimeout(r, ms));
+let lastWrite = now();
+const waiters = new Set();  // checked after every parsed write and render
+const wake = (kind) => { if (kind === "write") lastWrite = now(); for (const w of [...waiters]) w(kind); };
+const subs = [term.onWriteParsed(() => wake("write")), term.onRender((e) => wake({start: e.start, end: e.end}))];
+let dataAt = null;
+subs.push(term.onData(() => { if (dataAt === null) dataAt = now(); }));
+// What a key costs besides time: bytes the guest wrote to the terminal and, on v86, 9p
+// requests the guest made (each is a virtio round trip into the emulator's JS file system).
+const count = {out: 0, p9: 0};
+const write = term.write;
+term.write = function (data, cb) { count.out += data.length; return write.call(this, data, cb); };
+subs.push({dispose: () => { term.write = write; }});
+try {
+  const p9 = window.sandbox.vm.backend._handle._adapter.emulator.v86.cpu.devices.virtio_9p;
+  if (p9 && p9.SendReply) {
+    p9.SendReply = function (...a) { count.p9++; return Object.getPrototypeOf(this).SendReply.apply(this, a); };
+    subs.push({dispose: () => { delete p9.SendReply; }});
+  }
+} catch (e) { count.p9 = null; }
+const counted = () => ({out: count.out, p9: count.p9});
+function until(test, timeoutMs) {  // resolves with now() when test() first holds after an event
+  return new Promise((resolve) => {
+    if (test("poll")) return resolve(now());
+    const timer = setTimeout(() => { waiters.delete(w); resolve(null); }, timeoutMs);
+    const w = (kind) => { if (test(kind)) { clearTimeout(timer); waiters.delete(w); resolve(now()); } };
+    waiters.add(w);
+  });
+}
+async function quiet(ms, timeoutMs) {  // no output for ms
+  const t0 = now();
+  while (now() - lastWrite < ms) { if (now() - t0 > timeoutMs) return false; await sleep(20); }
+  return true;
+}
+const cursorText = () => { const b = core(); return b.getLine(b.baseY + b.cursorY).translateToString(false, 0, b.cursorX); };
+const lastLines = (from) => { const b = core(), out = [];  // from a row to the cursor's
+  for (let i = Math.min(from, b.baseY + b.cursorY); i <= b.baseY + b.cursorY; i++) out.push(b.getLine(i).translateToString(true));
+  return out.join("\n"); };
+const atPrompt = () => /[#$%>] $/.test(cursorText());
+// A key as the browser delivers it: keydown on xterm's textarea (xterm turns it into onData).
+function press(ch) {
+  dataAt = null;
+  if (/^[a-z]$/.test(ch)) {
+    const code = ch.toUpperCase().charCodeAt(0);
+    term.textarea.dispatchEvent(new KeyboardEvent("keydown", {key: ch, code: "Key" + ch.toUpperCase(),
+      keyCode: code, which: code, bubbles: true, cancelable: true}));
+  }
+  if (dataAt === null) term.input(ch);  // (other keys; a browser that ignores keyCode in synthetic events)
+}
+async function typeWord(word) {
+  await quiet(500, 30000);
+  const b = core(), row = b.baseY + b.cursorY, x0 = b.cursorX;
+  const keys = [];
+  let cKey = null;  // counts at the last key: what it cost in all, up to the next key
+  let tKey = 0;
+  // ...and when the guest last wrote before the next key: the line's colours and suggestion drawn
+  const settle = (key, c) => Object.assign(key, {out_bytes: c.out - cKey.out, p9: c.p9 === null ? null : c.p9 - cKey.p9,
+                                                 settled_ms: Math.max(key.parsed_ms, lastWrite - tKey)});
+  for (let i = 0; i < word.length; i++) {
+    const want = word.slice(0, i + 1);
+    // (the key's text in its place and the cursor after it: a space shows only by the cursor)
+    const shown = () => { const b = core(), l = b.getLine(row);
+      return l && l.translateToString(false, x0, x0 + i + 1) === want && b.baseY + b.cursorY === row && b.cursorX === x0 + i + 1; };
+    const c0 = counted();
+    if (i > 0) settle(keys[i - 1], c0);
+    cKey = c0;
+    const t0 = tKey = now();
+    press(word[i]);
+    const tData = dataAt;
+    const tParsed = await until(shown, keyTimeoutMs);
+    const cEcho = counted();
+    if (tParsed === null) return {keys, error: `key ${i} (${word[i]}) not echoed in ${keyTimeoutMs} ms; the screen ends: ${JSON.stringify(lastLines(row))}`};
+    // On the screen: the next render of the row (xterm renders in an animation frame).
+    const vrow = row - core().viewportY;
+    const tRender = await until((k) => typeof k === "object" && k.start <= vrow && vrow <= k.end, 2000);
+    keys.push({data_ms: tData - t0, parsed_ms: tParsed - t0, shown_ms: (tRender ?? tParsed) - t0,
+               out_bytes_to_echo: cEcho.out - c0.out, p9_to_echo: count.p9 === null ? null : cEcho.p9 - c0.p9});
+    await sleep(gapMs);
+  }
+  settle(keys[keys.length - 1], counted());
+  // Once the typing stops: when the guest last wrote (the line's colours, a suggestion).
+  const tLast = tKey;
+  await quiet(600, 10000);
+  const lineDoneMs = lastWrite - tLast;
+  term.input("\x15");  // Ctrl-U: the word goes, unrun, out of history's way
+  const cleared = await until(() => { const l = core().getLine(row); return l && l.translateToString(true, x0).trim() === ""; }, 30000);
+  if (cleared === null) {
+    const l = core().getLine(row);
+    return {keys, error: "the line was not cleared: " + JSON.stringify(l && l.translateToString(true)) + " cursor " + JSON.stringify(cursorText())};
+  }
+  return {keys, line_done_ms: lineDoneMs};
+}
+(async () => {
+  // A warm prompt: Enter at a quiet prompt gives a new one; then a word typed and dropped.
+  if (!(await quiet(1000, 120000)) || !atPrompt()) return {error: "no quiet prompt: " + JSON.stringify(cursorText())};
+  const before = core().baseY + core().cursorY;
+  term.input("\r");
+  if (await until(() => core().baseY + core().cursorY > before && atPrompt(), 60000) === null)
+    return {error: "no new prompt after Enter: " + JSON.stringify(cursorText())};
+  const out = {warmup: null, words: []};
+  for (let i = 0; i < words.length; i++) {
+    const r = await typeWord(words[i]);
+    if (i === 0) out.warmup = r; else out.words.push(r);
+    if (r.error) { out.error = r.error; break; }
+  }
+  return out;
+})().then((r) => { subs.forEach(s => s.dispose()); done(r); },
+          (e) => { subs.forEach(s => s.dispose()); done({error: String(e && e.stack || e)}); });
+"""
+
+
+def _fresh_words(n: int, length: int = 20) -> list[str]:
+    """Words no history holds: random letters, not starting with a letter any command here
+    would complete to a suggestion (zsh-autosuggestions draws history after the cursor)."""
+    import random
+
+    rng = random.Random()
+    return ["q" + "".join(rng.choice("bcdfghjkmnpvwxz") for _ in range(length - 1)) for _ in range(n)]
+
+
+# Two typists: the next key 100 ms after the last one showed (about 8 keys a second) and
+# 250 ms after it (about 3.5 a second, time for work an image does once typing pauses).
+KEYECHO_GAPS_MS = {"fast": 100, "slow": 250}
+
+
+def keyecho_run(server, image: str, words: int = 3, gaps: dict | None = None, browser=None) -> dict:
+    """One page: boot IMAGE into the terminal, reach a warm prompt and, for each typing speed
+    of `gaps`, type a warm-up word then `words` fresh words of 20 keys. Per key, the ms from
+    its keydown to the character parsed into xterm's buffer and to the next render of its
+    row; the first warm-up word is the first typing after the boot."""
+    own = browser is None
+    browser = browser or Browser()
+    try:
+        session = RemoteSession(browser, server.url + KEYECHO_IMAGES[image], autoboot=True)
+        session.page_machine()  # booted
+        return {speed: browser.driver.execute_async_script(KEYECHO_JS, _fresh_words(words + 1), gap, 20000)
+                for speed, gap in (gaps or KEYECHO_GAPS_MS).items()}
+    finally:
+        if own:
+            browser.close()
+
+
+def _summary(values: list[float]) -> dict:
+    return {"median": round(statistics.median(values), 1), "p95": round(pct(values, 0.95), 1),
+            "max": round(max(values), 1), "n": len(values)}
+
+
+def bench_keyecho(server, pages: int = 2, words: int = 3) -> dict:
+    """Per-key echo at a warm prompt, per image: `pages` freshly booted pages, each typing
+    `words` fresh words of 20 keys (after a warm-up word) at each speed of KEYECHO_GAPS_MS."""
+    out = {"how": "keydown dispatched on xterm's textarea in the page; per key, the time to the character "
+                  "parsed into xterm's buffer (parsed) and to the next render of its row (shown); "
+                  f"{pages} pages per image, {words} words of 20 keys per page and speed after a warm-up "
+                  "word, the next key this long after the last one showed: "
+                  + ", ".join(f"{k} {v} ms" for k, v in KEYECHO_GAPS_MS.items())
+                  + "; line_done: from a word's last key to the guest's last write (its colours, a suggestion)"}
+    med = statistics.median
+    for image in KEYECHO_IMAGES:
+        result, first, errors = {}, [], []
+        runs = [keyecho_run(server, image, words) for _ in range(pages)]
+        for speed in KEYECHO_GAPS_MS:
+            keys, done, per_page = [], [], []
+            for run in runs:
+                r = run[speed]
+                if r.get("error"):
+                    errors.append(f"{speed}: {r['error']}")
+                if speed == next(iter(KEYECHO_GAPS_MS)) and r.get("warmup"):
+                    first += [k["shown_ms"] for k in r["warmup"]["keys"]]
+                page = [k for w in r.get("words", []) for k in w["keys"]]
+                keys += page
+                done += [w["line_done_ms"] for w in r.get("words", []) if "line_done_ms" in w]
+                if page:
+                    per_page.append({"median": round(med(k["shown_ms"] for k in page), 1),
+                                     "p95": round(pct([k["shown_ms"] for k in page], 0.95), 1)})
+            if not keys:
+                result[speed] = None
+                continue
+            p9 = [k["p9"] for k in keys if k.get("p9") is not None]
+            result[speed] = {
+                "shown_ms": _summary([k["shown_ms"] for k in keys]),
+                "parsed_ms": _summary([k["parsed_ms"] for k in keys]),
+                "per_page_shown_ms": per_page,
+                "line_done_ms_median": round(med(done), 1) if done else None,
+                "per_key_median": {"bytes_out": med(k["out_bytes"] for k in keys),
+                                   "p9_requests": med(p9) if p9 else None},
+            }
+        result["first_word_after_boot_shown_ms"] = _summary(first) if first else None
+        if errors:
+            result["errors"] = errors
+        out[image] = result
+    return out
+
+
 def pct(values, q):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -764,7 +972,8 @@ def main() -> int:
                          "c2w (x86_64 Bochs on WASI: cold boot, exec, 10 MB each way in the page, real MIPS), "
                          "agent64 (the agent-x86_64 image: cold boot, bytes fetched, the agent tools' first "
                          "and second start, the channel in the page), "
-                         "qemu-wasm (the stand-in build: cold boot, exec and 1 MB out over the console)")
+                         "qemu-wasm (the stand-in build: cold boot, exec and 1 MB out over the console), "
+                         "keyecho (per-key echo in the terminal page at a warm prompt: every image)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     ap.add_argument("--latency-ms", type=float, default=0,
                     help="answer each content-addressed image file (fs/ID) this much later, as a far server would")
@@ -796,6 +1005,7 @@ def main() -> int:
         ("c2w", "c2w", lambda: bench_c2w(server)),
         ("agent64", "agent_x86_64", lambda: bench_agent64(server)),
         ("qemu-wasm", "qemu_wasm", lambda: bench_qemu_wasm(server, args.rounds)),
+        ("keyecho", "keyecho", lambda: bench_keyecho(server)),
     ]
     with PageServer(extra_roots={"/bench/": HERE}, latency_ms=args.latency_ms) as server:
         for name, key, measure in sections:
