@@ -858,7 +858,12 @@ async function typeWord(word) {
 }
 (async () => {
   // A warm prompt: Enter at a quiet prompt gives a new one; then a word typed and dropped.
-  if (!(await quiet(1000, 120000)) || !atPrompt()) return {error: "no quiet prompt: " + JSON.stringify(cursorText())};
+  // (a quiet console is not yet a prompt: a boot pauses before the shell starts)
+  const tPrompt = now();
+  while (!(await quiet(1000, 120000)) || !atPrompt()) {
+    if (now() - tPrompt > 180000) return {error: "no quiet prompt: " + JSON.stringify(cursorText())};
+    await sleep(200);
+  }
   const before = core().baseY + core().cursorY;
   term.input("\r");
   if (await until(() => core().baseY + core().cursorY > before && atPrompt(), 60000) === null)
