@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .errors import InvalidOption, PersistDamaged, PersistError, PersistQuotaExceeded
+from .errors import InvalidOption, PersistDamaged, PersistError
 
 DEFAULT_STORE = "default"
 DEFAULT_LAYERS: dict[str, tuple[str, ...]] = {
@@ -345,15 +345,10 @@ class PersistedFiles:
 
 
 def _typed(exc: BaseException) -> BaseException:
-    text = str(exc)
-    if "PersistQuotaExceeded" in text or "QuotaExceededError" in text:
-        return PersistQuotaExceeded(
-            "the browser's storage quota for this page is full; nothing was lost (the last committed "
-            "version stands). Free space with vm.persist.reset(layer) or delete files, then sync again"
-        )
+    # The browser seam types what it knows (PersistQuotaExceeded, ...); the rest says what stands.
     if isinstance(exc, PersistError):
         return exc
-    return PersistError(f"persist sync failed: {text}; the last committed version stands")
+    return PersistError(f"persist sync failed: {exc}; the last committed version stands")
 
 
 def _tarinfo(path, mode, uid, gid, mtime, size, ref) -> tarfile.TarInfo:

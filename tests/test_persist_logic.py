@@ -14,6 +14,7 @@ import tarfile
 import pytest
 
 from pyapptron import persist as P
+from pyapptron._browser import typed_error
 from pyapptron.errors import InvalidOption, PersistDamaged, PersistError, PersistQuotaExceeded
 
 
@@ -147,7 +148,8 @@ def test_usage_counts_files_and_bytes_per_layer():
 
 
 def test_a_full_quota_becomes_a_typed_error_that_says_nothing_was_lost():
-    store = FakeStore(fail=RuntimeError("PersistQuotaExceeded: The quota has been exceeded."))
+    # What the browser seam raises for the adapter's error named PersistQuotaExceeded.
+    store = FakeStore(fail=typed_error("PersistQuotaExceeded", "The quota has been exceeded."))
     with pytest.raises(PersistQuotaExceeded, match="nothing was lost"):
         run(P.PersistedFiles(P.Persist(), store).sync())
     store.fail = RuntimeError("UnknownError: disk went away")

@@ -5,7 +5,7 @@
 //
 // Input reaches the worker through SharedArrayBuffer rings, so the page must be
 // cross-origin isolated (COOP + COEP headers): without them start() fails with
-// a "NotIsolated:" error that Python turns into pyapptron.NotIsolated.
+// an error named "NotIsolated", which Python turns into pyapptron.NotIsolated.
 
 const RING_DATA = 16;
 
@@ -32,11 +32,11 @@ class Ring {
   }
 }
 
-function notIsolated() {
-  return new Error(
-    "NotIsolated: this page is not cross-origin isolated, so the c2w emulator cannot share memory " +
+function notIsolated() {  // the name is the pyapptron error class (pyapptron._browser.JS_ERRORS)
+  return Object.assign(new Error(
+    "this page is not cross-origin isolated, so the c2w emulator cannot share memory " +
     "with its worker. Serve the page with the headers 'Cross-Origin-Opener-Policy: same-origin' and " +
-    "'Cross-Origin-Embedder-Policy: require-corp' (python -m pyapptron serve sends them).");
+    "'Cross-Origin-Embedder-Policy: require-corp' (python -m pyapptron serve sends them)."), { name: "NotIsolated" });
 }
 
 export async function start(options, sinks) {

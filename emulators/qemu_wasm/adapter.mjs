@@ -17,12 +17,16 @@
 // hidden iframe of its own: its globals are separate, and removing it (stop) ends
 // QEMU's threads and frees its memory.
 
-function notIsolated() {
-  return new Error(
-    "NotIsolated: this page is not cross-origin isolated, so QEMU-Wasm (which runs QEMU in " +
+function incompleteBuild(message) {
+  return Object.assign(new Error(message), { name: "IncompleteBuild" });
+}
+
+function notIsolated() {  // the name is the pyapptron error class (pyapptron._browser.JS_ERRORS)
+  return Object.assign(new Error(
+    "this page is not cross-origin isolated, so QEMU-Wasm (which runs QEMU in " +
     "pthreads on SharedArrayBuffer) cannot start. Serve the page with the headers " +
     "'Cross-Origin-Opener-Policy: same-origin' and 'Cross-Origin-Embedder-Policy: require-corp' " +
-    "(python -m pyapptron serve sends them).");
+    "(python -m pyapptron serve sends them)."), { name: "NotIsolated" });
 }
 
 const POLLOUT = 4;
@@ -41,7 +45,7 @@ export async function start(options, sinks) {
   await Promise.all(Object.entries(options.files || {}).map(async ([path, value]) => {
     if (typeof value !== "string") { files[path] = value; return; }
     const response = await fetch(page(value));
-    if (!response.ok) throw new Error(`IncompleteBuild: ${value} (for ${path}) answered HTTP ${response.status}`);
+    if (!response.ok) throw incompleteBuild(`${value} (for ${path}) answered HTTP ${response.status}`);
     files[path] = new Uint8Array(await response.arrayBuffer());
   }));
   timings.inputs = since();
@@ -151,7 +155,7 @@ function loadScript(doc, url) {
     const s = doc.createElement("script");
     s.src = url;
     s.onload = resolve;
-    s.onerror = () => reject(new Error(`IncompleteBuild: the package script ${url} did not load`));
+    s.onerror = () => reject(incompleteBuild(`the package script ${url} did not load`));
     doc.head.appendChild(s);
   });
 }
@@ -163,9 +167,9 @@ function importInFrame(win, doc, url) {
     const key = "__pyapptronImport" + Math.random().toString(36).slice(2);
     win[key] = (m, error) => {
       delete win[key];
-      if (error) reject(new Error(`IncompleteBuild: ${url} could not be imported: ${error}`));
+      if (error) reject(incompleteBuild(`${url} could not be imported: ${error}`));
       else if (typeof m.default !== "function")
-        reject(new Error(`IncompleteBuild: ${url} has no default export: build it with -sMODULARIZE -sEXPORT_ES6=1`));
+        reject(incompleteBuild(`${url} has no default export: build it with -sMODULARIZE -sEXPORT_ES6=1`));
       else resolve(m.default);
     };
     const s = doc.createElement("script");

@@ -61,9 +61,8 @@ async function gzip(buffer) {
 }
 
 function snapshotError(why) {
-  const e = new Error(why);
-  e.name = "SnapshotCorrupt"; // Python sees "SnapshotCorrupt: why"
-  return e;
+  // The name is the pyapptron error class (pyapptron._browser.JS_ERRORS).
+  return Object.assign(new Error(why), { name: "SnapshotCorrupt" });
 }
 
 // v86 zeroes all guest RAM before it unpacks a state's pages. In a V86 that was just made

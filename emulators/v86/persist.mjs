@@ -26,11 +26,9 @@ const finished = (tx) => new Promise((resolve, reject) => {
 });
 
 function typedError(err) {
-  // Python maps these names to typed errors (pyapptron.errors).
+  // A JS error's name is the pyapptron error class it becomes (pyapptron._browser.JS_ERRORS).
   if (err && err.name === "QuotaExceededError") {
-    const e = new Error(`PersistQuotaExceeded: ${err.message}`);
-    e.name = "PersistQuotaExceeded";
-    return e;
+    return Object.assign(new Error(err.message), { name: "PersistQuotaExceeded" });
   }
   return err;
 }
@@ -58,9 +56,8 @@ async function holdLock(store) {
     });
   });
   if (!got) {
-    const e = new Error(`PersistLocked: the store '${store}' is in use by another machine or tab`);
-    e.name = "PersistLocked";
-    throw e;
+    throw Object.assign(new Error(`the persist store '${store}' is in use by another machine (in this page or ` +
+      "another tab): shut that one down, or boot with another store name"), { name: "PersistLocked" });
   }
   return release;
 }

@@ -1,16 +1,21 @@
-"""The browser seam inside Pyodide: fetch, start a JS emulator adapter, attach xterm.js."""
+"""The browser seam inside Pyodide: fetch, start a JS emulator adapter, attach xterm.js.
+
+`InPyodide` (bottom) is this module's BrowserLayer (pyapptron._browser._interface)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Callable
 
 import js  # type: ignore[import-not-found]
 from pyodide.code import run_js  # type: ignore[import-not-found]
-from pyodide.ffi import JsProxy, create_proxy, to_js  # type: ignore[import-not-found]
+from pyodide.ffi import JsException, JsProxy, create_proxy, to_js  # type: ignore[import-not-found]
 
-from ..errors import AssetsMissing, BootError, IncompleteBuild, NotIsolated, PersistLocked, SnapshotCorrupt
+from ..errors import AssetsMissing, BootError
+from . import _interface
+from ._interface import BrowserLayer, typed_error
 
 _import = run_js("(url) => import(url)")
 
@@ -159,44 +164,78 @@ def page_machine():
     return None if sandbox is None else sandbox.vm
 
 
-class PersistHandle:
+def _js_error(exc: BaseException) -> BaseException:
+    """An adapter's JS error as the pyapptron error its `name` says (JS_ERRORS); any
+    other exception unchanged."""
+    if isinstance(exc, JsException):
+        typed = typed_error(str(exc.name), str(exc.message))
+        if typed is not None:
+            return typed
+    return exc
+
+
+def _typed_errors(method):
+    """Async JS calls whose errors arrive typed."""
+
+    @functools.wraps(method)
+    async def call(*args, **kwargs):
+        try:
+            return await method(*args, **kwargs)
+        except JsException as exc:
+            typed = _js_error(exc)
+            if typed is exc:
+                raise
+            raise typed from None
+
+    return call
+
+
+class PersistHandle(_interface.PersistHandle):
     """The adapter's persistent store (emulators/v86/persist.mjs), in Python terms."""
 
     def __init__(self, session, restored):
         self._session = session
         self.restored = restored.to_py() if hasattr(restored, "to_py") else {}
 
+    @_typed_errors
     async def sync(self) -> dict:
         return (await self._session.sync()).to_py()
 
+    @_typed_errors
     async def records(self) -> dict:
         return (await self._session.records()).to_py()
 
+    @_typed_errors
     async def blob(self, ref: str) -> bytes | None:
         data = await self._session.readBlob(ref)
         return None if data is None else data.to_bytes()
 
+    @_typed_errors
     async def import_entries(self, entries: list, blobs: dict[str, bytes]) -> list:
         # A JS Map of ref -> Uint8Array.
         damaged = await self._session.importEntries(to_js(entries), to_js(blobs, dict_converter=js.Map.new))
         return damaged.to_py()
 
+    @_typed_errors
     async def reset(self, layer: str) -> None:
         await self._session.reset(layer)
 
+    @_typed_errors
     async def read_live(self, path: str) -> bytes | None:
         data = await self._session.readLive(path)
         return None if data is None else data.to_bytes()
 
+    @_typed_errors
     async def write_live(self, path: str, data: bytes, mode: int) -> bool:
         return bool(await self._session.writeLive(path, to_js(data), mode))
 
+    @_typed_errors
     async def estimate(self) -> dict | None:
         found = await self._session.estimate()
         return None if found is None else found.to_py()
 
 
-class EmulatorHandle:
+class EmulatorHandle(_interface.EmulatorHandle):
     """A running JS emulator adapter: bytes in, bytes out, stop."""
 
     def __init__(self, adapter, proxies):
@@ -206,15 +245,17 @@ class EmulatorHandle:
         present = session is not None and type(session).__name__ != "JsNull"
         self.persist = PersistHandle(session, getattr(adapter, "restored", None)) if present else None
 
+    @property
+    def engine(self):
+        return getattr(self._adapter, "emulator", None)
+
     def send(self, channel: str, data: bytes) -> None:
         self._adapter.send(channel, to_js(data))
 
     def close_channel(self, channel: str) -> None:
-        """End of input on a channel (adapters that have it: c2w)."""
         self._adapter.close(channel)
 
     def log(self) -> str:
-        """The emulator's own recent messages (adapters that keep them: c2w), else ''."""
         log = getattr(self._adapter, "log", None)
         return str(log()) if log is not None else ""
 
@@ -222,14 +263,12 @@ class EmulatorHandle:
         timings = getattr(self._adapter, "timings", None)
         return timings.to_py() if timings is not None and hasattr(timings, "to_py") else {}
 
+    @_typed_errors
     async def restore_state(self, payload, compression: str, sha256: str | None) -> dict | None:
-        """Put the running machine back to a snapshot; returns what the persistent store restored."""
-        try:
-            report = await self._adapter.restoreState(_snapshot_object(payload, compression, sha256))
-        except Exception as exc:  # a JsException
-            raise _snapshot_error(exc) from None
+        report = await self._adapter.restoreState(_snapshot_object(payload, compression, sha256))
         return report.to_py() if report is not None and hasattr(report, "to_py") else None
 
+    @_typed_errors
     async def save_state(self) -> tuple:
         """(payload: a JS Uint8Array of the gzip'd state, state bytes, seconds)."""
         saved = await self._adapter.saveState()
@@ -252,13 +291,6 @@ def _snapshot_object(payload, compression: str, sha256: str | None):
     if sha256:
         snapshot.sha256 = sha256
     return snapshot
-
-
-def _snapshot_error(exc: Exception) -> Exception:
-    text = str(exc)
-    if "SnapshotCorrupt" in text:
-        return SnapshotCorrupt(text.split("SnapshotCorrupt: ", 1)[-1])
-    return exc
 
 
 def _bytes_sink(callback: Callable[[bytes], None]):
@@ -309,18 +341,9 @@ async def start_emulator(adapter_url: str, options: dict, on_console, on_agent,
         raise
     except Exception as exc:
         destroy_proxies()
-        if "IncompleteBuild:" in str(exc):
-            message = str(exc).split("IncompleteBuild:", 1)[1].strip()
-            raise IncompleteBuild(message, [message]) from None
-        if "NotIsolated:" in str(exc):
-            raise NotIsolated(str(exc).split("NotIsolated:", 1)[1].strip()) from None
-        if "SnapshotCorrupt" in str(exc):
-            raise _snapshot_error(exc) from None
-        if "PersistLocked" in str(exc):
-            raise PersistLocked(
-                f"the persist store {options['persist']['store']!r} is in use by another machine (in this "
-                "page or another tab): shut that one down, or boot with another store name"
-            ) from None
+        typed = _js_error(exc)
+        if typed is not exc:
+            raise typed from None
         raise BootError(f"the emulator did not start: {exc}") from exc
     return EmulatorHandle(adapter, proxies)
 
@@ -356,3 +379,19 @@ def attach_terminal(console, terminal, *, on_resize=None):
         resized_proxy.destroy()
 
     return detach
+
+
+class InPyodide(BrowserLayer):
+    default_assets_url = staticmethod(default_assets_url)
+    fetch_json = staticmethod(fetch_json)
+    fetch_bytes = staticmethod(fetch_bytes)
+    probe_urls = staticmethod(probe_urls)
+    js_bytes = staticmethod(js_bytes)
+    payload_bytes = staticmethod(payload_bytes)
+    snapshot_put = staticmethod(snapshot_put)
+    snapshot_get = staticmethod(snapshot_get)
+    snapshot_list = staticmethod(snapshot_list)
+    snapshot_delete = staticmethod(snapshot_delete)
+    page_machine = staticmethod(page_machine)
+    start_emulator = staticmethod(start_emulator)
+    attach_terminal = staticmethod(attach_terminal)

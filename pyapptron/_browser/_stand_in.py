@@ -1,8 +1,10 @@
-"""CPython stand-in for the browser seam: same names, clear errors."""
+"""CPython stand-in for the browser seam: the same interface, clear errors."""
 
 from __future__ import annotations
 
 from ..errors import NotSupported
+from . import _interface
+from ._interface import BrowserLayer
 
 _WHY = (
     "this needs a browser: run it inside Pyodide (a page, a notebook kernel), or drive a "
@@ -11,71 +13,28 @@ _WHY = (
 )
 
 
-class EmulatorHandle:
-    persist = None
-
-    def send(self, channel: str, data: bytes) -> None:
-        raise NotSupported(_WHY)
-
-    async def save_state(self) -> tuple:
-        raise NotSupported(_WHY)
-
-    async def restore_state(self, payload, compression, sha256):
-        raise NotSupported(_WHY)
-
-    async def stop(self) -> None:
-        raise NotSupported(_WHY)
-
-
-def default_assets_url() -> str | None:
-    return None
-
-
-async def fetch_json(url: str) -> dict:
+def _needs_browser(*args, **kwargs):
     raise NotSupported(_WHY)
 
 
-async def fetch_bytes(url: str) -> bytes:
+async def _needs_browser_async(*args, **kwargs):
     raise NotSupported(_WHY)
 
 
-async def probe_urls(urls, text=False) -> dict:
-    raise NotSupported(_WHY)
+class EmulatorHandle(_interface.EmulatorHandle):
+    """Never made in CPython (start_emulator refuses); here so the names match."""
+
+    engine = None
+    send = close_channel = log = timings = _needs_browser
+    save_state = restore_state = stop = _needs_browser_async
 
 
-def js_bytes(value):
-    return value
-
-
-def payload_bytes(payload) -> bytes:
-    return bytes(payload)
-
-
-async def snapshot_put(name: str, meta_json: str, payload) -> int:
-    raise NotSupported(_WHY)
-
-
-async def snapshot_get(name: str):
-    raise NotSupported(_WHY)
-
-
-async def snapshot_list() -> list:
-    raise NotSupported(_WHY)
-
-
-async def snapshot_delete(name: str) -> bool:
-    raise NotSupported(_WHY)
-
-
-def page_machine():
-    return None
-
-
-async def start_emulator(adapter_url, options, on_console, on_agent, on_persist_changed=None,
-                        resume_payload=None, resume_compression="gzip",
-                        resume_sha256=None, on_exit=None) -> EmulatorHandle:
-    raise NotSupported(_WHY)
-
-
-def attach_terminal(console, terminal, *, on_resize=None):
-    raise NotSupported(_WHY)
+class StandIn(BrowserLayer):
+    default_assets_url = staticmethod(lambda: None)
+    js_bytes = staticmethod(lambda value: value)
+    payload_bytes = staticmethod(lambda payload: bytes(payload))
+    page_machine = staticmethod(lambda: None)
+    attach_terminal = staticmethod(_needs_browser)
+    fetch_json = fetch_bytes = probe_urls = staticmethod(_needs_browser_async)
+    snapshot_put = snapshot_get = snapshot_list = snapshot_delete = staticmethod(_needs_browser_async)
+    start_emulator = staticmethod(_needs_browser_async)
