@@ -66,7 +66,7 @@ await vm.run("true")
 from pyodide.code import run_js
 from pyodide.ffi import to_js
 bare = await run_js("(u) => import(u)")(BARE_URL)
-emulator = vm.backend._handle._adapter.emulator
+emulator = vm.backend.engine()
 times, bare_times = [], []
 for block in range({rounds} // 20):
     for _ in range(20):
@@ -162,7 +162,7 @@ vm = await pyapptron.boot("v86", IMAGE, cold=COLD)
 boot_s = time.perf_counter() - t0
 await vm.run("true")
 first_run_s = time.perf_counter() - t0
-phases = vm.backend._handle._adapter.timings.to_py()
+phases = vm.backend.timings()
 extra = {}
 if SAVE:
     t = time.perf_counter()
@@ -778,7 +778,7 @@ const write = term.write;
 term.write = function (data, cb) { count.out += data.length; return write.call(this, data, cb); };
 subs.push({dispose: () => { term.write = write; }});
 try {
-  const p9 = window.sandbox.vm.backend._handle._adapter.emulator.v86.cpu.devices.virtio_9p;
+  const p9 = window.sandbox.vm.backend.engine().v86.cpu.devices.virtio_9p;
   if (p9 && p9.SendReply) {
     p9.SendReply = function (...a) { count.p9++; return Object.getPrototypeOf(this).SendReply.apply(this, a); };
     subs.push({dispose: () => { delete p9.SendReply; }});

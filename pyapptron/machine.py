@@ -15,14 +15,11 @@ from . import snapshots
 from .agent import AgentClient, DirEntry
 from .backends import Backend, Capabilities
 from .console import Console
-from .console_exec import ConsoleExec
 from .persist import PersistedFiles
 from .errors import (AgentError, BootError, CalledProcessError, InvalidOption, MachineClosed, NotSupported,
                      SnapshotCorrupt, TimeoutExpired)
 from .snapshots import Resume, SnapshotInfo
 
-#: How long a killed command may take to report its exit before we stop waiting.
-KILL_GRACE_S = 5.0
 #: The last sync before a persisting machine stops may take this long.
 PERSIST_SHUTDOWN_SYNC_S = 300.0
 #: After a resume, a HELLO to the agent is sent again after this long without an answer
@@ -64,15 +61,13 @@ class Machine:
         self.backend = backend
         self.emulator = emulator
         self.image = image
-        self.console = Console(backend.write_console,
-                               eof=backend.close_console if getattr(backend, "console_has_eof", False) else None)
+        self.console = Console(backend.write_console, eof=backend.close_console if backend.console_has_eof else None)
         #: The exit status of the emulated program, once it ended by itself (c2w's modules).
         self.returncode: int | None = None
+        #: The guest agent's channel: files, and (on most backends) exec.
         self._agent = AgentClient(backend.write_agent)
-        #: Guests without the agent but with a shell on the console (qemu-wasm): vm.run
-        #: types framed command lines there instead (pyapptron.console_exec).
-        self._console_exec = (ConsoleExec(self.console, backend.console_prompt)
-                              if getattr(backend, "exec_transport", "agent") == "console" else None)
+        #: How vm.run reaches the guest: the backend's choice (the agent, or its console shell).
+        self._exec = backend.exec_strategy(self.console, self._agent)
         self._closed = False
         self.boot_seconds: float | None = None
         self._persist: PersistedFiles | None = None
@@ -116,7 +111,7 @@ class Machine:
                           "`python emulators/build.py`.", RuntimeWarning, stacklevel=2)
             resume = self._resume = None
             await self.backend.start(self.console.feed, self._agent.feed)
-        exit_future = getattr(self.backend, "exit_future", None)
+        exit_future = self.backend.exit_future
         if exit_future is not None:
             exit_future.add_done_callback(self._program_exited)
         store = self.backend.persist_store
@@ -134,10 +129,7 @@ class Machine:
             self.resumed_from = resume.label
             return
         if self.capabilities.exec:
-            if self._console_exec is not None:
-                ready = asyncio.ensure_future(self._console_exec.wait_ready(None))
-            else:
-                ready = asyncio.ensure_future(self._agent.wait_ready())
+            ready = asyncio.ensure_future(self._exec.wait_ready())
             waits = [ready] + ([exit_future] if exit_future is not None else [])
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             stopped = exit_future is not None and exit_future.done() and not exit_future.cancelled()
@@ -151,11 +143,10 @@ class Machine:
             ready.result()
 
     def _emulator_log(self) -> str:
-        log = getattr(self.backend, "emulator_log", None)
         try:
-            return log() if log is not None else ""
-        except Exception:
-            return ""
+            return self.backend.emulator_log()
+        except Exception as exc:  # only shown beside a boot error: that error matters more
+            return f"(the emulator's log could not be read: {exc!r})"
 
     def _program_exited(self, future: asyncio.Future) -> None:
         if future.cancelled():
@@ -163,15 +154,17 @@ class Machine:
         code, _ = future.result()
         self.returncode = code
         self.console.close(f"the program exited with status {code}")
-        self._agent.close(MachineClosed(f"the emulator stopped (exit status {code})"))
-        if self._console_exec is not None:
-            self._console_exec.close(MachineClosed(f"the emulator stopped (exit status {code})"))
+        self._close_channels(MachineClosed(f"the emulator stopped (exit status {code})"))
+
+    def _close_channels(self, exc: MachineClosed) -> None:
+        self._exec.close(exc)
+        self._agent.close(exc)  # files, where the exec strategy is not the agent
 
     async def wait(self, timeout: float | None = None) -> int:
         """Wait for the emulated program to end by itself and return its exit status
         (c2w with wasm=: a WASI program or container that exits). TimeoutExpired-like
         asyncio.TimeoutError after `timeout` seconds."""
-        exit_future = getattr(self.backend, "exit_future", None)
+        exit_future = self.backend.exit_future
         if exit_future is None:
             raise NotSupported(f"{self.emulator} machines do not end by themselves; use shutdown()")
         code, _ = await asyncio.wait_for(asyncio.shield(exit_future), timeout)
@@ -289,9 +282,7 @@ class Machine:
         if self._persist is not None:
             await self._persist.close()
         self._closed = True
-        self._agent.close(MachineClosed("the machine was shut down"))
-        if self._console_exec is not None:
-            self._console_exec.close(MachineClosed("the machine was shut down"))
+        self._close_channels(MachineClosed("the machine was shut down"))
         self.console.close()
         await self.backend.stop()
 
@@ -344,60 +335,16 @@ class Machine:
             input = input.encode(enc)
         elif input is not None and not isinstance(input, (bytes, bytearray, memoryview)):
             raise InvalidOption(f"input must be bytes or str, not {type(input).__name__}")
-        if self._console_exec is not None:
-            return await self._run_on_console(args, timeout, input, cwd, env, check, decode, enc, errors)
-        requests: list = []
-        task = asyncio.ensure_future(
-            self._agent.exec(argv, input=None if input is None else bytes(input), cwd=cwd, env=env,
-                             started=requests.append)
-        )
-        try:
-            result = await asyncio.wait_for(asyncio.shield(task), timeout)
-        except asyncio.TimeoutError:
-            await self._kill(task, requests)
-            # Collected after the kill, like subprocess.run: output up to the end counts.
-            out, err = (bytes(requests[0].stdout), bytes(requests[0].stderr)) if requests else (b"", b"")
-            raise TimeoutExpired(args, timeout, _maybe_decode(out, decode, enc, "replace"),
-                                 _maybe_decode(err, decode, enc, "replace")) from None
-        except asyncio.CancelledError:
-            await self._kill(task, requests)
-            raise
-        stdout = _maybe_decode(result.stdout, decode, enc, errors)
-        stderr = _maybe_decode(result.stderr, decode, enc, errors)
-        if check and result.status != 0:
-            raise CalledProcessError(result.status, args, stdout, stderr)
-        return CompletedProcess(args, result.status, stdout, stderr)
-
-    async def _run_on_console(self, args, timeout, input, cwd, env, check, decode, enc, errors) -> CompletedProcess:
-        """run() on a guest without the agent: through its console shell. Output is
-        stdout and stderr merged, as the terminal shows it (stderr is empty)."""
-        if input is not None:
-            raise NotSupported(f"{self.emulator} runs commands through the guest's console, which has no "
-                               "separate stdin: input= needs a guest with pyapptron's agent (see the README)")
-        if isinstance(args, bytes) or (not isinstance(args, str) and any(isinstance(a, bytes) for a in args)):
-            raise InvalidOption("over the console, run() takes str commands, not bytes")
-        status, output, timed_out = await self._console_exec.run(args if isinstance(args, str) else list(args),
-                                                                 timeout=timeout, cwd=cwd, env=env)
-        if timed_out:
-            raise TimeoutExpired(args, timeout, _maybe_decode(output, decode, enc, "replace"),
-                                 _maybe_decode(b"", decode, enc, "replace"))
-        stdout = _maybe_decode(output, decode, enc, errors)
-        stderr = _maybe_decode(b"", decode, enc, errors)
-        if check and status != 0:
-            raise CalledProcessError(status, args, stdout, stderr)
-        return CompletedProcess(args, status, stdout, stderr)
-
-    async def _kill(self, task: asyncio.Future, requests: list) -> None:
-        """SIGKILL the command's process group and wait (briefly) for its exit."""
-        if requests and not task.done():
-            try:
-                # Bounded: a wedged channel must not turn a timeout into a hang.
-                await asyncio.wait_for(self._agent.signal(requests[0].id, 9), KILL_GRACE_S)
-                await asyncio.wait_for(asyncio.shield(task), KILL_GRACE_S)
-            except Exception:
-                pass
-        if not task.done():
-            task.cancel()
+        outcome = await self._exec.run(args, argv, timeout=timeout, input=None if input is None else bytes(input),
+                                       cwd=cwd, env=env)
+        if outcome.timed_out:
+            raise TimeoutExpired(args, timeout, _maybe_decode(outcome.stdout, decode, enc, "replace"),
+                                 _maybe_decode(outcome.stderr, decode, enc, "replace"))
+        stdout = _maybe_decode(outcome.stdout, decode, enc, errors)
+        stderr = _maybe_decode(outcome.stderr, decode, enc, errors)
+        if check and outcome.status != 0:
+            raise CalledProcessError(outcome.status, args, stdout, stderr)
+        return CompletedProcess(args, outcome.status, stdout, stderr)
 
     # -- files -----------------------------------------------------------------------
     async def read_file(self, path: str) -> bytes:
@@ -433,7 +380,7 @@ class Machine:
 
     async def resize_console(self, cols: int, rows: int) -> None:
         """Tell the guest's console tty its size (a serial line cannot carry it itself)."""
-        tty = getattr(self.backend, "console_tty", None)
+        tty = self.backend.console_tty
         if tty and self.capabilities.exec and not self._closed:
             await self.run(["stty", "-F", tty, "rows", str(rows), "cols", str(cols)], timeout=10)
 

@@ -173,7 +173,7 @@ def test_a_timeout_on_a_wedged_channel_still_returns():
 
     async def main():
         vm = await booted(backend)
-        import pyapptron.machine as M
+        import pyapptron.exec_strategy as M
         M.KILL_GRACE_S, saved = 0.05, M.KILL_GRACE_S
         try:
             for _ in range(16):  # use up the window so SIGNAL would wait for credit forever

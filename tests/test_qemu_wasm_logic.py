@@ -8,6 +8,8 @@ import pytest
 
 from pyapptron import IncompleteBuild, InvalidOption
 from pyapptron.backends import qemu_wasm
+from pyapptron.console_exec import DEFAULT_PROMPT
+from pyapptron.exec_strategy import ConsoleShellExec
 from pyapptron.backends.qemu_wasm import QemuWasmBackend, parse_package, qemu_arguments, referenced_files
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,6 +113,12 @@ def test_a_complete_build_gives_the_adapter_its_plan():
     args = plan["arguments"]
     assert args[args.index("-kernel") + 1] == "/pack/bzImage"
     assert "id=disk0,file=/pack/disk.img,format=raw,if=virtio" in args
+
+
+def test_vm_run_goes_through_the_console_shell_since_the_guest_has_no_agent():
+    strategy = backend(kernel="/pack/bzImage").exec_strategy(console=None, agent=None)
+    assert isinstance(strategy, ConsoleShellExec)
+    assert strategy.shell.prompt == DEFAULT_PROMPT
 
 
 def test_everything_missing_from_a_build_is_named_at_once():

@@ -1,19 +1,27 @@
 """Emulator backends behind one interface, and the registry boot() picks from.
 
 A backend knows how to start its emulator, how to carry bytes to the console and to
-the guest agent, and what it can do (Capabilities). Everything else (exec, files,
-the console stream) lives in Machine and works the same on every backend.
+the guest agent, how vm.run reaches its guest (exec_strategy), and what it can do
+(Capabilities). Everything else (exec, files, the console stream, snapshots' format)
+lives in Machine and works the same on every backend: Machine uses nothing of a
+backend that Backend does not declare here.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
 import importlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import NotSupported, UnknownEmulator
+
+if TYPE_CHECKING:
+    from ..agent import AgentClient
+    from ..console import Console
+    from ..exec_strategy import ExecStrategy
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,14 @@ class Backend(abc.ABC):
     persist_store: Any = None
     #: Set by Machine before start: called when the guest changes a persisted tree.
     on_persist_changed: Callable[[], None] | None = None
+    #: The guest device behind the interactive console, for telling it the terminal
+    #: size (Machine.resize_console), or None where there is no such tty.
+    console_tty: ClassVar[str | None] = None
+    #: Whether the console's input can be ended (Console.sendeof -> close_console).
+    console_has_eof: bool = False
+    #: Set by start() on engines whose program can end by itself (a user's WASI module,
+    #: QEMU exiting): resolves to (exit status, the emulator's last messages).
+    exit_future: asyncio.Future | None = None
 
     @abc.abstractmethod
     async def start(self, on_console: Sink, on_agent: Sink, resume: Any = None) -> None:
@@ -87,8 +103,46 @@ class Backend(abc.ABC):
         cold boot that this resume's options need."""
         return [], None
 
+    def exec_strategy(self, console: Console, agent: AgentClient) -> ExecStrategy:
+        """How vm.run reaches this guest: by default through the guest agent on its
+        channel. A backend whose guest has no agent supplies another (ConsoleShellExec)."""
+        from ..exec_strategy import AgentExec
+
+        return AgentExec(agent)
+
     #: After start: the running JS adapter (pyapptron._browser.EmulatorHandle).
     _handle: Any = None
+
+    def _track_exit(self) -> Callable[[int, str], None]:
+        """For start() on engines whose program can end: a fresh exit_future, and the
+        callback (exit status, log) that resolves it once."""
+        self.exit_future = future = asyncio.get_running_loop().create_future()
+
+        def exited(code: int, log: str) -> None:
+            if not future.done():
+                future.set_result((code, log))
+
+        return exited
+
+    def close_console(self) -> None:
+        """End of input on the console (only where console_has_eof)."""
+        if not self.console_has_eof:
+            raise NotSupported(f"{self.name}'s console input cannot be ended")
+        if self._handle is not None:
+            self._handle.close_channel("console")
+
+    def emulator_log(self) -> str:
+        """The emulator's own recent messages (shown when a boot fails), or ''."""
+        return self._handle.log() if self._handle is not None else ""
+
+    def timings(self) -> dict:
+        """The adapter's boot phases in seconds (fetch, compile, ready, ...), for bench/."""
+        return self._handle.timings() if self._handle is not None else {}
+
+    def engine(self) -> Any:
+        """The running emulator's own JS object (v86's V86, ...), for diagnostics and
+        bench/ only: nothing in pyapptron drives it past the adapter. None when stopped."""
+        return self._handle.engine if self._handle is not None else None
 
     def write_console(self, data: bytes) -> None:
         """Bytes typed into the interactive console."""

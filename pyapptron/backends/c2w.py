@@ -27,7 +27,6 @@ Quirks this backend owns:
 
 from __future__ import annotations
 
-import asyncio
 import posixpath
 from collections.abc import Mapping, Sequence
 
@@ -104,7 +103,6 @@ class C2WBackend(Backend):
                  net=None, mac=None, arch=None):
         self.assets = assets
         self.image = image
-        self.exit_future: asyncio.Future | None = None
         self._handle = None
         env = dict(env or {})
         bad_env = [k for k, v in env.items() if not isinstance(k, str) or not isinstance(v, str) or "=" in k]
@@ -201,25 +199,9 @@ class C2WBackend(Backend):
     async def start(self, on_console: Sink, on_agent: Sink, resume=None) -> None:
         if resume is not None:
             raise NotSupported("c2w cannot resume a snapshot")
-        loop = asyncio.get_running_loop()
-        self.exit_future = loop.create_future()
-
-        def exited(code: int, log: str) -> None:
-            if not self.exit_future.done():
-                self.exit_future.set_result((code, log))
-
         options = dict(self.options, worker_url=self.assets.require("c2w/worker.mjs"),
                        shim_url=self.assets.require("c2w/browser_wasi_shim/dist/index.js"),
                        ring_bytes=RING_BYTES)
         self._handle = await _browser.start_emulator(self.assets.require("c2w/adapter.mjs"), options,
-                                                     on_console, on_agent, on_exit=exited)
+                                                     on_console, on_agent, on_exit=self._track_exit())
 
-    def emulator_log(self) -> str:
-        return self._handle.log() if self._handle is not None else ""
-
-    def timings(self) -> dict:
-        return self._handle.timings() if self._handle is not None else {}
-
-    def close_console(self) -> None:
-        if self._handle is not None:
-            self._handle.close_channel("console")

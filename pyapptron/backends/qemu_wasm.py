@@ -31,7 +31,6 @@ Quirks this backend owns:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import posixpath
 import re
@@ -40,7 +39,8 @@ from urllib.parse import urljoin, urlsplit
 
 from .. import _browser
 from ..assets import Assets
-from ..console_exec import DEFAULT_PROMPT
+from ..console_exec import DEFAULT_PROMPT, ConsoleExec
+from ..exec_strategy import ConsoleShellExec
 from ..errors import IncompleteBuild, InvalidOption, NotSupported
 from . import Backend, Capabilities, Sink
 
@@ -118,7 +118,6 @@ def is_guest_path(value: str) -> bool:
 class QemuWasmBackend(Backend):
     name = "qemu-wasm"
     default_image = "(user build)"
-    exec_transport = "console"
     options = {
         "build": str, "main": str, "packages": (list, tuple), "kernel": (str, bytes, bytearray, object),
         "initrd": (str, bytes, bytearray, object), "disk": (str, bytes, bytearray, object, list, tuple),
@@ -172,7 +171,6 @@ class QemuWasmBackend(Backend):
                                 "'/pack/bzImage', a URL, or bytes), or the whole command line as arguments=")
         self.append, self.extra_args, self.arguments = append, list(args), arguments
         self.bios_dir, self.accel = bios_dir, accel
-        self.exit_future = None
         self._handle = None
         self.capabilities = Capabilities(arch=arch, exec=prompt is not None, files=False, console=True,
                                          snapshot=False, network=False)
@@ -269,25 +267,17 @@ class QemuWasmBackend(Backend):
         if resume is not None:
             raise NotSupported("qemu-wasm cannot resume a snapshot")
         options = await self._plan()
-        loop = asyncio.get_running_loop()
-        self.exit_future = loop.create_future()
-
-        def exited(code: int, log: str) -> None:
-            if not self.exit_future.done():
-                self.exit_future.set_result((code, log))
-
         options["xterm_pty_url"] = self.assets.require("xterm-pty/index.mjs")
         self._handle = await _browser.start_emulator(self.assets.require("qemu_wasm/adapter.mjs"), options,
-                                                     on_console, on_agent, on_exit=exited)
+                                                     on_console, on_agent, on_exit=self._track_exit())
+
+    def exec_strategy(self, console, agent):
+        # No agent in the guest: vm.run types framed lines into its console shell.
+        return ConsoleShellExec(ConsoleExec(console, self.console_prompt or DEFAULT_PROMPT))
 
     def write_agent(self, chunk: bytes) -> None:
         raise NotSupported("qemu-wasm has no agent channel; vm.run goes through the console")
 
-    def emulator_log(self) -> str:
-        return self._handle.log() if self._handle is not None else ""
-
-    def timings(self) -> dict:
-        return self._handle.timings() if self._handle is not None else {}
 
 
 def _check_input(role: str, value):
