@@ -39,20 +39,23 @@ def log(msg: str) -> None:
     print(f"[snapshot] {msg}", file=sys.stderr, flush=True)
 
 
-def _images(out: Path) -> list[dict]:
+def _images(out: Path, assets: Assets) -> list[dict]:
     found = []
     for image_json in sorted(out.glob("images/*/image.json")):
         spec = json.loads(image_json.read_text())
         spec.setdefault("name", image_json.parent.name)
-        cls = backend_class(spec.get("emulator", "v86"))
-        # Only where the emulator can save a machine at all (c2w cannot yet).
-        if spec.get("agent") and cls.snapshot_binding is not Backend.snapshot_binding:
+        # Only where a machine of this image can be saved (its backend says so).
+        if _backend(spec, assets).capabilities.snapshot:
             found.append(spec)
     return found
 
 
+def _backend(spec: dict, assets: Assets) -> Backend:
+    return backend_class(spec.get("emulator", "v86"))(assets, spec)
+
+
 def cache_key(spec: dict, assets: Assets) -> str:
-    backend = backend_class(spec.get("emulator", "v86"))(assets, spec)
+    backend = _backend(spec, assets)
     return snapshots.digest({"binding": backend.snapshot_binding(), "format": snapshots.FORMAT, "recipe": RECIPE})
 
 
@@ -62,7 +65,7 @@ def build(out: Path, cache: Path, force: bool = False) -> str:
     assets = Assets("/assets/", index)
     cache.mkdir(parents=True, exist_ok=True)
     todo, done = [], []
-    for spec in _images(out):
+    for spec in _images(out, assets):
         cached = cache / f"{spec['name']}-{cache_key(spec, assets)}.snapshot"
         if force or not cached.is_file():
             todo.append((spec, cached))
@@ -70,7 +73,7 @@ def build(out: Path, cache: Path, force: bool = False) -> str:
             done.append(spec["name"])
     if todo:
         _make(out, todo)
-    for spec in _images(out):
+    for spec in _images(out, assets):
         cached = cache / f"{spec['name']}-{cache_key(spec, assets)}.snapshot"
         target = out / "images" / spec["name"] / SNAPSHOT_FILE
         if not target.is_file() or target.read_bytes() != cached.read_bytes():
