@@ -99,6 +99,9 @@ async def boot(
     Other keyword options are the backend's own (see its `options`).
     """
     cls = backend_class(emulator)
+    # A page's script (web/pyapptron.js) may pass byte arrays: from here on, Python values only.
+    resume = _browser.from_page(resume)
+    options = {key: _browser.from_page(value) for key, value in options.items()}
     persist_spec = Persist.from_option(persist)
     if persist_spec is not None and not cls.persist_supported:
         raise NotSupported(f"{emulator} cannot keep files across reloads (persist=); use v86")
@@ -121,7 +124,6 @@ async def boot(
         raise InvalidOption(f"cold must be True or False, not {cold!r}")
     if cold and resume is not None:
         raise InvalidOption("boot(): cold=True and resume= contradict each other; pass one of them")
-    resume = _browser.js_bytes(resume)  # a Uint8Array from a page's JS (web/pyapptron.js) as bytes
     if resume is not None and not isinstance(resume, (str, bytes, bytearray, memoryview)):
         raise InvalidOption(f"resume must be a snapshot name (str) or snapshot bytes, not {type(resume).__name__}")
     assets = await Assets.load(assets_url)

@@ -72,9 +72,14 @@ def _js_buffer(data):
     return to_js(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
 
 
-def js_bytes(value):
-    """A JS typed array (from a page's script) as bytes; anything else unchanged."""
-    return value.to_bytes() if isinstance(value, JsProxy) and hasattr(value, "to_bytes") else value
+def from_page(value):
+    if isinstance(value, JsProxy):
+        return value.to_bytes() if hasattr(value, "to_bytes") else value
+    if isinstance(value, dict):
+        return {k: from_page(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(from_page(v) for v in value)
+    return value
 
 
 def payload_bytes(payload) -> bytes:
@@ -386,7 +391,7 @@ class InPyodide(BrowserLayer):
     fetch_json = staticmethod(fetch_json)
     fetch_bytes = staticmethod(fetch_bytes)
     probe_urls = staticmethod(probe_urls)
-    js_bytes = staticmethod(js_bytes)
+    from_page = staticmethod(from_page)
     payload_bytes = staticmethod(payload_bytes)
     snapshot_put = staticmethod(snapshot_put)
     snapshot_get = staticmethod(snapshot_get)

@@ -135,8 +135,10 @@ class BrowserLayer(abc.ABC):
 
     @staticmethod
     @abc.abstractmethod
-    def js_bytes(value):
-        """A JS typed array (from a page's script) as bytes; anything else unchanged."""
+    def from_page(value):
+        """A value a page's script passed (web/pyapptron.js) in Python terms: JS typed
+        arrays, also inside lists and dicts, become bytes. boot() converts its
+        arguments with it, so nothing above this layer sees a JS value."""
 
     @staticmethod
     @abc.abstractmethod

@@ -31,7 +31,7 @@ class EmulatorHandle(_interface.EmulatorHandle):
 
 class StandIn(BrowserLayer):
     default_assets_url = staticmethod(lambda: None)
-    js_bytes = staticmethod(lambda value: value)
+    from_page = staticmethod(lambda value: value)  # CPython has no JS values
     payload_bytes = staticmethod(lambda payload: bytes(payload))
     page_machine = staticmethod(lambda: None)
     attach_terminal = staticmethod(_needs_browser)

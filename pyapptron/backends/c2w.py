@@ -74,7 +74,6 @@ def check_files(files) -> dict[str, bytes | str]:
     for path, data in files.items():
         if not isinstance(path, str) or not path.startswith("/") or path.endswith("/") or "/../" in path + "/":
             raise InvalidOption(f"files: {path!r} is not an absolute file path like '/data/input.txt'")
-        data = _browser.js_bytes(data)
         if isinstance(data, (bytearray, memoryview)):
             data = bytes(data)
         if not isinstance(data, (bytes, str)):
@@ -166,7 +165,6 @@ class C2WBackend(Backend):
     def _init_user_module(self, wasm, args, env, preopens, memory_mib, entrypoint, no_stdin, net, mac, arch) -> None:
         if memory_mib is not None:
             raise InvalidOption("memory_mib= is the image's; a user's module sizes its own memory")
-        wasm = _browser.js_bytes(wasm)
         if isinstance(wasm, (list, tuple)):
             if not wasm or not all(isinstance(u, str) and u for u in wasm):
                 raise InvalidOption("wasm= as a list must hold the URLs of the module's chunks, in order")

@@ -283,7 +283,6 @@ class QemuWasmBackend(Backend):
 def _check_input(role: str, value):
     if value is None:
         return None
-    value = _browser.js_bytes(value)
     if isinstance(value, (bytearray, memoryview)):
         value = bytes(value)
     if isinstance(value, bytes):
@@ -305,7 +304,6 @@ def _check_files(option: str, files, to_path) -> dict[str, bytes | str]:
             raise InvalidOption(f"{option}: {path!r} is not a file path like '/pack/extra.bin'")
         if option == "files" and not path.startswith("/"):
             raise InvalidOption(f"files: {path!r} must be an absolute path inside the emulator, like '/pack/x'")
-        data = _browser.js_bytes(data)
         if isinstance(data, str):
             data = data if data else None
         elif isinstance(data, (bytes, bytearray, memoryview)):
