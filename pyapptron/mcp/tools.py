@@ -157,16 +157,21 @@ class MachineTools:
         return self.machine
 
     # -- what is offered ---------------------------------------------------------------
-    def _has_persist(self) -> bool:
+    def _persisted(self) -> str | None:
+        """The machine's persistent layers as an agent should read them (from the Persist it
+        was booted with, never the defaults), or None when nothing is kept."""
+        if not self.machine.capabilities.persist:
+            return None
         try:
-            self.machine.persist
+            layers = self.machine.persist.layers
         except NotSupported:
-            return False
-        return True
+            return None
+        return "; ".join(f"{name}: {', '.join(paths)}" for name, paths in layers.items())
 
     def _tool_table(self) -> dict[str, tuple[dict, Any]]:
         caps = self.machine.capabilities
         table: dict[str, tuple[dict, Any]] = {}
+        persisted = self._persisted()
         if caps.exec:
             table["exec"] = ({
                 "name": "exec", "title": "Run a command",
@@ -194,28 +199,29 @@ class MachineTools:
                 "inputSchema": LIST_INPUT, "outputSchema": LIST_OUTPUT,
                 "annotations": {"readOnlyHint": True},
             }, self._list_dir)
-        if caps.persist and self._has_persist():
+        if persisted:
             table["persist_sync"] = ({
                 "name": "persist_sync", "title": "Save the persistent layers",
-                "description": "Commit /root, /persist and installed packages (/usr/local, pip --user, npm and "
-                               "apt caches) to the browser's storage now, so they survive a page reload.",
+                "description": f"Commit the persistent layers ({persisted}) to the browser's storage now, "
+                               "so they survive a page reload.",
                 "inputSchema": SYNC_INPUT, "outputSchema": SYNC_OUTPUT,
                 "annotations": {"idempotentHint": True},
             }, self._persist_sync)
         if caps.snapshot:
             table["snapshot"] = ({
                 "name": "snapshot", "title": "Save the VM's state",
-                "description": "Save the whole machine (memory, processes, files outside the persistent layers) "
-                               "under a name, to go back to with `restore`: before a risky change, or to keep a "
-                               "prepared setup. Kept in the browser across page reloads.",
+                "description": "Save the whole machine (memory, processes, "
+                               + ("files outside the persistent layers" if persisted else "files")
+                               + ") under a name, to go back to with `restore`: before a risky change, or to keep "
+                               "a prepared setup. Kept in the browser across page reloads.",
                 "inputSchema": SNAPSHOT_INPUT, "outputSchema": SNAPSHOT_OUTPUT,
                 "annotations": {"destructiveHint": False},
             }, self._snapshot)
             table["restore"] = ({
                 "name": "restore", "title": "Go back to a saved state",
                 "description": "Put the VM back to a snapshot made by `snapshot`. Commands still running are "
-                               "stopped; the persistent layers (/root, /persist, packages) keep their latest "
-                               "content.",
+                               "stopped; " + (f"the persistent layers ({persisted}) keep their latest content."
+                                              if persisted else "files go back to what they were too."),
                 "inputSchema": RESTORE_INPUT, "outputSchema": RESTORE_OUTPUT,
                 "annotations": {"destructiveHint": True, "idempotentHint": True},
             }, self._restore)
@@ -240,9 +246,10 @@ class MachineTools:
         text = (f"A Linux VM ({vm.emulator}, {caps.arch}, image '{vm.image}') running in a browser tab. "
                 "Run shell commands with `exec` (output and exit code come back exactly); "
                 "move files with `read_file`, `write_file` and `list_dir`.")
-        if "persist_sync" in self._tool_table():
-            text += (" /root, /persist and installed packages (/usr/local, pip --user, npm) are kept across "
-                     "page reloads: they are saved a few seconds after changes, and at once by `persist_sync`.")
+        persisted = self._persisted()
+        if persisted:
+            text += (f" These directories are kept across page reloads ({persisted}): they are saved a few "
+                     "seconds after changes, and at once by `persist_sync`.")
         else:
             text += " Nothing is kept when the page reloads."
         if "snapshot" in self._tool_table():
