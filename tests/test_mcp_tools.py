@@ -67,3 +67,31 @@ def test_without_persist_no_tool_speaks_of_persistent_layers():
     text = described(tools)
     assert "persistent layers" not in text and "/persist" not in text and "/root" not in text
     assert "Nothing is kept when the page reloads" in tools.instructions()
+
+
+def call(tools: MachineTools, name: str, arguments: dict) -> dict:
+    return asyncio.run(tools.call_tool(name, arguments, None))
+
+
+def test_exec_env_add_adds_variables_and_keeps_the_default_environment():
+    vm = FakeMachine()
+    result = call(MachineTools(vm), "exec", {"command": "echo $A", "env_add": {"A": "1", "B": "x y"}})
+    assert "isError" not in result and result["structuredContent"]["exit_code"] == 0
+    [(argv, kwargs)] = vm.runs
+    assert argv == ["env", "A=1", "B=x y", "/bin/sh", "-c", "echo $A"]  # `env K=V cmd` adds to what it inherits
+    assert kwargs.get("env") is None  # vm.run(env=) would replace the environment
+
+
+def test_exec_refuses_the_old_env_argument_with_an_error_naming_env_add():
+    vm = FakeMachine()
+    result = call(MachineTools(vm), "exec", {"command": "true", "env": {"A": "1"}})
+    assert result["isError"] is True
+    text = result["content"][0]["text"]
+    assert "`env` is now called `env_add`" in text and "added to the guest's default environment" in text
+    assert vm.runs == []  # nothing ran with a meaning the caller did not ask for
+
+
+def test_exec_schema_names_env_add_and_says_it_adds():
+    exec_tool = next(t for t in MachineTools(FakeMachine()).list_tools() if t["name"] == "exec")
+    properties = exec_tool["inputSchema"]["properties"]
+    assert "env" not in properties and "added to" in properties["env_add"]["description"]

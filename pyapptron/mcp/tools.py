@@ -50,7 +50,9 @@ EXEC_INPUT = {
         "timeout": {"type": "number", "exclusiveMinimum": 0,
                     "description": f"Seconds before the command is killed (default {DEFAULT_EXEC_TIMEOUT_S:g})."},
         "cwd": {"type": "string", "minLength": 1, "description": "Working directory in the guest."},
-        "env": {**_STRING_MAP, "description": "Variables added to the guest's default environment."},
+        # Not `env`: vm.run(env=) replaces the environment (as subprocess does); this adds to it.
+        "env_add": {**_STRING_MAP, "description": "Variables added to the guest's default environment "
+                                                  "(the command keeps the rest of it, PATH included)."},
         "stdin": {"type": "string", "description": "Text fed to the command's standard input."},
         "max_output_bytes": {"type": "integer", "minimum": 1,
                              "description": f"Keep at most this much of each stream (default {DEFAULT_MAX_OUTPUT_BYTES}); "
@@ -59,6 +61,9 @@ EXEC_INPUT = {
     "required": ["command"],
     "additionalProperties": False,
 }
+#: tool -> {old argument name: new name}: a call with the old name gets a tool error naming
+#: the new one, never a silent different meaning.
+RENAMED_ARGUMENTS = {"exec": {"env": "env_add"}}
 EXEC_OUTPUT = {
     "type": "object",
     "properties": {
@@ -262,7 +267,9 @@ class MachineTools:
         if name not in table:
             raise McpError(INVALID_PARAMS, f"unknown tool {name!r}; this VM offers: {', '.join(table)}")
         spec, handler = table[name]
-        problems = validate(spec["inputSchema"], arguments)
+        problems = [f"`{old}` is now called `{new}`. {spec['inputSchema']['properties'][new]['description']}"
+                    for old, new in RENAMED_ARGUMENTS.get(name, {}).items() if old in arguments]
+        problems = problems or validate(spec["inputSchema"], arguments)
         if problems:
             # The spec (2025-11-25) wants argument errors as tool errors, so the model can correct itself.
             return _tool_error(f"invalid arguments for {name}: " + "; ".join(problems))
@@ -286,7 +293,7 @@ class MachineTools:
     async def _exec(self, args: dict, progress: ProgressFn | None):
         command = args["command"]
         argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
-        env = args.get("env") or {}
+        env = args.get("env_add") or {}
         for key in env:
             if not key or "=" in key or "\0" in key:
                 raise ValueError(f"environment variable name {key!r} is not valid")
