@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from . import notebook, snapshots
 from .agent import DirEntry
 from . import _browser
@@ -109,13 +111,14 @@ async def boot(
         raise InvalidOption(f"memory_mib must be an integer number of MiB, not {memory_mib!r}")
     if not isinstance(timeout, (int, float)) or timeout <= 0:
         raise InvalidOption(f"timeout must be a positive number of seconds, not {timeout!r}")
-    for key, value in options.items():
+    for key in options:
         expected = cls.options.get(key)
         if expected is None:
-            known = ", ".join(["memory_mib", "timeout", "assets_url", "persist", *cls.options])
-            raise InvalidOption(f"{emulator} has no option {key!r}; options: {known}")
+            raise InvalidOption(f"{emulator} has no option {key!r}; options: {', '.join(_keywords(cls))}")
+        # A page's Uint8Array (web/pyapptron.js passes byte arrays as they are) is checked as bytes.
+        value = options[key] = _browser.js_bytes(options[key])
         if not isinstance(value, expected):
-            raise InvalidOption(f"option {key!r} must be {getattr(expected, '__name__', expected)}, not {value!r}")
+            raise InvalidOption(f"option {key!r} must be {_type_names(expected)}, not {value!r}")
     if image is None:
         image = cls.default_image
     if not isinstance(image, str):
@@ -142,6 +145,19 @@ async def boot(
     machine = Machine(backend, emulator=emulator, image=image, resume=source)
     await machine._start(timeout)
     return machine
+
+
+def _keywords(cls) -> list[str]:
+    """Every keyword boot() takes for this backend: its own and the backend's options."""
+    own = [name for name, p in inspect.signature(boot).parameters.items()
+           if p.kind is not p.VAR_KEYWORD and name != "emulator" and (name != "persist" or cls.persist_supported)]
+    return [*own, *cls.options]
+
+
+def _type_names(expected: type | tuple[type, ...]) -> str:
+    types = expected if isinstance(expected, tuple) else (expected,)
+    names = ["None" if t is type(None) else t.__name__ for t in types]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 async def images(emulator: str = DEFAULT_EMULATOR, *, assets_url: str | None = None) -> list[str]:

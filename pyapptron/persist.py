@@ -373,7 +373,9 @@ def tar_entries(data: bytes, layers: Mapping[str, tuple[str, ...]]) -> tuple[lis
     try:
         with tarfile.open(fileobj=io.BytesIO(bytes(data)), mode="r:*") as tar:
             for n, member in enumerate(tar):
-                path = posixpath.normpath("/" + member.name.lstrip("./"))
+                # normpath drops a "./" prefix and clamps ".." at the root; lstrip("/") keeps
+                # "//x" from staying "//x" (POSIX normpath keeps two leading slashes).
+                path = posixpath.normpath("/" + member.name.lstrip("/"))
                 if not any(path == r or path.startswith(r + "/") for r in roots):
                     outside.append(path)
                     continue

@@ -2,7 +2,8 @@
 
 A CPython process that drives a browser (the CLI's `run`, the pytest fixture, bench)
 sends requests through WebDriver; `handle()` runs them against real Machines in this
-page. Bytes travel as {"b64": ...}; errors come back typed, with their attributes.
+page. Values travel as pyapptron._wire encodes them (bytes as {"b64": ...}); errors
+come back typed, with their attributes.
 """
 
 from __future__ import annotations

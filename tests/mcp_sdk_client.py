@@ -107,8 +107,9 @@ async def _exercise(client, cancel, raw_error):
     report["first_exec_seconds"] = time.perf_counter() - started
     report["exit3"] = await call("exec", {"command": "echo out; echo err >&2; exit 3"})
     report["env_cwd_stdin"] = await call("exec", {"command": "cat; echo \"$GREETING\"; pwd",
-                                                  "stdin": "from stdin\n", "env": {"GREETING": "hello"},
+                                                  "stdin": "from stdin\n", "env_add": {"GREETING": "hello"},
                                                   "cwd": "/tmp"})
+    report["old_env"] = await call("exec", {"command": "true", "env": {"GREETING": "hello"}})
     report["argv"] = await call("exec", {"command": ["printf", "%s|", "a b", "c"]})
     report["timeout"] = await call("exec", {"command": "echo started; sleep 30", "timeout": 1})
     report["write"] = await call("write_file", {"path": "/tmp/mcp/deep/hello.txt", "content": "héllo\n",

@@ -22,13 +22,64 @@ def test_unknown_emulator_lists_the_available_ones():
     ({"memory_mib": "128"}, "memory_mib must be an integer"),
     ({"memory_mib": True}, "memory_mib must be an integer"),
     ({"timeout": -1}, "timeout must be a positive"),
-    ({"colour": "blue"}, "no option 'colour'; options: memory_mib"),
+    ({"colour": "blue"}, "no option 'colour'; options: image, memory_mib"),
     ({"cmdline_extra": 3}, "option 'cmdline_extra' must be str"),
     ({"image": 3}, "image must be an image name"),
 ])
 def test_bad_boot_options_raise_invalid_option(kwargs, match):
     with pytest.raises(pyapptron.InvalidOption, match=match):
         boot("v86", **kwargs)
+
+
+@pytest.mark.parametrize("emulator, kwargs, match", [
+    ("c2w", {"wasm": 3}, "option 'wasm' must be str, bytes, bytearray, memoryview, list or tuple, not 3"),
+    ("c2w", {"wasm": {"url": "x"}}, "option 'wasm' must be str, bytes"),
+    ("qemu-wasm", {"build": "/q/", "kernel": 3.5}, "option 'kernel' must be str, bytes, bytearray or memoryview"),
+    ("qemu-wasm", {"build": "/q/", "initrd": object()}, "option 'initrd' must be str, bytes"),
+    ("qemu-wasm", {"build": "/q/", "disk": {"a": b""}}, "option 'disk' must be str, .* list or tuple"),
+    ("qemu-wasm", {"build": "/q/", "prompt": 3}, "option 'prompt' must be str, bytes or None, not 3"),
+])
+def test_backend_options_of_the_wrong_type_are_refused_by_name(emulator, kwargs, match):
+    with pytest.raises(pyapptron.InvalidOption, match=match):
+        boot(emulator, **kwargs)
+
+
+@pytest.mark.parametrize("emulator, kwargs", [
+    ("c2w", {"wasm": memoryview(b"\0asm")}), ("c2w", {"wasm": ["a.wasm", "b.wasm"]}), ("c2w", {"wasm": "m.wasm"}),
+    ("qemu-wasm", {"build": "/q/", "kernel": bytearray(b"k"), "disk": [b"d", "/pack/d2"], "prompt": None}),
+])
+def test_backend_options_of_an_accepted_type_pass_the_check(emulator, kwargs):
+    # Past every option check, the next step is loading the assets (none outside a browser).
+    with pytest.raises(pyapptron.AssetsMissing):
+        boot(emulator, **kwargs)
+
+
+class PageBytes:
+    """What a page's Uint8Array is in Pyodide: a JsProxy whose to_bytes() copies it."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def to_bytes(self):
+        return self.data
+
+
+def test_a_pages_byte_array_is_checked_as_bytes(monkeypatch):
+    monkeypatch.setattr(pyapptron._browser, "js_bytes", lambda v: v.to_bytes() if isinstance(v, PageBytes) else v)
+    with pytest.raises(pyapptron.AssetsMissing):
+        boot("qemu-wasm", build="/q/", kernel=PageBytes(b"kernel"))
+    with pytest.raises(pyapptron.InvalidOption, match="option 'kernel' must be"):
+        boot("qemu-wasm", build="/q/", kernel=object())  # any other JS (or Python) value is refused
+
+
+@pytest.mark.parametrize("emulator, persist", [("v86", True), ("c2w", False), ("qemu-wasm", False)])
+def test_unknown_option_lists_every_keyword_boot_takes_for_that_emulator(emulator, persist):
+    with pytest.raises(pyapptron.InvalidOption) as info:
+        boot(emulator, colour="blue")
+    known = str(info.value).split("options: ", 1)[1].split(", ")
+    common = ["image", "memory_mib", "timeout", "assets_url", "resume", "cold"]
+    backend = list(pyapptron.backend_class(emulator).options)
+    assert known == [*common[:4], *(["persist"] if persist else []), *common[4:], *backend]
 
 
 def test_invalid_option_is_also_a_value_error():

@@ -5,7 +5,10 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.browser
+from pyapptron.backends import available_emulators, backend_class
+from pyapptron.host.cli import main
+
+browser = pytest.mark.browser
 
 
 def cli(*args, input_bytes=None, timeout=300):
@@ -13,11 +16,27 @@ def cli(*args, input_bytes=None, timeout=300):
                           input=input_bytes, timeout=timeout)
 
 
+@pytest.mark.parametrize("command", ["run", "demo", "mcp"])
+def test_help_lists_every_available_emulator_and_its_default_image(command, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per option: argparse would wrap at "qemu-"
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    emulator_help = next(line for line in lines if line.strip().startswith("--emulator"))
+    image_help = next(line for line in lines if line.strip().startswith("--image"))
+    assert f"emulator backend: {', '.join(available_emulators())} (default v86)" in emulator_help
+    assert "qemu-wasm" in emulator_help
+    assert "minimal for v86" in image_help and "debian-x86_64 for c2w" in image_help
+    assert backend_class("qemu-wasm").default_image not in image_help  # it boots the user's build
+
+
+@browser
 def test_run_passes_both_streams_and_the_exit_code_through():
     r = cli("run", "--", "sh", "-c", "echo out; printf 'err\\0bin' >&2; exit 7")
     assert (r.returncode, r.stdout, r.stderr) == (7, b"out\n", b"err\0bin")
 
 
+@browser
 def test_run_timeout_exits_124_with_what_was_written(tmp_path):
     data = tmp_path / "in.txt"
     data.write_bytes(b"from a file\n")
@@ -26,17 +45,20 @@ def test_run_timeout_exits_124_with_what_was_written(tmp_path):
     assert r.stdout == b"from a file\npartial\n"
 
 
+@browser
 def test_run_with_an_unknown_image_says_what_exists():
     r = cli("run", "--image", "nope", "--", "true")
     assert r.returncode == 125
     assert b"no image 'nope'" in r.stderr and b"minimal" in r.stderr
 
 
+@browser
 def test_run_without_a_command_explains_usage():
     r = cli("run")
     assert r.returncode == 2 and b"give a command after --" in r.stderr
 
 
+@browser
 def test_run_resumes_the_boot_snapshot_by_default_and_cold_boots_on_request():
     r = cli("demo")
     assert r.returncode == 0 and b"resumed from its boot snapshot of image 'minimal'" in r.stdout

@@ -63,6 +63,7 @@ def test_official_sdk_client_calls_every_tool_on_a_real_vm(protocol):
     assert ok("uname")["stdout"].startswith("Linux pyapptron") and ok("uname")["exit_code"] == 0
     assert ok("exit3") == {**ok("exit3"), "stdout": "out\n", "stderr": "err\n", "exit_code": 3, "timed_out": False}
     assert ok("env_cwd_stdin")["stdout"] == "from stdin\nhello\n/tmp\n"
+    assert report["old_env"]["error"] is True and "`env` is now called `env_add`" in report["old_env"]["text"][0]
     assert ok("argv")["stdout"] == "a b|c|"
     timeout = report["timeout"]
     assert timeout["error"] is True and timeout["structured"]["timed_out"] is True

@@ -137,6 +137,23 @@ def test_import_refuses_archives_outside_the_layers_and_imports_nothing():
         run(P.PersistedFiles(P.Persist(), store).import_(b"not a tar"))
 
 
+@pytest.mark.parametrize("name", ["./.dots/x", ".dots/x", "/.dots/x", "//.dots/x", "./.dots/./x"])
+def test_import_keeps_dot_names_and_drops_only_a_leading_dot_slash(name):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.addfile(tarfile.TarInfo(name), io.BytesIO(b""))
+    entries, _ = P.tar_entries(buf.getvalue(), {"dots": ("/.dots",)})
+    assert [e[0] for e in entries] == ["/.dots/x"]
+
+
+def test_import_of_a_dot_name_outside_the_layers_is_refused_by_its_real_path():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.addfile(tarfile.TarInfo("./.persist/x"), io.BytesIO(b""))
+    with pytest.raises(InvalidOption, match=r"first: /\.persist/x"):
+        P.tar_entries(buf.getvalue(), P.Persist().resolved_layers())
+
+
 def test_usage_counts_files_and_bytes_per_layer():
     store = FakeStore(records={"persist": _record([
         ["/persist", stat.S_IFDIR | 0o755, 0, 0, 1, 0, None],

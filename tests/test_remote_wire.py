@@ -20,6 +20,34 @@ def test_bytes_survive_the_json_wire_nested():
     assert _wire.decode(json.loads(json.dumps(_wire.encode(value)))) == value
 
 
+@pytest.mark.parametrize("value", [
+    {"b64": "aGk="},  # a dict of the caller's, shaped like the bytes tag
+    {"dict": {"b64": "aGk="}},  # ... and like the escape itself
+    {"dict": b"\x00"}, {"b64": b"hi"}, [{"b64": "x"}, b"x"], {"b64": "aGk=", "other": 1},
+])
+def test_dicts_shaped_like_tagged_values_come_back_as_the_same_dicts(value):
+    assert _wire.decode(json.loads(json.dumps(_wire.encode(value)))) == value
+
+
+class RecordingMachine:
+    """Stands in for a Machine in the page: records what run() was given."""
+
+    def __init__(self):
+        self.kwargs = None
+
+    async def run(self, **kwargs):
+        self.kwargs = kwargs
+        return pyapptron.CompletedProcess(kwargs["args"], 0, b"", b"")
+
+
+def test_run_env_shaped_like_bytes_reaches_the_page_as_a_dict(monkeypatch):
+    vm = RecordingMachine()
+    monkeypatch.setitem(remote._machines, 77, vm)
+    request = {"op": "run", "vm": 77, "args": _wire.encode({"args": "env", "env": {"b64": "aGk="}})}
+    assert "ok" in handle(json.loads(json.dumps(request)))
+    assert vm.kwargs["env"] == {"b64": "aGk="}
+
+
 def test_page_side_errors_come_back_as_the_same_type():
     answer = handle({"op": "boot", "args": {"emulator": "nope"}})
     with pytest.raises(pyapptron.UnknownEmulator, match="available: c2w, qemu-wasm, v86"):

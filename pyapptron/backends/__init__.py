@@ -47,7 +47,8 @@ class Backend(abc.ABC):
     """One emulator. Subclasses set `name` and implement start/stop/write_*."""
 
     name: ClassVar[str]
-    #: Extra keyword options boot() accepts for this backend, with their types.
+    #: Extra keyword options boot() accepts for this backend, with their types (checked by
+    #: isinstance after a page's JS byte array became bytes; never `object`, which checks nothing).
     options: ClassVar[dict[str, type | tuple[type, ...]]] = {}
 
     #: The image boot() uses when none is named.

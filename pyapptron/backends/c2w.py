@@ -86,7 +86,7 @@ class C2WBackend(Backend):
     name = "c2w"
     default_image = "debian-x86_64"
     options = {
-        "wasm": (str, bytes, bytearray, list, tuple, object),
+        "wasm": (str, bytes, bytearray, memoryview, list, tuple),
         "args": (list, tuple), "env": (dict,), "files": (dict,), "preopens": (list, tuple),
         "entrypoint": str, "no_stdin": bool, "net": str, "mac": str, "arch": str,
     }

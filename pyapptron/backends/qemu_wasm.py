@@ -119,8 +119,8 @@ class QemuWasmBackend(Backend):
     name = "qemu-wasm"
     default_image = "(user build)"
     options = {
-        "build": str, "main": str, "packages": (list, tuple), "kernel": (str, bytes, bytearray, object),
-        "initrd": (str, bytes, bytearray, object), "disk": (str, bytes, bytearray, object, list, tuple),
+        "build": str, "main": str, "packages": (list, tuple), "kernel": (str, bytes, bytearray, memoryview),
+        "initrd": (str, bytes, bytearray, memoryview), "disk": (str, bytes, bytearray, memoryview, list, tuple),
         "append": str, "args": (list, tuple), "arguments": (list, tuple), "files": (dict,), "share": (dict,),
         "bios_dir": str, "accel": str, "prompt": (str, bytes, type(None)), "arch": str,
     }

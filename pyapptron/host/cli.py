@@ -12,8 +12,16 @@ from ..errors import InvalidOption, PyapptronError, TimeoutExpired
 
 
 def _browser_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--emulator", default="v86", help="emulator backend: v86 (32-bit x86, default) or c2w (x86_64)")
-    parser.add_argument("--image", default=None, help="guest image (default: minimal for v86, debian-x86_64 for c2w)")
+    from .. import DEFAULT_EMULATOR
+    from ..backends import available_emulators, backend_class
+
+    # From the registry, so that a new backend is never missing from the help.
+    emulators = available_emulators()
+    defaults = [f"{backend_class(e).default_image} for {e}" for e in emulators
+                if not backend_class(e).default_image.startswith("(")]  # "(user build)": no image
+    parser.add_argument("--emulator", default=DEFAULT_EMULATOR,
+                        help=f"emulator backend: {', '.join(emulators)} (default {DEFAULT_EMULATOR})")
+    parser.add_argument("--image", default=None, help=f"guest image (default: {', '.join(defaults)})")
     parser.add_argument("--memory", type=int, default=None, metavar="MIB", help="guest RAM in MiB")
     parser.add_argument("--browser-binary", default=None, help="Chromium executable")
     parser.add_argument("--remote", default=None, metavar="URL", help="remote WebDriver URL instead of a local Chromium")

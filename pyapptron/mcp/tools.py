@@ -50,7 +50,9 @@ EXEC_INPUT = {
         "timeout": {"type": "number", "exclusiveMinimum": 0,
                     "description": f"Seconds before the command is killed (default {DEFAULT_EXEC_TIMEOUT_S:g})."},
         "cwd": {"type": "string", "minLength": 1, "description": "Working directory in the guest."},
-        "env": {**_STRING_MAP, "description": "Variables added to the guest's default environment."},
+        # Not `env`: vm.run(env=) replaces the environment (as subprocess does); this adds to it.
+        "env_add": {**_STRING_MAP, "description": "Variables added to the guest's default environment "
+                                                  "(the command keeps the rest of it, PATH included)."},
         "stdin": {"type": "string", "description": "Text fed to the command's standard input."},
         "max_output_bytes": {"type": "integer", "minimum": 1,
                              "description": f"Keep at most this much of each stream (default {DEFAULT_MAX_OUTPUT_BYTES}); "
@@ -59,6 +61,9 @@ EXEC_INPUT = {
     "required": ["command"],
     "additionalProperties": False,
 }
+#: tool -> {old argument name: new name}: a call with the old name gets a tool error naming
+#: the new one, never a silent different meaning.
+RENAMED_ARGUMENTS = {"exec": {"env": "env_add"}}
 EXEC_OUTPUT = {
     "type": "object",
     "properties": {
@@ -157,16 +162,21 @@ class MachineTools:
         return self.machine
 
     # -- what is offered ---------------------------------------------------------------
-    def _has_persist(self) -> bool:
+    def _persisted(self) -> str | None:
+        """The machine's persistent layers as an agent should read them (from the Persist it
+        was booted with, never the defaults), or None when nothing is kept."""
+        if not self.machine.capabilities.persist:
+            return None
         try:
-            self.machine.persist
+            layers = self.machine.persist.layers
         except NotSupported:
-            return False
-        return True
+            return None
+        return "; ".join(f"{name}: {', '.join(paths)}" for name, paths in layers.items())
 
     def _tool_table(self) -> dict[str, tuple[dict, Any]]:
         caps = self.machine.capabilities
         table: dict[str, tuple[dict, Any]] = {}
+        persisted = self._persisted()
         if caps.exec:
             table["exec"] = ({
                 "name": "exec", "title": "Run a command",
@@ -194,28 +204,29 @@ class MachineTools:
                 "inputSchema": LIST_INPUT, "outputSchema": LIST_OUTPUT,
                 "annotations": {"readOnlyHint": True},
             }, self._list_dir)
-        if caps.persist and self._has_persist():
+        if persisted:
             table["persist_sync"] = ({
                 "name": "persist_sync", "title": "Save the persistent layers",
-                "description": "Commit /root, /persist and installed packages (/usr/local, pip --user, npm and "
-                               "apt caches) to the browser's storage now, so they survive a page reload.",
+                "description": f"Commit the persistent layers ({persisted}) to the browser's storage now, "
+                               "so they survive a page reload.",
                 "inputSchema": SYNC_INPUT, "outputSchema": SYNC_OUTPUT,
                 "annotations": {"idempotentHint": True},
             }, self._persist_sync)
         if caps.snapshot:
             table["snapshot"] = ({
                 "name": "snapshot", "title": "Save the VM's state",
-                "description": "Save the whole machine (memory, processes, files outside the persistent layers) "
-                               "under a name, to go back to with `restore`: before a risky change, or to keep a "
-                               "prepared setup. Kept in the browser across page reloads.",
+                "description": "Save the whole machine (memory, processes, "
+                               + ("files outside the persistent layers" if persisted else "files")
+                               + ") under a name, to go back to with `restore`: before a risky change, or to keep "
+                               "a prepared setup. Kept in the browser across page reloads.",
                 "inputSchema": SNAPSHOT_INPUT, "outputSchema": SNAPSHOT_OUTPUT,
                 "annotations": {"destructiveHint": False},
             }, self._snapshot)
             table["restore"] = ({
                 "name": "restore", "title": "Go back to a saved state",
                 "description": "Put the VM back to a snapshot made by `snapshot`. Commands still running are "
-                               "stopped; the persistent layers (/root, /persist, packages) keep their latest "
-                               "content.",
+                               "stopped; " + (f"the persistent layers ({persisted}) keep their latest content."
+                                              if persisted else "files go back to what they were too."),
                 "inputSchema": RESTORE_INPUT, "outputSchema": RESTORE_OUTPUT,
                 "annotations": {"destructiveHint": True, "idempotentHint": True},
             }, self._restore)
@@ -240,9 +251,10 @@ class MachineTools:
         text = (f"A Linux VM ({vm.emulator}, {caps.arch}, image '{vm.image}') running in a browser tab. "
                 "Run shell commands with `exec` (output and exit code come back exactly); "
                 "move files with `read_file`, `write_file` and `list_dir`.")
-        if "persist_sync" in self._tool_table():
-            text += (" /root, /persist and installed packages (/usr/local, pip --user, npm) are kept across "
-                     "page reloads: they are saved a few seconds after changes, and at once by `persist_sync`.")
+        persisted = self._persisted()
+        if persisted:
+            text += (f" These directories are kept across page reloads ({persisted}): they are saved a few "
+                     "seconds after changes, and at once by `persist_sync`.")
         else:
             text += " Nothing is kept when the page reloads."
         if "snapshot" in self._tool_table():
@@ -255,7 +267,9 @@ class MachineTools:
         if name not in table:
             raise McpError(INVALID_PARAMS, f"unknown tool {name!r}; this VM offers: {', '.join(table)}")
         spec, handler = table[name]
-        problems = validate(spec["inputSchema"], arguments)
+        problems = [f"`{old}` is now called `{new}`. {spec['inputSchema']['properties'][new]['description']}"
+                    for old, new in RENAMED_ARGUMENTS.get(name, {}).items() if old in arguments]
+        problems = problems or validate(spec["inputSchema"], arguments)
         if problems:
             # The spec (2025-11-25) wants argument errors as tool errors, so the model can correct itself.
             return _tool_error(f"invalid arguments for {name}: " + "; ".join(problems))
@@ -279,7 +293,7 @@ class MachineTools:
     async def _exec(self, args: dict, progress: ProgressFn | None):
         command = args["command"]
         argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
-        env = args.get("env") or {}
+        env = args.get("env_add") or {}
         for key in env:
             if not key or "=" in key or "\0" in key:
                 raise ValueError(f"environment variable name {key!r} is not valid")
