@@ -115,8 +115,7 @@ async def boot(
         expected = cls.options.get(key)
         if expected is None:
             raise InvalidOption(f"{emulator} has no option {key!r}; options: {', '.join(_keywords(cls))}")
-        # A page's Uint8Array (web/pyapptron.js passes byte arrays as they are) is checked as bytes.
-        value = options[key] = _browser.js_bytes(options[key])
+        value = options[key]
         if not isinstance(value, expected):
             raise InvalidOption(f"option {key!r} must be {_type_names(expected)}, not {value!r}")
     if image is None:

@@ -65,7 +65,7 @@ class PageBytes:
 
 
 def test_a_pages_byte_array_is_checked_as_bytes(monkeypatch):
-    monkeypatch.setattr(pyapptron._browser, "js_bytes", lambda v: v.to_bytes() if isinstance(v, PageBytes) else v)
+    monkeypatch.setattr(pyapptron._browser, "from_page", lambda v: v.to_bytes() if isinstance(v, PageBytes) else v)
     with pytest.raises(pyapptron.AssetsMissing):
         boot("qemu-wasm", build="/q/", kernel=PageBytes(b"kernel"))
     with pytest.raises(pyapptron.InvalidOption, match="option 'kernel' must be"):
