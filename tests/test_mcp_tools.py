@@ -75,10 +75,11 @@ def call(tools: MachineTools, name: str, arguments: dict) -> dict:
 
 def test_exec_env_add_adds_variables_and_keeps_the_default_environment():
     vm = FakeMachine()
-    result = call(MachineTools(vm), "exec", {"command": "echo $A", "env_add": {"A": "1", "B": "x y"}})
+    result = call(MachineTools(vm), "exec", {"command": "echo $A", "env_add": {"A": "1", "B": "x y", "-i": "z"}})
     assert "isError" not in result and result["structuredContent"]["exit_code"] == 0
     [(argv, kwargs)] = vm.runs
-    assert argv == ["env", "A=1", "B=x y", "/bin/sh", "-c", "echo $A"]  # `env K=V cmd` adds to what it inherits
+    # `env -- K=V cmd` adds to what it inherits; after `--` a name like "-i" is no option of env's
+    assert argv == ["env", "--", "A=1", "B=x y", "-i=z", "/bin/sh", "-c", "echo $A"]
     assert kwargs.get("env") is None  # vm.run(env=) would replace the environment
 
 

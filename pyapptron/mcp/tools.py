@@ -298,7 +298,8 @@ class MachineTools:
             if not key or "=" in key or "\0" in key:
                 raise ValueError(f"environment variable name {key!r} is not valid")
         if env:  # `env K=V cmd` adds to the inherited environment (the agent's env= replaces it)
-            argv = ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
+            # `--`: a name such as "-i" is a variable, not an option of env
+            argv = ["env", "--", *(f"{k}={v}" for k, v in env.items()), *argv]
         timeout = float(args.get("timeout", DEFAULT_EXEC_TIMEOUT_S))
         limit = args.get("max_output_bytes", DEFAULT_MAX_OUTPUT_BYTES)
         started = time.monotonic()
