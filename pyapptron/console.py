@@ -8,11 +8,13 @@ call, the way pexpect's `expect` does: each match consumes the buffer up to its 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Callable
 
 from .errors import ConsoleEOF, WaitTimeout
 
+logger = logging.getLogger(__name__)
 
 
 class Console:
@@ -57,7 +59,10 @@ class Console:
             try:
                 callback(data)
             except Exception:
-                self._subscribers.remove(callback)
+                # Dropped, so it does not fail on every chunk; logged, so the reason is not lost.
+                logger.exception("console subscriber %r failed; unsubscribed it", callback)
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
 
     def close(self, reason: str = "the machine was shut down") -> None:
         self._closed = True

@@ -1,6 +1,7 @@
 """Unit tests (CPython) of the console stream: pexpect-style waiting, subscribers, transcript."""
 
 import asyncio
+import logging
 
 import pytest
 
@@ -92,7 +93,7 @@ def test_buffers_stay_bounded():
     assert len(c._buffer) <= Console.max_buffer
 
 
-def test_a_failing_subscriber_loses_nothing_for_the_others_or_wait_for():
+def test_a_failing_subscriber_is_logged_and_loses_nothing_for_the_others_or_wait_for(caplog):
     async def main():
         c = Console(lambda b: None)
         got = []
@@ -107,3 +108,6 @@ def test_a_failing_subscriber_loses_nothing_for_the_others_or_wait_for():
         c.feed(b"more")
         assert got == [b"prompt# ", b"more"] and c.transcript == b"prompt# more"
     asyncio.run(main())
+    [record] = [r for r in caplog.records if r.name == "pyapptron.console"]
+    assert record.levelno == logging.ERROR and "broken" in record.getMessage()
+    assert isinstance(record.exc_info[1], RuntimeError)
