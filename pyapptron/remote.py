@@ -80,6 +80,10 @@ async def _op_wait_for(vm, args):
     return {"match": m.group(0), "before": vm.console.before}
 
 
+async def _op_wait_quiet(vm, args):
+    await vm.console.wait_quiet(**args)
+
+
 async def _op_send(vm, args):
     vm.console.send(args["data"])
 
@@ -139,7 +143,7 @@ async def _op_persist(vm, args):
 _VM_OPS = {
     "persist": _op_persist, "snapshot": _op_snapshot, "restore": _op_restore,
     "run": _op_run, "read_file": _op_read_file, "write_file": _op_write_file,
-    "list_dir": _op_list_dir, "wait_for": _op_wait_for, "send": _op_send,
+    "list_dir": _op_list_dir, "wait_for": _op_wait_for, "wait_quiet": _op_wait_quiet, "send": _op_send,
     "transcript": _op_transcript, "shutdown": _op_shutdown,
 }
 

@@ -272,6 +272,11 @@ class RemoteConsole:
         self.before = answer["before"]
         return answer["match"]
 
+    def wait_quiet(self, seconds: float, timeout: float | None = 30) -> None:
+        """Wait until the console has printed nothing for `seconds` (one request: the
+        page waits, rather than the host polling the transcript)."""
+        self._m._call("wait_quiet", seconds=seconds, timeout=timeout)
+
     def send(self, data: str | bytes) -> None:
         self._m._call("send", data=data.encode() if isinstance(data, str) else data)
 
