@@ -23,7 +23,7 @@ _machines: dict[int, pyapptron.Machine] = {}
 _ids = itertools.count(1)
 
 
-def _error(exc: BaseException) -> dict:
+def _error(exc: Exception) -> dict:
     attrs = {}
     for name in ("returncode", "timeout", "cmd", "output", "stderr", "filename", "buffer",
                  "guest_errno", "guest_message", "strerror"):
@@ -183,5 +183,7 @@ async def handle(request_json: str) -> str:
         else:
             raise pyapptron.InvalidOption(f"unknown remote op {op!r}")
         return json.dumps({"ok": encode(value)})
-    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
+    # Every failure goes back to the caller; cancellation, KeyboardInterrupt and SystemExit
+    # are not failures of the request and propagate.
+    except Exception as exc:
         return json.dumps({"error": _error(exc)})

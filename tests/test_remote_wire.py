@@ -49,6 +49,24 @@ def test_python_op_runs_like_notebook_cells_with_top_level_await():
     assert handle({"op": "python", "args": {"code": "result = x + 22"}}) == {"ok": 42}
 
 
+def test_cancellation_and_exits_propagate_instead_of_coming_back_as_errors():
+    async def main():
+        started = remote._namespace["started"] = asyncio.Event()
+        code = "started.set()\nawait asyncio.sleep(60)"
+        task = asyncio.ensure_future(remote.handle(json.dumps({"op": "python", "args": {"code": code}})))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert task.cancelled()
+    asyncio.run(main())
+    for name, exc in (("KeyboardInterrupt", KeyboardInterrupt), ("SystemExit", SystemExit),
+                      ("asyncio.CancelledError", asyncio.CancelledError)):
+        with pytest.raises(exc):
+            handle({"op": "python", "args": {"code": f"import asyncio\nraise {name}"}})
+    assert handle({"op": "python", "args": {"code": "raise ValueError('bad')"}})["error"]["type"] == "ValueError"
+
+
 def test_unknown_ops_and_machines_are_typed_errors():
     assert handle({"op": "fly"})["error"]["type"] == "InvalidOption"
     assert handle({"op": "run", "vm": 999, "args": {"args": "true"}})["error"]["type"] == "MachineClosed"
