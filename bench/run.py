@@ -230,7 +230,7 @@ def bench_snapshot(server, rounds: int = 5) -> dict:
     return out
 
 
-def bench_lab(server_url_unused=None, rounds: int = 3) -> dict:
+def bench_lab(rounds: int = 3) -> dict:
     """Opening the example notebook in JupyterLite to its first vm.run answered."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By

@@ -198,8 +198,6 @@ class _Request:
     stderr: bytearray = field(default_factory=bytearray)
     data: bytearray = field(default_factory=bytearray)
     entries: list = field(default_factory=list)
-    # Called with (type, payload) for every output frame, for streaming consumers.
-    on_output: Callable[[int, bytes], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -228,8 +226,6 @@ class AgentClient:
         self.window = 0
         self.chunk_size = 4096
         self.credit = 0
-        self.agent_version = ""
-        self.hellos = 0
 
     # -- the channel -------------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -248,10 +244,6 @@ class AgentClient:
                 req = self._pending.get(frame.id)
                 if req is not None and not req.future.done():
                     req.future.set_exception(AgentError(f"malformed frame {frame.type:#x} from the guest agent: {exc}"))
-
-    @property
-    def ready(self) -> bool:
-        return self._hello.is_set() and self._closed is None
 
     async def wait_ready(self) -> None:
         await self._hello.wait()
@@ -285,7 +277,6 @@ class AgentClient:
         input: bytes | None = None,
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
-        on_output: Callable[[int, bytes], None] | None = None,
         started: Callable[[_Request], None] | None = None,
     ) -> ExecResult:
         """Run argv in the guest; resolves when it exits.
@@ -295,7 +286,6 @@ class AgentClient:
         payload = encode_exec(argv, env=env, cwd=cwd, has_stdin=input is not None)
         first = argv[0]
         req = self._new_request("exec", first.decode("utf-8", "replace") if isinstance(first, bytes) else first)
-        req.on_output = on_output
         req.cwd = cwd
         if started is not None:
             started(req)
@@ -422,12 +412,8 @@ class AgentClient:
             return  # a late frame for a request that was cancelled or timed out
         if t == T_STDOUT:
             req.stdout += frame.payload
-            if req.on_output:
-                req.on_output(1, frame.payload)
         elif t == T_STDERR:
             req.stderr += frame.payload
-            if req.on_output:
-                req.on_output(2, frame.payload)
         elif t == T_RDATA:
             if req.kind == "list":
                 req.entries.extend(decode_dir_entries(frame.payload))
@@ -459,10 +445,8 @@ class AgentClient:
             # Unasked: the agent started again on its own, and what it was doing is gone.
             # (An answer to request_hello() finds the event cleared, and requests go on.)
             self._fail_all(AgentError("the guest agent restarted; the request was lost"))
-        self.hellos += 1
         self.window, self.chunk_size = window, chunk_size
         self.credit = window
-        self.agent_version = payload[12:].decode("ascii", "replace")
         self._hello.set()
         self._credit_changed.set()
 

@@ -8,11 +8,14 @@ call, the way pexpect's `expect` does: each match consumes the buffer up to its 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+import time
 from collections.abc import Callable
 
 from .errors import ConsoleEOF, WaitTimeout
 
+logger = logging.getLogger(__name__)
 
 
 class Console:
@@ -33,6 +36,9 @@ class Console:
         self._buffer = bytearray()
         self._transcript = bytearray()
         self._waiters: list[tuple[re.Pattern[bytes], asyncio.Future]] = []
+        #: time.monotonic() of the last output (or of the console's start): unlike the
+        #: transcript's length, it keeps moving once the transcript is full.
+        self.last_output = time.monotonic()
         self._closed = False
         self._reason = "the machine was shut down"
         self.before = b""
@@ -43,6 +49,7 @@ class Console:
     def feed(self, data: bytes) -> None:
         if not data:
             return
+        self.last_output = time.monotonic()
         self._transcript += data
         if len(self._transcript) > self.max_transcript:
             del self._transcript[: len(self._transcript) - self.max_transcript]
@@ -57,7 +64,10 @@ class Console:
             try:
                 callback(data)
             except Exception:
-                self._subscribers.remove(callback)
+                # Dropped, so it does not fail on every chunk; logged, so the reason is not lost.
+                logger.exception("console subscriber %r failed; unsubscribed it", callback)
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
 
     def close(self, reason: str = "the machine was shut down") -> None:
         self._closed = True
@@ -135,6 +145,25 @@ class Console:
                 self._waiters.remove(entry)
 
     expect = wait_for  # pexpect's name
+
+    async def wait_quiet(self, seconds: float, timeout: float | None = 30) -> None:
+        """Wait until the console has printed nothing for `seconds` (e.g. a prompt drawn
+        in steps is complete). Raises WaitTimeout if output keeps coming for `timeout` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._closed:
+                raise ConsoleEOF(f"the console is closed: {self._reason}")
+            now = time.monotonic()
+            quiet_at = self.last_output + seconds
+            if now >= quiet_at:
+                return
+            if deadline is not None and now >= deadline:
+                tail = bytes(self._transcript[-300:])
+                raise WaitTimeout(f"the console was not quiet for {seconds} s within {timeout} s; "
+                                  f"its last output was {tail!r}", tail)
+            # Sleep to the earliest moment it can be quiet: output meanwhile only moves that
+            # moment later, so there is nothing to poll.
+            await asyncio.sleep((quiet_at if deadline is None else min(quiet_at, deadline)) - now)
 
     # -- internals -------------------------------------------------------------------
     def _try_match(self, regex: re.Pattern[bytes]) -> bool:

@@ -22,6 +22,7 @@ import asyncio
 import re
 import secrets
 import shlex
+import time
 from collections.abc import Mapping, Sequence
 
 from .console import Console
@@ -31,6 +32,9 @@ from .errors import InvalidOption
 DEFAULT_PROMPT = rb"[#$] $"
 #: Seconds to wait for the shell's status line after ^C before giving up on it.
 INTERRUPT_GRACE_S = 5.0
+#: A quiet console this long after a ^C, with neither status nor prompt, means the ^C was
+#: lost: it is sent again.
+INTERRUPT_RETRY_S = 1.0
 
 _MARK = b"\x1e"
 # Control bytes a typed line must not hold: they would edit the line, raise signals
@@ -65,8 +69,12 @@ def shell_line(args: str | Sequence[str], token: str, *, cwd: str | None = None,
         raise InvalidOption("a command run over the console cannot hold control characters "
                             "(other than tab and newline); use a guest with pyapptron's agent for that")
     # The group keeps `cd` (and an argv's `exit`) from touching the console's own shell.
-    return (f"printf '\\036S%s\\036\\n' {token}; ( {command} ) </dev/null 2>&1; "
-            f"printf '\\036E%s:%d\\036\\n' {token} $?")
+    return f"printf '\\036S%s\\036\\n' {token}; ( {command} ) </dev/null 2>&1; {status_printf(token, '$?')}"
+
+
+def status_printf(token: str, status: str) -> str:
+    """The shell command that prints the end marker with `status`."""
+    return f"printf '\\036E%s:%d\\036\\n' {token} {status}"
 
 
 class _Capture:
@@ -133,21 +141,63 @@ class ConsoleExec:
             current.done.set_exception(exc)
 
     async def _interrupt(self, capture: _Capture, token: str) -> tuple[int, bytes]:
-        """^C the running command. An interactive shell drops the rest of the line
-        on SIGINT (its status printf included), so if no status comes, a second line
-        prints the one a terminal would show: 130."""
-        self.console.send(b"\x03")
+        """^C the running command, then get its status. An interactive shell drops the
+        rest of the line on SIGINT (its status printf included), so once the shell shows
+        its prompt again a second line prints the status a terminal would show: 130.
+
+        Nothing is typed before that prompt: a ^C can be lost (it lands while the command
+        is between fork and exec, and the new program never sees it), and a line typed
+        behind a lost ^C would wait for the command, or be flushed by the next ^C. So: ^C
+        again whenever the console has been quiet for INTERRUPT_RETRY_S with neither status
+        nor prompt, and the status line again at each fresh prompt (a shell that read the
+        line just as a ^C arrived discards it and prompts again)."""
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + INTERRUPT_GRACE_S
+        prompt: asyncio.Future = loop.create_future()
+        seen = bytearray()  # output since we last typed, to find the prompt in
+        before_prompt: bytes | None = None  # the command's output: what came before the first prompt
+
+        def watch(data: bytes) -> None:
+            nonlocal before_prompt
+            seen.extend(data)
+            del seen[:-1024]
+            m = None if prompt.done() else re.search(self.prompt, bytes(seen))
+            if m is not None:
+                if before_prompt is None:  # the capture has this chunk already (it subscribed first)
+                    line_start = seen.rfind(b"\n", 0, m.start()) + 1  # the whole prompt, not only its end
+                    so_far = capture.output_so_far()
+                    before_prompt = so_far[: max(0, len(so_far) - (len(seen) - line_start))]
+                prompt.set_result(None)
+
+        def type_(data: bytes) -> float:
+            seen.clear()
+            self.console.send(data)
+            return time.monotonic()
+
+        unsubscribe = self.console.subscribe(watch)
         try:
-            status, output = await asyncio.wait_for(asyncio.shield(capture.done), 0.5)
-        except asyncio.TimeoutError:
-            self.console.sendline(f"printf '\\036E%s:%d\\036\\n' {token} 130")
-            try:
-                status, output = await asyncio.wait_for(asyncio.shield(capture.done), INTERRUPT_GRACE_S)
-            except asyncio.TimeoutError:
-                status, output = -1, capture.output_so_far()
-        # The line discipline echoes the ^C itself (ECHOCTL): that is the terminal's, not the command's.
-        output = _clean(output)
-        return status, output[:-2] if output.endswith(b"^C") else output
+            typed_at = type_(b"\x03")
+            while not capture.done.done() and time.monotonic() < deadline:
+                quiet_from = max(typed_at, self.console.last_output)
+                wake = min(deadline, quiet_from + INTERRUPT_RETRY_S)
+                await asyncio.wait({capture.done, prompt}, timeout=max(0.0, wake - time.monotonic()))
+                if capture.done.done():
+                    break
+                if prompt.done():
+                    prompt = loop.create_future()
+                    typed_at = type_(status_printf(token, "130").encode() + b"\r")
+                elif time.monotonic() >= max(typed_at, self.console.last_output) + INTERRUPT_RETRY_S:
+                    typed_at = type_(b"\x03")  # neither status nor prompt: that ^C was lost
+        finally:
+            unsubscribe()
+        if capture.done.done():
+            status, output = capture.done.result()  # raises if the machine closed meanwhile
+        else:
+            status, output = -1, capture.output_so_far()
+        # After the prompt comes our status line's echo; before it, the line discipline's
+        # echo of each ^C (ECHOCTL) and the shell's newline: the terminal's, not the command's.
+        output = _clean(output if before_prompt is None else before_prompt)
+        return status, re.sub(rb"\^C(\^C|\n)*\Z", b"", output)
 
     async def wait_ready(self, timeout: float | None) -> None:
         """Until the guest's shell prompt shows (the machine is booted)."""

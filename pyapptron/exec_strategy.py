@@ -89,14 +89,17 @@ class AgentExec(ExecStrategy):
     async def _kill(self, task: asyncio.Future, requests: list) -> None:
         """SIGKILL the command's process group and wait (briefly) for its exit."""
         if requests and not task.done():
+            step = "sending SIGKILL to"
             try:
                 # Bounded: a wedged channel must not turn a timeout into a hang.
                 await asyncio.wait_for(self.agent.signal(requests[0].id, 9), KILL_GRACE_S)
+                step = "waiting for the exit of"
                 await asyncio.wait_for(asyncio.shield(task), KILL_GRACE_S)
             except Exception as exc:
-                # The guest's process may live on: say so rather than pretend it ended.
-                logger.warning("could not confirm that command %d (%s) was killed: %r; it may still run "
-                               "in the guest", requests[0].id, requests[0].label, exc)
+                if not task.done():  # no exit came: the caller's error stands, but say so
+                    logger.warning("%s the guest command (agent request %d) failed (%s; each step is bounded by "
+                                   "%s s): it may still be running in the guest", step, requests[0].id,
+                                   str(exc) or type(exc).__name__, KILL_GRACE_S)
         if not task.done():
             task.cancel()
 

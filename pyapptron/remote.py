@@ -24,7 +24,7 @@ _machines: dict[int, pyapptron.Machine] = {}
 _ids = itertools.count(1)
 
 
-def _error(exc: BaseException) -> dict:
+def _error(exc: Exception) -> dict:
     attrs = {}
     for name in ("returncode", "timeout", "cmd", "output", "stderr", "filename", "buffer",
                  "guest_errno", "guest_message", "strerror"):
@@ -79,6 +79,10 @@ async def _op_list_dir(vm, args):
 async def _op_wait_for(vm, args):
     m = await vm.console.wait_for(args["pattern"], args.get("timeout"))
     return {"match": m.group(0), "before": vm.console.before}
+
+
+async def _op_wait_quiet(vm, args):
+    await vm.console.wait_quiet(**args)
 
 
 async def _op_send(vm, args):
@@ -140,7 +144,7 @@ async def _op_persist(vm, args):
 _VM_OPS = {
     "persist": _op_persist, "snapshot": _op_snapshot, "restore": _op_restore,
     "run": _op_run, "read_file": _op_read_file, "write_file": _op_write_file,
-    "list_dir": _op_list_dir, "wait_for": _op_wait_for, "send": _op_send,
+    "list_dir": _op_list_dir, "wait_for": _op_wait_for, "wait_quiet": _op_wait_quiet, "send": _op_send,
     "transcript": _op_transcript, "shutdown": _op_shutdown,
 }
 
@@ -180,5 +184,7 @@ async def handle(request_json: str) -> str:
         else:
             raise pyapptron.InvalidOption(f"unknown remote op {op!r}")
         return json.dumps({"ok": encode(value)})
-    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
+    # Every failure goes back to the caller; cancellation, KeyboardInterrupt and SystemExit
+    # are not failures of the request and propagate.
+    except Exception as exc:
         return json.dumps({"error": _error(exc)})

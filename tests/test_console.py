@@ -1,6 +1,8 @@
 """Unit tests (CPython) of the console stream: pexpect-style waiting, subscribers, transcript."""
 
 import asyncio
+import logging
+import time
 
 import pytest
 
@@ -92,7 +94,7 @@ def test_buffers_stay_bounded():
     assert len(c._buffer) <= Console.max_buffer
 
 
-def test_a_failing_subscriber_loses_nothing_for_the_others_or_wait_for():
+def test_a_failing_subscriber_is_logged_and_loses_nothing_for_the_others_or_wait_for(caplog):
     async def main():
         c = Console(lambda b: None)
         got = []
@@ -106,4 +108,45 @@ def test_a_failing_subscriber_loses_nothing_for_the_others_or_wait_for():
         await c.wait_for("# ", timeout=1)
         c.feed(b"more")
         assert got == [b"prompt# ", b"more"] and c.transcript == b"prompt# more"
+    asyncio.run(main())
+    [record] = [r for r in caplog.records if r.name == "pyapptron.console"]
+    assert record.levelno == logging.ERROR and "broken" in record.getMessage()
+    assert isinstance(record.exc_info[1], RuntimeError)
+
+
+def test_wait_quiet_waits_for_output_to_stop_even_once_the_transcript_is_full():
+    async def main():
+        c = Console(lambda b: None)
+        c.feed(b"x" * Console.max_transcript)  # full: its length no longer changes
+        loop = asyncio.get_running_loop()
+        fed = []
+
+        def feed():
+            c.feed(b"y" * 1024)
+            fed.append(time.monotonic())
+
+        for i in range(1, 9):
+            loop.call_later(0.05 * i, feed)
+        await c.wait_quiet(0.2, timeout=5)
+        assert len(fed) == 8 and time.monotonic() - fed[-1] >= 0.2
+    asyncio.run(main())
+
+
+def test_wait_quiet_times_out_while_output_keeps_coming_and_ends_with_the_console():
+    async def main():
+        c = Console(lambda b: None)
+        loop = asyncio.get_running_loop()
+
+        def chatter():
+            c.feed(b"tick\n")
+            loop.call_later(0.02, chatter)
+
+        chatter()
+        with pytest.raises(WaitTimeout, match="tick"):
+            await c.wait_quiet(0.2, timeout=0.5)
+        waiting = asyncio.ensure_future(c.wait_quiet(0.2, timeout=5))
+        await asyncio.sleep(0)
+        c.close()
+        with pytest.raises(ConsoleEOF):
+            await waiting
     asyncio.run(main())

@@ -142,12 +142,53 @@ def test_a_command_the_shell_cannot_parse_fails_instead_of_hanging(on_shell):
 def test_a_timeout_interrupts_the_command_and_the_shell_stays_usable(on_shell):
     async def check(shell):
         status, out, timed_out = await shell.run("echo started; sleep 30", timeout=1)
-        assert timed_out and out.startswith(b"started\n")
-        assert status == 130
+        assert (status, out, timed_out) == (130, b"started\n", True)  # without the prompt or the status line
         status, out, _ = await shell.run("echo still here")
         assert (status, out) == (0, b"still here\n")
 
     on_shell(check)
+
+
+def test_a_lost_interrupt_is_sent_again_and_the_status_waits_for_the_prompt(on_shell):
+    # The first ^C does not end this command, as when it lands between fork and exec (the
+    # new program never sees it). A status line typed then would sit behind the command.
+    async def check(shell):
+        # (exec: no subshell between, which a ^C would end: the whole job is this sh)
+        command = "trap 'trap - INT' INT; echo started; sleep 30; echo survived; sleep 30"
+        status, out, timed_out = await shell.run(["exec", "sh", "-c", command], timeout=1)
+        assert (status, out, timed_out) == (130, b"started\n^Csurvived\n", True)
+        status, out, _ = await shell.run("echo still here")
+        assert (status, out) == (0, b"still here\n")
+
+    on_shell(check)
+
+
+def test_a_status_line_the_shell_discards_is_typed_again_at_its_next_prompt():
+    # A scripted shell (pure logic): it drops the first status line (as a shell that read
+    # it just as a ^C arrived would) and prompts again; the second one runs.
+    async def main():
+        typed = []
+
+        def shell(data: bytes) -> None:
+            typed.append(data)
+            loop = asyncio.get_running_loop()
+            if data.startswith(b"printf '\\036S"):
+                token = data.split()[2].rstrip(b";")
+                loop.call_soon(console.feed, b"\x1eS" + token + b"\x1e\r\nstarted\r\n")
+            elif data == b"\x03":
+                loop.call_soon(console.feed, b"^C\r\n# ")
+            elif sum(t.endswith(b" 130\r") for t in typed) == 1:
+                loop.call_soon(console.feed, b"\r\n# ")  # discarded
+            else:
+                token = data.split()[2]
+                loop.call_soon(console.feed, b"\x1eE" + token + b":130\x1e\r\n# ")
+
+        console = Console(shell)
+        status, out, timed_out = await ConsoleExec(console).run("sleep 30", timeout=0.1)
+        assert (status, out, timed_out) == (130, b"started\n", True)
+        assert typed.count(b"\x03") == 1 and sum(t.endswith(b" 130\r") for t in typed) == 2
+
+    asyncio.run(main())
 
 
 def test_commands_from_several_tasks_run_one_after_another(on_shell):

@@ -18,7 +18,7 @@ class ScriptedBackend(Backend):
 
     name = "scripted"
 
-    def __init__(self, answer=None, hello=True, exec_capable=True, damaged_snapshot=False):
+    def __init__(self, answer=None, hello=True, exec_capable=True, damaged_snapshot=False, exit_on_signal=True):
         self.capabilities = Capabilities("i686", exec_capable, exec_capable, True, exec_capable, False)
         self.answer = answer
         self.hello = hello
@@ -29,6 +29,7 @@ class ScriptedBackend(Backend):
         self.damaged_snapshot = damaged_snapshot
         self.resumed = []
         self.starts = 0
+        self.exit_on_signal = exit_on_signal  # False: a SIGKILL that never ends the command
 
     async def start(self, on_console, on_agent, resume=None):
         self.starts += 1
@@ -64,7 +65,8 @@ class ScriptedBackend(Backend):
             loop.call_soon(self.on_agent, A.encode_frame(A.T_WINDOW, 0, struct.pack("<I", 1)))
             if frame.type == A.T_SIGNAL:
                 self.signals.append(frame.id)
-                loop.call_soon(self.on_agent, A.encode_frame(A.T_EXIT, frame.id, struct.pack("<i", -9)))
+                if self.exit_on_signal:
+                    loop.call_soon(self.on_agent, A.encode_frame(A.T_EXIT, frame.id, struct.pack("<i", -9)))
             elif self.answer:
                 for reply in self.answer(frame):
                     loop.call_soon(self.on_agent, reply)
@@ -99,7 +101,7 @@ def test_boot_that_never_gets_ready_raises_boot_error_and_releases_the_emulator(
     assert backend.stopped
 
 
-def test_run_timeout_kills_and_reports_partial_output():
+def test_run_timeout_kills_and_reports_partial_output(caplog):
     backend = ScriptedBackend(exits(None, b"partial"))
 
     async def main():
@@ -109,6 +111,7 @@ def test_run_timeout_kills_and_reports_partial_output():
         assert info.value.stdout == b"partial" and info.value.timeout == 0.05
         assert backend.signals  # SIGNAL 9 went to the guest
     asyncio.run(main())
+    assert not [r for r in caplog.records if r.name == "pyapptron.exec_strategy"]  # the kill worked: nothing to say
 
 
 def test_cancelling_a_run_kills_the_guest_command():
@@ -164,7 +167,7 @@ def test_a_machine_without_an_agent_refuses_exec_clearly():
     asyncio.run(main())
 
 
-def test_a_timeout_on_a_wedged_channel_still_returns():
+def test_a_timeout_on_a_wedged_channel_still_returns_and_logs_that_the_kill_failed(caplog):
     class Wedged(ScriptedBackend):
         def write_agent(self, chunk):
             pass  # never returns credit, never answers
@@ -183,6 +186,29 @@ def test_a_timeout_on_a_wedged_channel_still_returns():
         finally:
             M.KILL_GRACE_S = saved
     asyncio.run(main())
+    [record] = [r for r in caplog.records if r.name == "pyapptron.exec_strategy"]
+    assert record.levelname == "WARNING"
+    assert "sending SIGKILL to the guest command (agent request " in record.getMessage()
+    assert "may still be running" in record.getMessage()
+
+
+def test_a_killed_command_whose_exit_never_comes_is_logged_with_what_was_tried(caplog):
+    backend = ScriptedBackend(exits(None), exit_on_signal=False)
+
+    async def main():
+        vm = await booted(backend)
+        import pyapptron.exec_strategy as M
+        M.KILL_GRACE_S, saved = 0.05, M.KILL_GRACE_S
+        try:
+            with pytest.raises(TimeoutExpired):
+                await vm.run("sleep 100", timeout=0.05)
+        finally:
+            M.KILL_GRACE_S = saved
+        assert backend.signals
+    asyncio.run(main())
+    [record] = [r for r in caplog.records if r.name == "pyapptron.exec_strategy"]
+    assert "waiting for the exit of the guest command" in record.getMessage()
+    assert "TimeoutError" in record.getMessage() and "may still be running" in record.getMessage()
 
 
 # -- resume and snapshot --------------------------------------------------------------

@@ -2,13 +2,16 @@
 
 import asyncio
 import json
+import time
+from types import SimpleNamespace
 
 import pytest
 
 import pyapptron
 from pyapptron import _wire, remote
-from pyapptron.errors import TimeoutExpired, guest_os_error
-from pyapptron.host.browser import _raise
+from pyapptron.console import Console
+from pyapptron.errors import TimeoutExpired, WaitTimeout, guest_os_error
+from pyapptron.host.browser import RemoteMachine, _raise
 
 
 def handle(request: dict) -> dict:
@@ -74,6 +77,62 @@ def test_python_op_runs_like_notebook_cells_with_top_level_await():
     assert handle({"op": "python", "args": {"code": "result = x + 22"}}) == {"ok": 42}
 
 
+def test_cancellation_and_exits_propagate_instead_of_coming_back_as_errors():
+    async def main():
+        started = remote._namespace["started"] = asyncio.Event()
+        code = "started.set()\nawait asyncio.sleep(60)"
+        task = asyncio.ensure_future(remote.handle(json.dumps({"op": "python", "args": {"code": code}})))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert task.cancelled()
+    asyncio.run(main())
+    for name, exc in (("KeyboardInterrupt", KeyboardInterrupt), ("SystemExit", SystemExit),
+                      ("asyncio.CancelledError", asyncio.CancelledError)):
+        with pytest.raises(exc):
+            handle({"op": "python", "args": {"code": f"import asyncio\nraise {name}"}})
+    assert handle({"op": "python", "args": {"code": "raise ValueError('bad')"}})["error"]["type"] == "ValueError"
+
+
 def test_unknown_ops_and_machines_are_typed_errors():
     assert handle({"op": "fly"})["error"]["type"] == "InvalidOption"
     assert handle({"op": "run", "vm": 999, "args": {"args": "true"}})["error"]["type"] == "MachineClosed"
+
+
+def test_wait_quiet_is_one_request_the_page_answers_once_the_console_stops_printing():
+    vm = SimpleNamespace(console=Console(lambda b: None))
+    remote._machines[777] = vm
+    try:
+        async def chatter(for_s: float, seconds: float, timeout: float):
+            loop = asyncio.get_running_loop()
+            until, fed = loop.time() + for_s, []
+
+            def feed():
+                vm.console.feed(b"tick\n")
+                fed.append(time.monotonic())
+                if loop.time() < until:
+                    loop.call_later(0.02, feed)
+
+            feed()
+            request = {"op": "wait_quiet", "vm": 777, "args": {"seconds": seconds, "timeout": timeout}}
+            return json.loads(await remote.handle(json.dumps(request))), fed
+
+        answer, fed = asyncio.run(chatter(0.3, seconds=0.2, timeout=5))
+        assert answer == {"ok": None} and time.monotonic() - fed[-1] >= 0.2
+        answer, _ = asyncio.run(chatter(5, seconds=0.2, timeout=0.3))
+        with pytest.raises(WaitTimeout, match="tick"):
+            _raise(answer["error"])
+
+        # The host's RemoteConsole asks for exactly that op, with the arguments Console takes.
+        class Session:
+            def request(self, op, vm=None, **args):
+                answer = json.loads(asyncio.run(remote.handle(json.dumps(
+                    {"op": op, "vm": vm, "args": _wire.encode(args)}))))
+                if "error" in answer:
+                    _raise(answer["error"])
+                return _wire.decode(answer["ok"])
+
+        RemoteMachine(Session(), 777, {}).console.wait_quiet(0.05, timeout=5)
+    finally:
+        del remote._machines[777]

@@ -54,7 +54,6 @@ export async function start(options, sinks) {
   // output to pyapptron's console and takes its input, as xterm.js would.
   const { master, slave } = openpty();
   let typed = null;
-  let resized = null;
   master.activate({
     write(data, done) {
       sinks.console(typeof data === "string" ? new TextEncoder().encode(data) : data.slice());
@@ -62,7 +61,7 @@ export async function start(options, sinks) {
     },
     onData(listener) { typed = listener; return { dispose() { typed = null; } }; },
     onBinary() { return { dispose() {} }; },
-    onResize(listener) { resized = listener; return { dispose() { resized = null; } }; },
+    onResize() { return { dispose() {} }; },
   });
 
   const logTail = [];
@@ -141,7 +140,6 @@ export async function start(options, sinks) {
       if (stopped || channel !== "console" || !typed) return;
       typed(Array.from(new Uint8Array(data)));
     },
-    resize(cols, rows) { if (resized) resized({ cols, rows }); },
     async stop() {
       stopped = true;
       master.dispose();

@@ -97,7 +97,7 @@ def _make(out: Path, todo: list) -> None:
             started = time.monotonic()
             vm = session.boot(spec.get("emulator", "v86"), spec["name"], cold=True, timeout=BOOT_TIMEOUT_S)
             vm.console.wait_for(PROMPT, timeout=BOOT_TIMEOUT_S)
-            _wait_quiet(vm)
+            vm.console.wait_quiet(QUIET_S, timeout=BOOT_TIMEOUT_S)  # zsh draws its prompt in steps
             data = recompress(session.python(f"result = await machines[{vm.id}].snapshot(to_bytes=True)"))
             vm.shutdown()
             tmp = cached.with_suffix(".tmp")
@@ -119,12 +119,3 @@ def recompress(data: bytes) -> bytes:
     meta.update(compression="zstd", payload_sha256=hashlib.sha256(packed).hexdigest())
     return snapshots.pack(meta, packed)
 
-
-def _wait_quiet(vm) -> None:
-    """Until the console has printed nothing for QUIET_S (zsh draws its prompt in steps)."""
-    seen, since = len(vm.console.transcript), time.monotonic()
-    while time.monotonic() - since < QUIET_S:
-        time.sleep(0.25)
-        now = len(vm.console.transcript)
-        if now != seen:
-            seen, since = now, time.monotonic()

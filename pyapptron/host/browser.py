@@ -68,7 +68,6 @@ class Browser:
             if flag.startswith("--headless") and not config.headless:
                 continue
             options.add_argument(flag)
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         self._tmp_profile = None
         self._log_dir = None
         self.log_path: str | None = None
@@ -104,12 +103,6 @@ class Browser:
                 raise BrowserError(f"Chromium did not start: {exc}") from exc
         # Long enough for a cold boot on a slow machine; a hung page fails instead of hanging.
         self.driver.set_script_timeout(900)
-
-    def console_log(self) -> list[str]:
-        try:
-            return [entry["message"] for entry in self.driver.get_log("browser")]
-        except Exception:
-            return []
 
     def crash_report(self, lines: int = 12) -> str:
         """The last lines Chromium logged about a failure (FATAL, Check failed, crash), if any."""
@@ -271,6 +264,11 @@ class RemoteConsole:
         answer = self._m._call("wait_for", pattern=pattern, timeout=timeout)
         self.before = answer["before"]
         return answer["match"]
+
+    def wait_quiet(self, seconds: float, timeout: float | None = 30) -> None:
+        """Wait until the console has printed nothing for `seconds` (one request: the
+        page waits, rather than the host polling the transcript)."""
+        self._m._call("wait_quiet", seconds=seconds, timeout=timeout)
 
     def send(self, data: str | bytes) -> None:
         self._m._call("send", data=data.encode() if isinstance(data, str) else data)
