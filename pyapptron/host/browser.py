@@ -258,7 +258,7 @@ class RemoteSession:
             try:
                 text = self._channel.request(payload, backstop)
             except PageGone as exc:
-                raise BrowserError(f"the browser failed during {op!r}: {exc}{self._crash_detail()}") from None
+                raise BrowserError(f"the browser failed during {op!r}: {exc}{self._why_gone()}") from None
             except TimeoutError:
                 raise BrowserError(f"the page did not answer {op!r} within {backstop:g} s") from None
         else:
@@ -281,6 +281,17 @@ class RemoteSession:
             except WebDriverException as exc:
                 detail = self._crash_detail() if "crash" in (exc.msg or "") else ""
                 raise BrowserError(f"the browser failed during {op!r}: {exc.msg}{detail}") from None
+
+    def _why_gone(self) -> str:
+        """What WebDriver says of the page the WebSocket lost ("tab crashed", ...) and, after a
+        crash, what Chromium logged."""
+        with self._webdriver_lock:
+            try:
+                self.browser.driver.execute_script("return 1")
+                return ""  # the tab lives: it was reloaded or navigated away
+            except Exception as exc:  # a crashed tab, or no browser at all
+                said = getattr(exc, "msg", None) or str(exc)
+        return f"; WebDriver: {said}" + (self._crash_detail() if "crash" in said else "")
 
     def _crash_detail(self) -> str:
         report = self.browser.crash_report()
