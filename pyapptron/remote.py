@@ -1,43 +1,26 @@
 """The page side of remote control: JSON requests in, JSON answers out.
 
 A CPython process that drives a browser (the CLI's `run`, the pytest fixture, bench)
-sends requests through WebDriver; `handle()` runs them against real Machines in this
-page. Values travel as pyapptron._wire encodes them (bytes as {"b64": ...}); errors
-come back typed, with their attributes.
+sends requests over a WebSocket the page dials (or through WebDriver); `handle()` runs
+each against real Machines in this page, several at once. Machine's operations are
+the ones pyapptron.surface describes; values travel as pyapptron._wire encodes them
+(bytes as {"b64": ...}); errors come back typed, with their attributes.
 """
 
 from __future__ import annotations
 
 import ast
-import dataclasses
 import itertools
 import json
 import time
-import traceback
 
 import pyapptron
 
-from . import _browser
+from . import _browser, surface
 from ._wire import decode, encode
 
 _machines: dict[int, pyapptron.Machine] = {}
 _ids = itertools.count(1)
-
-
-def _error(exc: Exception) -> dict:
-    attrs = {}
-    for name in ("returncode", "timeout", "cmd", "output", "stderr", "filename", "buffer",
-                 "guest_errno", "guest_message", "strerror"):
-        if hasattr(exc, name):
-            value = getattr(exc, name)
-            if isinstance(value, (str, int, float, bytes, bytearray, list, type(None))):
-                attrs[name] = value
-    return {
-        "type": type(exc).__name__,
-        "message": str(exc),
-        "attrs": encode(attrs),
-        "traceback": "".join(traceback.format_exception(exc)),
-    }
 
 
 def _register(vm: pyapptron.Machine, boot_seconds: float | None) -> dict:
@@ -47,8 +30,7 @@ def _register(vm: pyapptron.Machine, boot_seconds: float | None) -> dict:
     else:
         vm_id = next(_ids)
         _machines[vm_id] = vm
-    return {"vm": vm_id, "boot_seconds": boot_seconds, "capabilities": vm.capabilities.as_dict(),
-            "resumed_from": vm.resumed_from, "emulator": vm.emulator, "image": vm.image}
+    return surface.machine_info(vm, vm_id, boot_seconds)
 
 
 async def _op_boot(args):
@@ -67,86 +49,11 @@ async def _op_page_machine(args):
     return _register(vm, vm.boot_seconds)
 
 
-async def _op_run(vm, args):
-    r = await vm.run(**args)
-    return {"args": r.args, "returncode": r.returncode, "stdout": r.stdout, "stderr": r.stderr}
-
-
-async def _op_list_dir(vm, args):
-    return [e.__dict__ for e in await vm.list_dir(**args)]
-
-
-async def _op_wait_for(vm, args):
-    m = await vm.console.wait_for(args["pattern"], args.get("timeout"))
-    return {"match": m.group(0), "before": vm.console.before}
-
-
-async def _op_wait_quiet(vm, args):
-    await vm.console.wait_quiet(**args)
-
-
-async def _op_send(vm, args):
-    vm.console.send(args["data"])
-
-
-async def _op_transcript(vm, args):
-    return vm.console.transcript
-
-
-async def _op_shutdown(vm, args):
-    await vm.shutdown()
-    for key, value in list(_machines.items()):
-        if value is vm:
-            del _machines[key]
-
-
-async def _op_read_file(vm, args):
-    return await vm.read_file(**args)
-
-
-async def _op_write_file(vm, args):
-    await vm.write_file(**args)
-
-
-async def _op_snapshot(vm, args):
-    saved = await vm.snapshot(**args)
-    return saved if isinstance(saved, bytes) else dataclasses.asdict(saved)
-
-
-async def _op_restore(vm, args):
-    await vm.restore(**args)
-    return {"resumed_from": vm.resumed_from}
-
-
-async def _op_persist(vm, args):
-    """vm.persist.<method>(...) with plain-data answers."""
-    persist = vm.persist
-    method = args["method"]
-    if method == "sync":
-        return dataclasses.asdict(await persist.sync())
-    if method == "usage":
-        usage = await persist.usage()
-        usage["layers"] = {k: dataclasses.asdict(v) for k, v in usage["layers"].items()}
-        return usage
-    if method == "export":
-        return await persist.export()
-    if method == "import_":
-        return await persist.import_(args["data"])
-    if method == "reset":
-        return await persist.reset(args["layer"])
-    if method == "state":
-        return {"restored": persist.restored, "store": persist.store,
-                "damaged": [{"message": str(e), "layer": e.layer, "path": e.path} for e in persist.damaged],
-                "auto_sync_errors": [str(e) for e in persist.auto_sync_errors]}
-    raise pyapptron.InvalidOption(f"unknown persist method {method!r}")
-
-
-_VM_OPS = {
-    "persist": _op_persist, "snapshot": _op_snapshot, "restore": _op_restore,
-    "run": _op_run, "read_file": _op_read_file, "write_file": _op_write_file,
-    "list_dir": _op_list_dir, "wait_for": _op_wait_for, "wait_quiet": _op_wait_quiet, "send": _op_send,
-    "transcript": _op_transcript, "shutdown": _op_shutdown,
-}
+def _forget(vm_id: int) -> None:
+    """A machine that was shut down is no longer reachable by its id."""
+    vm = _machines.get(vm_id)
+    if vm is not None and vm.closed:
+        del _machines[vm_id]
 
 
 _namespace: dict = {}
@@ -176,15 +83,19 @@ async def handle(request_json: str) -> str:
             value = await _op_page_machine(args)
         elif op == "python":
             value = await _op_python(args)
-        elif op in _VM_OPS:
-            vm = _machines.get(request.get("vm"))
+        elif op in surface.BY_WIRE:
+            vm_id = request.get("vm")
+            vm = _machines.get(vm_id)
             if vm is None:
-                raise pyapptron.MachineClosed(f"no machine {request.get('vm')!r} in this page (shut down?)")
-            value = await _VM_OPS[op](vm, args)
+                raise pyapptron.MachineClosed(f"no machine {vm_id!r} in this page (shut down?)")
+            try:
+                value = await surface.perform(surface.BY_WIRE[op], vm, args)
+            finally:
+                _forget(vm_id)
         else:
             raise pyapptron.InvalidOption(f"unknown remote op {op!r}")
         return json.dumps({"ok": encode(value)})
     # Every failure goes back to the caller; cancellation, KeyboardInterrupt and SystemExit
     # are not failures of the request and propagate.
     except Exception as exc:
-        return json.dumps({"error": _error(exc)})
+        return json.dumps({"error": surface.error_to_wire(exc)})

@@ -94,7 +94,7 @@ def type_keys(driver, keys):
 
 # -- the userland, through run() -------------------------------------------------------
 def test_the_agent_image_is_debian_bookworm_on_its_architecture(vm, image):
-    assert vm.capabilities["arch"] == image["arch"]
+    assert vm.capabilities.arch == image["arch"]
     r = vm.run("uname -m; . /etc/os-release; echo $VERSION_CODENAME; readlink /proc/1/exe")
     assert r.stdout.decode().split() == [image["arch"], "bookworm", "/usr/bin/dash"]
 

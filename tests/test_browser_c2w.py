@@ -50,7 +50,7 @@ def vm(session):
 
 # -- the 64-bit guest ----------------------------------------------------------------------
 def test_boot_reports_an_x86_64_guest_with_exec_and_files(vm):
-    assert vm.capabilities == {
+    assert vm.capabilities.as_dict() == {
         "arch": "x86_64", "exec": True, "files": True, "console": True, "snapshot": False,
         "network": False, "persist": False,
     }

@@ -6,6 +6,7 @@ console; the screen is read back from xterm.js's buffer, as a user would see it.
 
 import contextlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from selenium.webdriver.common.by import By
@@ -139,3 +140,17 @@ def test_a_crashed_tab_reports_what_chromium_logged():
             browser.driver.get("chrome://crash")  # the renderer dies here
         with pytest.raises(BrowserError, match="(?s)tab crashed.*Intentionally crashing"):
             session.request("python", code="result = 1")
+
+
+def test_a_crashed_tab_fails_the_calls_in_flight_over_the_websocket_with_what_chromium_logged(pyapptron_server):
+    from pyapptron.host.browser import Browser, RemoteSession
+    from pyapptron.errors import BrowserError
+
+    with Browser() as browser, ThreadPoolExecutor(1) as pool:
+        session = RemoteSession(browser, pyapptron_server.url)
+        assert session.transport == "websocket"
+        in_flight = pool.submit(session.python, "import asyncio\nawait asyncio.sleep(600)")
+        with contextlib.suppress(Exception):
+            browser.driver.get("chrome://crash")  # the renderer dies here
+        with pytest.raises(BrowserError, match="(?s)during 'python'.*closed its connection.*tab crashed.*Intentionally crashing"):
+            in_flight.result(60)

@@ -138,7 +138,7 @@ def test_export_then_import_into_a_fresh_profile(page, server, tmp_path):
         assert vm2.persist.import_(archive) == len(names)
         assert vm2.run("stat -c '%n %a %s %Y %N' /persist/proj/src/main.py /persist/proj/entry /root/.myrc").stdout == listing
         assert vm2.run("cat /root/.myrc; readlink /persist/proj/entry").stdout == b"rc\nsrc/main.py\n"
-        assert vm2.persist.usage()["layers"]["persist"]["files"] == 1  # import_ committed it
+        assert vm2.persist.usage()["layers"]["persist"].files == 1  # import_ committed it
     finally:
         fresh.close()
 
@@ -152,7 +152,7 @@ def test_reset_of_one_layer_leaves_the_others_and_a_store_has_one_machine(page):
     vm.persist.sync()
     vm.persist.reset("home")
     usage = vm.persist.usage()["layers"]
-    assert usage["home"]["files"] == 0 and usage["persist"]["files"] == 1 and usage["packages"]["files"] == 1
+    assert usage["home"].files == 0 and usage["persist"].files == 1 and usage["packages"].files == 1
     page.reload()
     vm = page.boot("reset")
     assert vm.run("cat /root/h").returncode != 0
@@ -182,8 +182,7 @@ def test_a_damaged_record_is_reported_and_the_rest_loads(page):
     """)
     page.reload()
     vm = page.boot("damaged")
-    state = vm.persist.state()
-    messages = " | ".join(d["message"] for d in state["damaged"])
+    messages = " | ".join(str(d) for d in vm.persist.damaged)
     assert "/persist/two: its data is damaged" in messages
     assert "layer 'home'" in messages and "not a layer record" in messages
     assert vm.read_file("/persist/one") == b"one\n"  # the rest of the store loaded

@@ -41,7 +41,7 @@ def vm(session, build_url):
 
 
 def test_boot_gives_a_machine_with_exec_over_the_console(vm):
-    assert vm.capabilities == {
+    assert vm.capabilities.as_dict() == {
         "arch": "x86_64", "exec": True, "files": False, "console": True, "snapshot": False,
         "network": False, "persist": False,
     }

@@ -35,7 +35,7 @@ def resumed(session):
 
 def test_default_boot_resumes_the_shipped_snapshot_and_answers_at_once(resumed):
     assert resumed.resumed_from == "boot snapshot of image 'minimal'"
-    assert resumed.capabilities["snapshot"] is True
+    assert resumed.capabilities.snapshot is True
     r = resumed.run("uname -m")
     assert (r.returncode, r.stdout) == (0, b"i686\n")
     # The terminal shows the prompt the snapshot was taken at, and typing reaches the shell.
@@ -79,8 +79,8 @@ def test_snapshot_then_change_then_resume_brings_the_earlier_state_back(session,
 def test_named_snapshots_are_kept_in_indexeddb_listed_resumed_and_deleted(session, resumed):
     resumed.run("echo named > /tmp/which")
     info = resumed.snapshot("t-named")
-    assert (info["name"], info["image"], info["memory_mib"]) == ("t-named", "minimal", 128)
-    assert 0 < info["size"] < info["state_bytes"]  # compressed
+    assert (info.name, info.image, info.memory_mib) == ("t-named", "minimal", 128)
+    assert 0 < info.size < info.state_bytes  # compressed
     listed = session.python("result = [s.name for s in await pyapptron.snapshots.list()]")
     assert "t-named" in listed
     vm = session.boot("v86", "minimal", resume="t-named")

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.browser
 
 # -- boot ------------------------------------------------------------------------------
 def test_boot_reports_capabilities_and_a_32bit_guest(vm):
-    assert vm.capabilities == {
+    assert vm.capabilities.as_dict() == {
         "arch": "i686", "exec": True, "files": True, "console": True, "snapshot": True, "network": False, "persist": False,
     }
     r = vm.run("uname -m; echo oops >&2; exit 3")

@@ -79,8 +79,10 @@ def grid():
 
 def test_the_fixtures_drive_vms_through_a_selenium_grid(pytester, grid):
     pytester.makepyfile(test_on_grid="""
-        def test_on_grid(vm):
+        def test_on_grid(vm, pyapptron_session):
             assert vm.run("uname -m").stdout == b"i686\\n"
+            # The Grid's browser runs on this machine: the page reaches the host's WebSocket.
+            assert pyapptron_session.transport == "websocket"
     """)
     run(pytester, "--pyapptron-remote", grid.url, "--pyapptron-browser-binary", "/usr/bin/chromium").assert_outcomes(passed=1)
     assert "Session created" in grid.log()  # the browser really came from the Grid

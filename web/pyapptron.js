@@ -145,15 +145,42 @@ export async function boot({
   return handle;
 }
 
-/** For WebDriver-based hosts (pyapptron.host): JSON requests into pyapptron.remote. */
+/** For CPython hosts (pyapptron.host): one JSON request into pyapptron.remote; resolves
+ * to its JSON answer, an error answer included (it never rejects). */
 export async function remote(requestJson) {
-  const pyodide = await loadPyapptron();
-  const handle = pyodide.pyimport("pyapptron.remote").handle;
   try {
-    return await handle(requestJson);
-  } finally {
-    handle.destroy();
+    const pyodide = await loadPyapptron();
+    const handle = pyodide.pyimport("pyapptron.remote").handle;
+    try {
+      return await handle(requestJson);
+    } finally {
+      handle.destroy();
+    }
+  } catch (e) {
+    return JSON.stringify({ error: { type: "BrowserError", message: String(e && e.stack || e), attrs: {} } });
   }
 }
 
-globalThis.pyapptron = { boot, loadPyapptron, remote };
+/**
+ * Dial a CPython host's WebSocket (pyapptron.host.browser.RemoteSession asks for it
+ * through WebDriver) and present its token; then serve its requests, "ID\nJSON" each,
+ * every one in its own task, answering "ID\nJSON" as each finishes. Resolves once
+ * connected; rejects if the host cannot be reached.
+ */
+export function dialHost(url, token) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url);
+    ws.onopen = () => {
+      ws.send(JSON.stringify({ pyapptron: "hello", token }));
+      resolve();
+    };
+    ws.onerror = () => reject(new Error(`the page could not connect to ${url}`));
+    ws.onmessage = async (e) => {
+      const cut = e.data.indexOf("\n");
+      const answer = await remote(e.data.slice(cut + 1));
+      if (ws.readyState === WebSocket.OPEN) ws.send(e.data.slice(0, cut) + "\n" + answer);
+    };
+  });
+}
+
+globalThis.pyapptron = { boot, loadPyapptron, remote, dialHost };

@@ -2,28 +2,32 @@
 
 `RemoteSession` opens the page (served by PageServer) and sends JSON requests to
 pyapptron.remote inside it; `RemoteMachine` is a CPython proxy for a VM in that page
-with the same methods as Machine (run, read_file, write_file, list_dir, console),
-synchronous because CPython callers (the CLI, pytest) are.
+with Machine's methods (run, read_file, write_file, list_dir, snapshot, console,
+persist, ...), made from pyapptron.surface, synchronous because CPython callers (the
+CLI, pytest) are.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import re
 import shlex
 import shutil
-import subprocess
 import tempfile
+import threading
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-from .. import errors
+from .. import surface
 from .._wire import decode, encode
-from ..agent import DirEntry
 from ..errors import BrowserError
+from .page_socket import PageChannel, PageGone
 
 CHROMIUM_FLAGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -149,7 +153,16 @@ const started = Date.now();
 
 _REMOTE = """
 const done = arguments[arguments.length - 1];
-globalThis.pyapptron.remote(arguments[0]).then(done, e => done(JSON.stringify({error: {type: "BrowserError", message: String(e && e.stack || e), attrs: {}}})));
+globalThis.pyapptron.remote(arguments[0]).then(done);
+"""
+
+_DIAL = """
+const done = arguments[arguments.length - 1];
+const [url, token, ms] = arguments;
+// A host the browser cannot reach may never answer the connection: give up in time.
+setTimeout(() => done({error: `no connection to ${url} within ${ms} ms`}), ms);
+Promise.resolve().then(() => globalThis.pyapptron.dialHost(url, token))
+  .then(() => done({ok: true}), e => done({error: String(e && e.message || e)}));
 """
 
 
@@ -168,31 +181,6 @@ def terminal_text(driver, visible: bool = False) -> str:
     return driver.execute_script(_TERMINAL_TEXT, visible)
 
 
-def _raise(error: dict) -> None:
-    """Re-raise a page-side exception as the same pyapptron (or builtin) type."""
-    name, message = error.get("type", "BrowserError"), error.get("message", "")
-    attrs = decode(error.get("attrs") or {})
-    cls = getattr(errors, name, None)
-    if name == "TimeoutExpired":
-        raise errors.TimeoutExpired(attrs.get("cmd"), attrs.get("timeout"), attrs.get("output"), attrs.get("stderr"))
-    if name == "CalledProcessError":
-        raise errors.CalledProcessError(attrs.get("returncode"), attrs.get("cmd"), attrs.get("output"), attrs.get("stderr"))
-    if name == "WaitTimeout":
-        raise errors.WaitTimeout(message, attrs.get("buffer") or b"")
-    if attrs.get("guest_errno") is not None:  # an OSError from the guest, in Linux numbering
-        raise errors.guest_os_error(attrs["guest_errno"], attrs.get("guest_message") or message, attrs.get("filename"))
-    builtin = {
-        "FileNotFoundError": FileNotFoundError, "PermissionError": PermissionError,
-        "IsADirectoryError": IsADirectoryError, "NotADirectoryError": NotADirectoryError,
-        "FileExistsError": FileExistsError, "ValueError": ValueError, "TypeError": TypeError, "OSError": OSError,
-    }.get(name)
-    if builtin is not None:
-        raise builtin(message)
-    if isinstance(cls, type) and issubclass(cls, errors.PyapptronError):
-        raise cls(message)
-    raise BrowserError(f"{name}: {message}\n{error.get('traceback', '')}")
-
-
 def _set_http_timeout(driver, seconds: float) -> None:
     """Selenium's HTTP client gives up on a command after 120 s by default, however long
     the script timeout: a long run() would fail with a bare ReadTimeoutError."""
@@ -202,113 +190,202 @@ def _set_http_timeout(driver, seconds: float) -> None:
 
 
 class RemoteSession:
-    """The page open in a Browser, ready for requests. One per browser tab.
+    """The page open in a Browser, ready for requests. One per page load.
 
     By default the page boots nothing (``?autoboot=0``) and machines come from
     boot(). With ``autoboot=True`` the page boots its own machine into its terminal
     (choose it with ``?image=...`` in page_url); page_machine() then drives that one,
     so a test can type into the terminal and call run() on the same VM.
+
+    Requests travel over a WebSocket the page dials back to this process (loopback,
+    a per-session token, the page's Origin only), so several threads can have calls in
+    flight at once: a run() blocking in one while another types into the console. When
+    the browser cannot reach this host (a Grid whose browsers are on other machines),
+    they go through WebDriver instead, one at a time.
     """
+
+    #: How long the page has to dial back before requests go through WebDriver.
+    DIAL_TIMEOUT_S = 10.0
+    # WebDriver carries one script at a time, and Selenium's driver is not thread-safe.
+    # (A class default too: a session made without __init__ still has one.)
+    _webdriver_lock = threading.Lock()
+    _channel: PageChannel | None = None
 
     def __init__(self, browser: Browser, page_url: str, *, autoboot: bool = False):
         self.browser = browser
         self.page_url = page_url
+        self._webdriver_lock = threading.Lock()
         url = page_url if autoboot else page_url + ("&" if "?" in page_url else "?") + "autoboot=0"
         browser.driver.get(url)
         result = browser.driver.execute_async_script(_WAIT_READY)
         if "error" in result:
             raise BrowserError(f"the page did not load pyapptron: {result['error']}")
+        self._channel = self._dial()
+
+    def _dial(self) -> PageChannel | None:
+        """Have the page connect to a WebSocket here; None (and a warning, once) if it cannot."""
+        parts = urlsplit(self.browser.driver.current_url)
+        channel = PageChannel(f"{parts.scheme}://{parts.netloc}", log=_log.warning)
+        result = self.browser.driver.execute_async_script(_DIAL, channel.url, channel.token,
+                                                          int(self.DIAL_TIMEOUT_S * 1000))
+        if "error" not in result and channel.wait_connected(self.DIAL_TIMEOUT_S):
+            return channel
+        channel.close()
+        _say_once(f"the page could not connect back to this host at {channel.url} "
+                  f"({result.get('error') or 'it did not present its token'}); is the browser on another "
+                  "machine? Remote calls go through WebDriver instead, one at a time")
+        return None
+
+    @property
+    def transport(self) -> str:
+        """How requests reach the page: "websocket" (several at once) or "webdriver" (one at a time)."""
+        return "websocket" if self._channel is not None else "webdriver"
 
     def request(self, op: str, vm: int | None = None, **args) -> Any:
-        from selenium.common.exceptions import TimeoutException, WebDriverException
-
+        """One request to pyapptron.remote in the page; safe to call from several threads."""
         payload = json.dumps({"op": op, "vm": vm, "args": encode(args)})
-        # The page enforces the request's own timeout; WebDriver's is only a backstop.
+        # The page enforces the request's own timeout; this is only a backstop.
         own = args.get("timeout")
         backstop = max(900, own + 120) if isinstance(own, (int, float)) else 24 * 3600
-        self.browser.driver.set_script_timeout(backstop)
-        _set_http_timeout(self.browser.driver, backstop + 30)
-        try:
-            answer = json.loads(self.browser.driver.execute_async_script(_REMOTE, payload))
-        except TimeoutException as exc:
-            raise BrowserError(f"the page did not answer {op!r} in time: {exc.msg}") from None
-        except WebDriverException as exc:
-            report = self.browser.crash_report() if "crash" in (exc.msg or "") else ""
-            detail = f"\nChromium logged:\n{report}" if report else ""
-            raise BrowserError(f"the browser failed during {op!r}: {exc.msg}{detail}") from None
+        if self._channel is not None:
+            try:
+                text = self._channel.request(payload, backstop)
+            except PageGone as exc:
+                raise BrowserError(f"the browser failed during {op!r}: {exc}{self._why_gone()}") from None
+            except TimeoutError:
+                raise BrowserError(f"the page did not answer {op!r} within {backstop:g} s") from None
+        else:
+            text = self._request_by_webdriver(op, payload, backstop)
+        answer = json.loads(text)
         if "error" in answer:
-            _raise(answer["error"])
+            raise surface.error_from_wire(answer["error"])
         return decode(answer["ok"])
+
+    def _request_by_webdriver(self, op: str, payload: str, backstop: float) -> str:
+        from selenium.common.exceptions import TimeoutException, WebDriverException
+
+        with self._webdriver_lock:
+            self.browser.driver.set_script_timeout(backstop)
+            _set_http_timeout(self.browser.driver, backstop + 30)
+            try:
+                return self.browser.driver.execute_async_script(_REMOTE, payload)
+            except TimeoutException as exc:
+                raise BrowserError(f"the page did not answer {op!r} in time: {exc.msg}") from None
+            except WebDriverException as exc:
+                detail = self._crash_detail() if "crash" in (exc.msg or "") else ""
+                raise BrowserError(f"the browser failed during {op!r}: {exc.msg}{detail}") from None
+
+    def _why_gone(self) -> str:
+        """What WebDriver says of the page the WebSocket lost ("tab crashed", ...) and, after a
+        crash, what Chromium logged."""
+        with self._webdriver_lock:
+            try:
+                self.browser.driver.execute_script("return 1")
+                return ""  # the tab lives: it was reloaded or navigated away
+            except Exception as exc:  # a crashed tab, or no browser at all
+                said = getattr(exc, "msg", None) or str(exc)
+        return f"; WebDriver: {said}" + (self._crash_detail() if "crash" in said else "")
+
+    def _crash_detail(self) -> str:
+        report = self.browser.crash_report()
+        return f"\nChromium logged:\n{report}" if report else ""
+
+    def close(self) -> None:
+        """Stop listening for the page (the browser stays open)."""
+        if self._channel is not None:
+            self._channel.close()
 
     def python(self, code: str) -> Any:
         """Run Python (top-level await allowed) in the page; returns its `result` variable."""
         return self.request("python", code=code)
 
     def boot(self, emulator: str = "v86", image: str | None = None, **options) -> RemoteMachine:
-        info = self.request("boot", emulator=emulator, image=image, **options)
-        return RemoteMachine(self, info["vm"], info)
+        return RemoteMachine(self, self.request("boot", emulator=emulator, image=image, **options))
 
     def page_machine(self) -> RemoteMachine:
         """The machine the page booted for its terminal (see autoboot)."""
-        info = self.request("page_machine")
-        return RemoteMachine(self, info["vm"], info)
+        return RemoteMachine(self, self.request("page_machine"))
 
 
-class RemoteConsole:
+def _say_once(message: str) -> None:
+    global _said_fallback
+    if not _said_fallback:
+        _said_fallback = True
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    _log.info(message)
+
+
+_said_fallback = False
+_log = logging.getLogger("pyapptron.host")
+
+
+# -- the host proxies: made from pyapptron.surface ---------------------------------------------
+def _proxy_method(op: surface.Op):
+    signature = op.signature()
+
+    def method(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()  # the same defaults as the page's method: the backstop sees `timeout`
+        arguments = dict(bound.arguments)
+        arguments.pop(next(iter(signature.parameters)))  # self
+        return self._invoke(op, arguments)
+
+    method.__name__ = op.method
+    method.__doc__ = op.doc()
+    method.__signature__ = signature
+    return method
+
+
+def _proxy_property(op: surface.Op) -> property:
+    def read(self):
+        return self._invoke(op, {})
+
+    return property(read, doc=op.doc())
+
+
+def _made_from_surface(target: str):
+    """Give a proxy class one method (or property) for each operation on `target`."""
+
+    def install(cls):
+        for op in surface.ops_on(target):
+            setattr(cls, op.method, _proxy_property(op) if op.is_property else _proxy_method(op))
+        return cls
+
+    return install
+
+
+class _Proxy:
+    """A part of a machine in the page; calls go there as pyapptron.surface describes."""
+
+    _machine: RemoteMachine
+
+    def _invoke(self, op: surface.Op, arguments: dict) -> Any:
+        answer = self._machine._call(op.wire, **op.args_to_wire(arguments))
+        return op.result_from_wire(answer, self)
+
+
+@_made_from_surface("console")
+class RemoteConsole(_Proxy):
+    """vm.console of a VM in the page (see pyapptron.console.Console), synchronous:
+    wait_for returns a match (RemoteMatch, read like re.Match) and sets before, after
+    and match as Console does."""
+
     def __init__(self, machine: RemoteMachine):
-        self._m = machine
-
-    def wait_for(self, pattern: str | bytes, timeout: float | None = 30) -> bytes:
-        """Wait for a regex on the console; returns the matched bytes."""
-        pattern = pattern.decode() if isinstance(pattern, bytes) else pattern
-        answer = self._m._call("wait_for", pattern=pattern, timeout=timeout)
-        self.before = answer["before"]
-        return answer["match"]
-
-    def wait_quiet(self, seconds: float, timeout: float | None = 30) -> None:
-        """Wait until the console has printed nothing for `seconds` (one request: the
-        page waits, rather than the host polling the transcript)."""
-        self._m._call("wait_quiet", seconds=seconds, timeout=timeout)
-
-    def send(self, data: str | bytes) -> None:
-        self._m._call("send", data=data.encode() if isinstance(data, str) else data)
-
-    def sendline(self, line: str = "") -> None:
-        self.send(line + "\r")
-
-    @property
-    def transcript(self) -> bytes:
-        return self._m._call("transcript")
+        self._machine = machine
+        self.before = b""
+        self.after = b""
+        self.match: surface.RemoteMatch | None = None
 
 
-class RemotePersist:
+RemoteConsole.expect = RemoteConsole.wait_for  # pexpect's name, as on Console
+
+
+@_made_from_surface("persist")
+class RemotePersist(_Proxy):
     """vm.persist of a VM in the page (see pyapptron.persist.PersistedFiles), synchronous."""
 
     def __init__(self, machine: RemoteMachine):
-        self._m = machine
-
-    def _call(self, method: str, **args) -> Any:
-        return self._m._call("persist", method=method, **args)
-
-    def sync(self) -> dict:
-        """Commit now; returns {files, bytes, written_bytes, seconds}."""
-        return self._call("sync")
-
-    def usage(self) -> dict:
-        return self._call("usage")
-
-    def export(self) -> bytes:
-        return self._call("export")
-
-    def import_(self, data: bytes) -> int:
-        return self._call("import_", data=data)
-
-    def reset(self, layer: str) -> None:
-        self._call("reset", layer=layer)
-
-    def state(self) -> dict:
-        """What boot restored, and any damage it found: {restored, store, damaged, auto_sync_errors}."""
-        return self._call("state")
+        self._machine = machine
 
 
 @dataclass
@@ -326,19 +403,22 @@ class CommandRecord:
         return f"{outcome:>12}  {self.seconds:7.2f} s  {args}"
 
 
-class RemoteMachine:
-    """A VM in the page, driven from CPython with Machine's method names (synchronous)."""
+@_made_from_surface("machine")
+class RemoteMachine(_Proxy):
+    """A VM in the page, driven from CPython with Machine's methods, keyword names and
+    result types (synchronous)."""
 
     #: How many of the last run() calls `history` keeps.
     HISTORY = 20
 
-    def __init__(self, session: RemoteSession, vm_id: int, info: dict):
+    def __init__(self, session: RemoteSession, info: dict):
         self.session = session
-        self.id = vm_id
+        self._machine = self
+        self.id = info["vm"]
         self.boot_seconds = info.get("boot_seconds")
         self.emulator = info.get("emulator")
         self.image = info.get("image")
-        self.capabilities = info.get("capabilities", {})
+        self.capabilities = surface.capabilities_from_wire(info["capabilities"])
         #: What the machine resumed from (None after a cold boot).
         self.resumed_from = info.get("resumed_from")
         self.console = RemoteConsole(self)
@@ -346,43 +426,28 @@ class RemoteMachine:
         self.history: collections.deque[CommandRecord] = collections.deque(maxlen=self.HISTORY)
 
     def _call(self, op: str, **args) -> Any:
+        """One request about this machine, in the wire's terms (plain data back)."""
         return self.session.request(op, vm=self.id, **args)
 
-    def run(self, args, *, timeout=None, input=None, cwd=None, env=None, text=False, check=False):
+    def _invoke(self, op: surface.Op, arguments: dict) -> Any:
+        if op.method != "run":
+            return super()._invoke(op, arguments)
         started = time.monotonic()
         try:
-            answer = self._call("run", args=args, timeout=timeout, input=input, cwd=cwd, env=env, text=text,
-                                check=check)
+            result = super()._invoke(op, arguments)
         except Exception as exc:
-            self.history.append(CommandRecord(args, getattr(exc, "returncode", None), time.monotonic() - started,
-                                              type(exc).__name__))
+            self.history.append(CommandRecord(arguments["args"], getattr(exc, "returncode", None),
+                                              time.monotonic() - started, type(exc).__name__))
             raise
-        self.history.append(CommandRecord(args, answer["returncode"], time.monotonic() - started))
-        return subprocess.CompletedProcess(answer["args"], answer["returncode"], answer["stdout"], answer["stderr"])
-
-    def read_file(self, path: str) -> bytes:
-        return self._call("read_file", path=path)
-
-    def write_file(self, path: str, data: bytes | str, mode: int = 0o644) -> None:
-        self._call("write_file", path=path, data=data, mode=mode)
-
-    def list_dir(self, path: str = "/") -> list[DirEntry]:
-        return [DirEntry(**e) for e in self._call("list_dir", path=path)]
-
-    def snapshot(self, name: str | None = None, *, to_bytes: bool = False) -> dict | bytes:
-        """vm.snapshot() in the page: its SnapshotInfo as a dict, or the bytes with to_bytes=True."""
-        return self._call("snapshot", name=name, to_bytes=to_bytes)
-
-    def restore(self, snapshot: str | bytes) -> None:
-        """vm.restore() in the page: back to a kept snapshot (a name) or snapshot bytes, in place."""
-        self.resumed_from = self._call("restore", snapshot=snapshot)["resumed_from"]
-
-    def shutdown(self) -> None:
-        self._call("shutdown")
+        self.history.append(CommandRecord(arguments["args"], result.returncode, time.monotonic() - started))
+        return result
 
     @property
     def persist(self) -> RemotePersist:
         return RemotePersist(self)
+
+    def __repr__(self) -> str:
+        return f"<RemoteMachine {self.emulator}/{self.image} #{self.id}>"
 
     def __enter__(self) -> RemoteMachine:
         return self

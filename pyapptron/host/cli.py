@@ -133,7 +133,7 @@ def cmd_demo(args) -> int:
             how = (f"resumed from its {vm.resumed_from}; --cold boots the kernel" if vm.resumed_from
                    else "a cold boot of the kernel")
             print(f"booted {vm.emulator}/{vm.image} in {vm.boot_seconds:.1f} s ({how})\n"
-                  f"capabilities: {vm.capabilities}")
+                  f"capabilities: {vm.capabilities.as_dict()}")
             r = vm.run("uname -a")
             print(f"$ uname -a\n{r.stdout.decode()}", end="")
             vm.write_file("/root/hello.txt", b"hello from the host\n")

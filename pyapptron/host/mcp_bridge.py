@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import os
-import secrets
 import signal
 import sys
 import threading
@@ -26,10 +24,10 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from ..mcp.server import INVALID_REQUEST, MAX_MESSAGE_BYTES
+from .page_socket import accept_hello, listen, new_token
 
 #: JSON-RPC error code for "no page can answer" (implementation-defined server error).
 NO_PAGE = -32000
-HELLO_TIMEOUT_S = 10.0
 
 
 #: Backend options the terminal page takes from its query string (web/index.html).
@@ -55,7 +53,7 @@ def log(text: str) -> None:
 
 @dataclass
 class BridgeConfig:
-    token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    token: str = field(default_factory=new_token)
     origins: list[str] = field(default_factory=list)  # page origins allowed to dial in
     page_url: str = ""  # where a browser can open the page (for messages)
     connect_timeout: float = 120.0  # how long a request waits for a page before it is refused
@@ -139,14 +137,7 @@ class Bridge:
     # -- page side -----------------------------------------------------------------
     async def handle_page(self, ws) -> None:
         """One page's WebSocket: hello with the token, status until ready, then messages."""
-        try:
-            hello = json.loads(await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT_S))
-            token = hello.get("token") if isinstance(hello, dict) else None
-        except (asyncio.TimeoutError, ValueError, TypeError):
-            token = None
-        if not isinstance(token, str) or not hmac.compare_digest(token.encode(), self.config.token.encode()):
-            log(f"refused a page from {ws.request.headers.get('Origin')}: wrong or missing token")
-            await ws.close(4003, "wrong token")
+        if not await accept_hello(ws, self.config.token, log):
             return
         if self.page is not None:
             await ws.close(4009, "another page is already connected to this bridge")
@@ -293,8 +284,6 @@ def _stdin_lines(loop, bridge: Bridge, done: asyncio.Event) -> None:
 
 
 async def serve(args) -> int:
-    from websockets.asyncio.server import serve as ws_serve
-
     from .server import PageServer, profile_port
 
     write_out = _protocol_stdout()
@@ -323,8 +312,7 @@ async def serve(args) -> int:
     browser = None
     started = time.monotonic()
     try:
-        async with ws_serve(bridge.handle_page, "127.0.0.1", args.port, origins=config.origins,
-                            max_size=None, compression=None) as ws_server:
+        async with listen(bridge.handle_page, config.origins, args.port) as ws_server:
             ws_port = ws_server.sockets[0].getsockname()[1]
             query = [f"mcp-bridge=ws://127.0.0.1:{ws_port}/", f"emulator={args.emulator}"]
             if args.image:  # else the emulator's default image
