@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -121,3 +122,30 @@ def test_the_page_server_lets_browsers_cache_content_addressed_files(tmp_path):
         assert "immutable" in cache_control("assets/images/agent/fs/0123456789abcdef.zst")
         assert cache_control("assets/images/agent/fs.json.gz") == "no-cache"  # the index changes with a rebuild
         assert cache_control("assets/images/agent/fs/fedcba9876543210") == "no-cache"  # a 404 is not cached
+
+
+def _load_agent64():
+    path = REPO / "emulators" / "c2w" / "build_agent64.py"
+    spec = importlib.util.spec_from_file_location("pyapptron_build_agent64", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gemini_starts_node_once_and_the_wrapper_restarts_it_when_the_cli_asks(tmp_path):
+    """agent-x86_64's `gemini`: one node per start (GEMINI_CLI_NO_RELAUNCH), the CLI's
+    restart code 199 handled by the shell, any other exit status passed through."""
+    runs = tmp_path / "runs"
+    fake_node = tmp_path / "node"  # exits 199 (restart me) the first time, then 3
+    fake_node.write_text(f"""#!/bin/sh
+echo "$GEMINI_CLI_NO_RELAUNCH $*" >> {runs}
+[ "$(wc -l < {runs})" -eq 1 ] && exit 199
+exit 3
+""")
+    fake_node.chmod(0o755)
+    wrapper = tmp_path / "gemini"
+    wrapper.write_text(_load_agent64().GEMINI_WRAPPER.format(node=fake_node, main="/cli/bundle/gemini.js"))
+    wrapper.chmod(0o755)
+    r = subprocess.run([str(wrapper), "-p", "two words"], capture_output=True, timeout=30)
+    assert r.returncode == 3
+    assert runs.read_text().splitlines() == ["true /cli/bundle/gemini.js -p two words"] * 2

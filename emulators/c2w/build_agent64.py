@@ -75,11 +75,27 @@ INIT_MARK = "pyapptron-agent64: initramfs"
 # program loaded, so the next start parses less (gemini --version, second run: ~77 ->
 # ~55 s).  It cannot be filled at build time: V8 keys it by the CPU's features, and this
 # host's are not the emulated CPU's; a boot snapshot taken after a warm-up run will carry
-# it.  A 1 GiB heap limit is what Gemini CLI asks for on this guest (half its RAM):
-# without it, it starts node a second time to get one, which costs a whole second start.
+# it.  A 1 GiB heap limit is what Gemini CLI asks for on this guest (half its RAM).
 COMPILE_CACHE = "/var/cache/node-compile-cache"
 ENVIRONMENT = {"NODE_COMPILE_CACHE": COMPILE_CACHE, "NODE_OPTIONS": "--max-old-space-size=1024"}
 PROMPT = "root@pyapptron"
+
+# Gemini CLI's `gemini.js` always starts a second node with the CLI itself, to raise the
+# heap limit (set already, above) and to start it again when it exits with 199 (after a
+# change that needs a restart).  On the emulated CPU each node start costs tens of seconds
+# (gemini --version, second run: 54 -> 34 s of guest time), so this shell does the
+# restarts and node starts once.  `trap :` keeps the shell alive through a Ctrl-C that the
+# CLI handles itself, while the CLI still gets the default signal actions.
+GEMINI_WRAPPER = """#!/bin/sh
+# Gemini CLI without its relaunching parent node (emulators/c2w/build_agent64.py says why).
+export GEMINI_CLI_NO_RELAUNCH=true
+trap : INT TERM HUP
+while :; do
+    {node} {main} "$@"
+    status=$?
+    [ "$status" -eq 199 ] || exit "$status"
+done
+"""
 
 # /init of the initramfs: find the root disk, stack a RAM overlay on it, switch.
 INITRAMFS_INIT = f"""#!/bin/sh
@@ -187,6 +203,11 @@ def install_tools(root: Path, pkgs: dict[str, Path]) -> list[str]:
     (bun / "bunx.exe").symlink_to("bun.exe")
     for name in ("npm", "@anthropic-ai/claude-code", "bun", "@google/gemini-cli"):
         bins += _bin_links(root, modules / name, name)
+    gemini = local / "bin/gemini"
+    main = "/" + os.path.relpath(gemini.resolve(), root)  # the path in the guest
+    gemini.unlink()
+    gemini.write_text(GEMINI_WRAPPER.format(node="/usr/local/bin/node", main=main))
+    gemini.chmod(0o755)
     return bins
 
 
