@@ -71,6 +71,8 @@ imports.fd_write = (fd, iovs, n, nwritten) => {
   return 0;
 };
 const module = await WebAssembly.compile(fs.readFileSync(wasmPath));
-const instance = await WebAssembly.instantiate(module, { wasi_snapshot_preview1: imports });
+// Bochs's patch 0008 (the agent's shared-memory channel) imports these: no channel here.
+const pyapptron = { hostchan_attach: () => 0, hostchan_kick: () => {} };
+const instance = await WebAssembly.instantiate(module, { wasi_snapshot_preview1: imports, pyapptron });
 memory = instance.exports.memory;
 wasi.start(instance);
