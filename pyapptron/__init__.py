@@ -15,7 +15,7 @@ from .agent import DirEntry
 from . import _browser
 from .assets import Assets
 from .backends import Capabilities, available_emulators, backend_class
-from .console import Console
+from .console import EOF, TIMEOUT, Console
 from .errors import (
     AgentError,
     AssetsMissing,
@@ -55,7 +55,7 @@ DEFAULT_BOOT_TIMEOUT = 120.0
 
 __all__ = [
     "boot", "images", "available_emulators", "Machine", "CompletedProcess", "Capabilities",
-    "Console", "DirEntry", "PyapptronError", "UnknownEmulator", "ImageNotFound", "InvalidOption",
+    "Console", "EOF", "TIMEOUT", "DirEntry", "PyapptronError", "UnknownEmulator", "ImageNotFound", "InvalidOption",
     "AssetsMissing", "BootError", "NotIsolated", "IncompleteBuild", "NotSupported", "MachineClosed", "AgentError", "CommandTooLong",
     "TimeoutExpired", "CalledProcessError", "WaitTimeout", "ConsoleEOF", "BrowserError",
     "Persist", "PersistError", "PersistLocked", "PersistQuotaExceeded", "PersistDamaged",

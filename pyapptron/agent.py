@@ -55,10 +55,13 @@ class Frame:
     payload: bytes
 
 
-def encode_frame(type_: int, id_: int, payload: bytes = b"") -> bytes:
+def encode_frame(type_: int, id_: int, payload: bytes | memoryview = b"") -> bytearray:
     if len(payload) > MAX_PAYLOAD:
         raise CommandTooLong(f"frame payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
-    return HEADER.pack(MAGIC, type_, 0, id_, len(payload)) + payload
+    frame = bytearray(HEADER.size + len(payload))
+    HEADER.pack_into(frame, 0, MAGIC, type_, 0, id_, len(payload))
+    frame[HEADER.size:] = payload
+    return frame
 
 
 def chunk_cost(frame_len: int, chunk_size: int) -> int:
@@ -101,7 +104,8 @@ class FrameDecoder:
             end = pos + HEADER.size + length
             if end > size:
                 break
-            frames.append(Frame(type_, id_, bytes(buf[pos + HEADER.size : end])))
+            with memoryview(buf) as view:  # one copy of the payload, not two (a slice, then bytes)
+                frames.append(Frame(type_, id_, bytes(view[pos + HEADER.size : end])))
             pos = end
         if pos:
             del buf[:pos]
@@ -210,8 +214,9 @@ class ExecResult:
 class AgentClient:
     """Requests to the guest agent over one byte channel, many at once.
 
-    `write_chunk(data)` must deliver `data` (at most `chunk_size` bytes) to the guest as
-    one transport write; the backend provides it. Call `feed()` with channel output.
+    `write_chunk(data)` must deliver `data` (a bytes-like view of at most `chunk_size`
+    bytes, valid during the call only: copy what you keep) to the guest as one transport
+    write; the backend provides it. Call `feed()` with channel output.
     """
 
     def __init__(self, write_chunk: Callable[[bytes], None]):
@@ -356,7 +361,7 @@ class AgentClient:
         for offset in range(0, len(view), step):
             if stop is not None and stop.done():
                 return
-            await self._send(type_, id_, bytes(view[offset : offset + step]))
+            await self._send(type_, id_, view[offset : offset + step])  # copied once, into the frame
 
     async def _send_quietly(self, type_: int, id_: int) -> None:
         try:
@@ -364,10 +369,12 @@ class AgentClient:
         except Exception:
             pass  # the channel is gone: the agent's state went with it
 
-    async def _send(self, type_: int, id_: int, payload: bytes = b"", req: _Request | None = None) -> None:
+    async def _send(self, type_: int, id_: int, payload: bytes | memoryview = b"",
+                    req: _Request | None = None) -> None:
         """Send one frame when credit allows. With `req`, nothing is sent once it has ended
-        (failed by an agent restart, say): a late EXEC must not run a command twice."""
-        frame = encode_frame(type_, id_, payload)
+        (failed by an agent restart, say): a late EXEC must not run a command twice.
+        The frame is built once; the transport gets views of it, not copies."""
+        frame = memoryview(encode_frame(type_, id_, payload))
         if not self._hello.is_set():
             await self._hello.wait()
         if self._closed is not None:

@@ -2,7 +2,8 @@
 
 Output is kept in a bounded buffer so `wait_for` can match text that arrived before the
 call, the way pexpect's `expect` does: each match consumes the buffer up to its end, and
-`before`, `after` and `match` describe the last one.
+`before`, `after` and `match` describe the last one. `expect`, `expect_exact`, `EOF` and
+`TIMEOUT` keep pexpect's meaning (a list of patterns, the index of the one that matched).
 """
 
 from __future__ import annotations
@@ -16,6 +17,20 @@ from collections.abc import Callable
 from .errors import ConsoleEOF, WaitTimeout
 
 logger = logging.getLogger(__name__)
+
+
+class _Sentinel:
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"pyapptron.console.{self.name}"
+
+
+#: In expect()'s pattern list: the console closed (pexpect.EOF).
+EOF = _Sentinel("EOF")
+#: In expect()'s pattern list: `timeout` passed with no match (pexpect.TIMEOUT).
+TIMEOUT = _Sentinel("TIMEOUT")
 
 
 class Console:
@@ -122,29 +137,56 @@ class Console:
     async def wait_for(self, pattern: str | bytes | re.Pattern[bytes], timeout: float | None = 30) -> re.Match[bytes]:
         """Wait until unconsumed output matches `pattern` (a regex); returns the match.
 
-        Raises WaitTimeout (with the unmatched output) when `timeout` seconds pass.
+        Raises WaitTimeout (with the unmatched output) when `timeout` seconds pass, and
+        ConsoleEOF when the console closes first.
         """
-        regex = _compile(pattern)
-        if self._try_match(regex):
-            return self.match  # type: ignore[return-value]
+        await self._expect([_compile(pattern)], timeout)
+        return self.match  # type: ignore[return-value]
+
+    async def expect(self, pattern, timeout: float | None = 30) -> int:
+        """pexpect's expect: `pattern` is a regex or a list of them, where EOF and TIMEOUT
+        may also stand. Returns the index of the one that matched: of the patterns that
+        match, the one whose match starts first in the output (the first listed on a tie).
+        Sets before/after/match as pexpect does (after EOF or TIMEOUT: before is the
+        unconsumed output, after the sentinel, match None). Without EOF (TIMEOUT) in the
+        list, a closed console (the timeout) raises ConsoleEOF (WaitTimeout)."""
+        return await self._expect(_pattern_list(pattern, _compile), timeout)
+
+    async def expect_exact(self, pattern, timeout: float | None = 30) -> int:
+        """expect() with plain strings instead of regexes (pexpect's expect_exact)."""
+        return await self._expect(_pattern_list(pattern, lambda p: re.compile(re.escape(_as_bytes(p)))), timeout)
+
+    async def _expect(self, patterns: list, timeout: float | None) -> int:
+        regexes = [(i, p) for i, p in enumerate(patterns) if isinstance(p, re.Pattern)]
+        found = self._try_match(regexes)
+        if found is not None:
+            return found
         if self._closed:
-            raise ConsoleEOF(f"the console is closed: {self._reason}")
+            return self._at_end(patterns, EOF, ConsoleEOF(f"the console is closed: {self._reason}"))
         fut = asyncio.get_running_loop().create_future()
-        entry = (regex, fut)
+        entry = (regexes, fut)
         self._waiters.append(entry)
         try:
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
             tail = bytes(self._buffer[-2000:])
-            raise WaitTimeout(
-                f"no match for {regex.pattern!r} within {timeout} s; the console's last output was {tail[-300:]!r}",
-                tail,
-            ) from None
+            wanted = " or ".join(repr(p.pattern) for _, p in regexes) or "nothing"
+            return self._at_end(patterns, TIMEOUT, WaitTimeout(
+                f"no match for {wanted} within {timeout} s; the console's last output was {tail[-300:]!r}", tail))
+        except ConsoleEOF as exc:
+            return self._at_end(patterns, EOF, exc)
         finally:
             if entry in self._waiters:
                 self._waiters.remove(entry)
 
-    expect = wait_for  # pexpect's name
+    def _at_end(self, patterns: list, sentinel: _Sentinel, error: Exception) -> int:
+        """EOF or TIMEOUT: its index where the caller listed it (the unconsumed output
+        becomes `before`, as in pexpect), else the error."""
+        if sentinel not in patterns:
+            raise error
+        self.before, self.after, self.match = bytes(self._buffer), sentinel, None
+        self._buffer.clear()
+        return patterns.index(sentinel)
 
     async def wait_quiet(self, seconds: float, timeout: float | None = 30) -> None:
         """Wait until the console has printed nothing for `seconds` (e.g. a prompt drawn
@@ -166,22 +208,47 @@ class Console:
             await asyncio.sleep((quiet_at if deadline is None else min(quiet_at, deadline)) - now)
 
     # -- internals -------------------------------------------------------------------
-    def _try_match(self, regex: re.Pattern[bytes]) -> bool:
-        # Search a copy: a match object on the bytearray would change when it is trimmed.
-        m = regex.search(bytes(self._buffer))
-        if m is None:
-            return False
+    def _try_match(self, regexes: list[tuple[int, re.Pattern[bytes]]]) -> int | None:
+        """The index of the pattern whose match starts first in the buffer, consuming the
+        buffer up to that match's end; None if none matches."""
+        best = None
+        for index, regex in regexes:
+            # On the buffer itself: no copy for the many chunks that match nothing.
+            m = regex.search(self._buffer)
+            if m is not None and (best is None or m.start() < best[1].start()):
+                best = (index, m)
+        if best is None:
+            return None
+        index, m = best
+        # The match object reads its string lazily: give it bytes that will not change
+        # when the buffer is trimmed (one copy per match, not per chunk); the same search
+        # from the same start finds the same match.
+        m = m.re.search(bytes(self._buffer), m.start())
         self.before = m.string[: m.start()]
         self.after = m.group(0)
         self.match = m
         del self._buffer[: m.end()]
-        return True
+        return index
 
     def _check_waiters(self) -> None:
-        for regex, fut in list(self._waiters):
-            if not fut.done() and self._try_match(regex):
-                fut.set_result(self.match)
-                self._waiters.remove((regex, fut))
+        for entry in list(self._waiters):
+            regexes, fut = entry
+            if fut.done():
+                continue
+            found = self._try_match(regexes)
+            if found is not None:
+                fut.set_result(found)
+                self._waiters.remove(entry)
+
+
+def _as_bytes(text: str | bytes) -> bytes:
+    return text.encode() if isinstance(text, str) else bytes(text)
+
+
+def _pattern_list(pattern, compile_one) -> list:
+    """expect()'s patterns as a list: regexes compiled, EOF and TIMEOUT kept as they are."""
+    items = pattern if isinstance(pattern, list) else [pattern]
+    return [p if isinstance(p, _Sentinel) else compile_one(p) for p in items]
 
 
 def _compile(pattern) -> re.Pattern[bytes]:

@@ -23,7 +23,7 @@ from . import errors
 from ._wire import decode, encode
 from .agent import DirEntry
 from .backends import Capabilities
-from .console import Console
+from .console import EOF, TIMEOUT, Console
 from .machine import CompletedProcess, Machine
 from .persist import LayerUsage, PersistedFiles, SyncResult
 from .snapshots import SnapshotInfo
@@ -188,6 +188,48 @@ def _pattern_from_wire(args: dict) -> dict:
     return args
 
 
+_SENTINELS = {"EOF": EOF, "TIMEOUT": TIMEOUT}
+
+
+def _patterns_to_wire(args: dict) -> dict:
+    """expect()'s patterns: one or a list of regexes (str, bytes, compiled) or strings,
+    with EOF and TIMEOUT, as plain data."""
+    pattern = args["pattern"]
+    items = pattern if isinstance(pattern, list) else [pattern]
+    wire = []
+    for p in items:
+        if p is EOF or p is TIMEOUT:
+            wire.append({"sentinel": p.name})
+        elif isinstance(p, re.Pattern):
+            wire.append({"pattern": p.pattern, "flags": p.flags})
+        else:
+            wire.append({"pattern": p})
+    return {**args, "pattern": wire}
+
+
+def _patterns_from_wire(args: dict) -> dict:
+    items = [_SENTINELS[p["sentinel"]] if "sentinel" in p
+             else re.compile(p["pattern"], p["flags"]) if "flags" in p else p["pattern"] for p in args["pattern"]]
+    return {**args, "pattern": items}
+
+
+def _expect_to_wire(index: int, console: Console) -> dict:
+    after = console.after
+    return {"index": index, "before": console.before,
+            "after": {"sentinel": after.name} if after is EOF or after is TIMEOUT else after,
+            "match": None if console.match is None else _match_to_wire(console.match)}
+
+
+def _expect_from_wire(value: dict, console) -> int:
+    after = value["after"]
+    console.after = _SENTINELS[after["sentinel"]] if isinstance(after, dict) else after
+    console.before = value["before"]
+    m = value["match"]
+    console.match = None if m is None else RemoteMatch(m["string"], m["spans"], m["pattern"], m["flags"],
+                                                       m["lastindex"])
+    return value["index"]
+
+
 # -- persist --------------------------------------------------------------------------------
 def _sync_from_wire(value: dict, proxy=None) -> SyncResult:
     return SyncResult(**value)
@@ -226,6 +268,10 @@ OPS: list[Op] = [
     Op("machine", "shutdown", result_to_wire=_nothing),
     Op("console", "wait_for", result_to_wire=_match_to_wire, result_from_wire=_match_from_wire,
        args_to_wire=_pattern_to_wire, args_from_wire=_pattern_from_wire),
+    Op("console", "expect", result_to_wire=_expect_to_wire, result_from_wire=_expect_from_wire,
+       args_to_wire=_patterns_to_wire, args_from_wire=_patterns_from_wire),
+    Op("console", "expect_exact", result_to_wire=_expect_to_wire, result_from_wire=_expect_from_wire,
+       args_to_wire=_patterns_to_wire, args_from_wire=_patterns_from_wire),
     Op("console", "wait_quiet", result_to_wire=_nothing),
     Op("console", "send", result_to_wire=_nothing),
     Op("console", "sendline", result_to_wire=_nothing),

@@ -6,7 +6,9 @@ import time
 
 import pytest
 
-from pyapptron.console import Console
+import re
+
+from pyapptron.console import EOF, TIMEOUT, Console
 from pyapptron.errors import ConsoleEOF, WaitTimeout
 
 
@@ -149,4 +151,77 @@ def test_wait_quiet_times_out_while_output_keeps_coming_and_ends_with_the_consol
         c.close()
         with pytest.raises(ConsoleEOF):
             await waiting
+    asyncio.run(main())
+
+
+# -- pexpect's vocabulary -------------------------------------------------------------------------
+def test_expect_returns_the_index_of_the_pattern_that_matches_first_in_the_output():
+    async def main():
+        c = Console(lambda b: None)
+        c.feed(b"login: password: ")
+        # Both match: the one earlier in the output wins, whatever its place in the list.
+        assert await c.expect([rb"password: ", rb"login: "], timeout=1) == 1
+        assert (c.before, c.after, c.match.group(0)) == (b"", b"login: ", b"login: ")
+        assert await c.expect([rb"password: ", rb"login: "], timeout=1) == 0
+        c.feed(b"xy")
+        assert await c.expect([rb"x", rb"xy"], timeout=1) == 0  # a tie at one place: the first listed
+        assert await c.expect(rb"y", timeout=1) == 0  # a single pattern is index 0
+    asyncio.run(main())
+
+
+def test_expect_waits_for_later_output_like_wait_for():
+    async def main():
+        c = Console(lambda b: None)
+        asyncio.get_running_loop().call_later(0.01, c.feed, b"Continue? [y/n] ")
+        assert await c.expect([re.compile(rb"\[y/n\]"), rb"error"], timeout=1) == 0
+        assert c.before == b"Continue? "
+    asyncio.run(main())
+
+
+def test_timeout_in_the_list_is_returned_instead_of_raised_and_the_output_becomes_before():
+    async def main():
+        c = Console(lambda b: None)
+        c.feed(b"still working")
+        assert await c.expect([rb"done", TIMEOUT], timeout=0.05) == 1
+        assert (c.before, c.after, c.match) == (b"still working", TIMEOUT, None)
+        with pytest.raises(WaitTimeout):
+            await c.expect([rb"done"], timeout=0.05)
+    asyncio.run(main())
+
+
+def test_eof_in_the_list_is_returned_when_the_console_closes():
+    async def main():
+        c = Console(lambda b: None)
+        c.feed(b"bye")
+        asyncio.get_running_loop().call_later(0.01, c.close, "the program exited")
+        assert await c.expect([rb"never", EOF], timeout=1) == 1
+        assert (c.before, c.after) == (b"bye", EOF)
+        assert await c.expect([EOF], timeout=1) == 0  # a closed console stays at its end
+        with pytest.raises(ConsoleEOF):
+            await c.expect(rb"never", timeout=1)
+    asyncio.run(main())
+
+
+def test_expect_exact_takes_strings_literally():
+    async def main():
+        c = Console(lambda b: None)
+        c.feed(b"cost: $5 (approx.) ")
+        assert await c.expect_exact(["$5 (approx.)", "never"], timeout=1) == 0
+        assert c.before == b"cost: "
+    asyncio.run(main())
+
+
+def test_a_flood_of_output_with_a_waiter_is_scanned_in_place_not_copied_per_chunk():
+    async def main():
+        c = Console(lambda b: None)
+        waiter = asyncio.ensure_future(c.wait_for(rb"@@END@@", timeout=5))
+        await asyncio.sleep(0)
+        for _ in range(300):  # past the buffer's cap
+            c.feed(b"z" * 4095 + b"\n")
+        c.feed(b"@@END@@ tail")
+        m = await waiter
+        # The match keeps its own bytes: trimming the buffer later does not move them.
+        c.feed(b"more" * 1000)
+        assert m.group(0) == b"@@END@@" and m.string.endswith(b"\n@@END@@ tail")
+        assert len(c.before) <= Console.max_buffer and c.before.endswith(b"z\n")
     asyncio.run(main())

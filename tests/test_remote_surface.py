@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import pyapptron
+from pyapptron.console import TIMEOUT
 from pyapptron.host.browser import RemoteSession
 from pyapptron.snapshots import SnapshotInfo
 
@@ -68,7 +69,9 @@ def test_console_wait_for_returns_a_match_and_sets_before_after_and_match(vm):
     assert m.start() == len(vm.console.before) and m.end() == m.start() + len(b"mark-42-end")
     assert (vm.console.after, vm.console.match) == (m.group(0), m)
     vm.console.sendline("echo SHOUT-ok")
-    assert vm.console.expect(re.compile(rb"shout-(\w+)", re.I), timeout=10).group(1) == b"ok"
+    # pexpect's expect: the index of the pattern that matched; the match in console.match
+    assert vm.console.expect([re.compile(rb"shout-(\w+)", re.I), TIMEOUT], timeout=10) == 0
+    assert vm.console.match.group(1) == b"ok"
 
 
 def test_run_takes_machines_keywords_and_returns_completed_process(vm):

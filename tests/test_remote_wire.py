@@ -148,17 +148,38 @@ def test_wait_quiet_is_one_request_the_page_answers_once_the_console_stops_print
             raise surface.error_from_wire(answer["error"])
 
         # The host's RemoteConsole asks for exactly that op, with the arguments Console takes.
-        class Session:
-            def request(self, op, vm=None, **args):
-                answer = json.loads(asyncio.run(remote.handle(json.dumps(
-                    {"op": op, "vm": vm, "args": _wire.encode(args)}))))
-                if "error" in answer:
-                    raise surface.error_from_wire(answer["error"])
-                return _wire.decode(answer["ok"])
-
-        RemoteMachine(Session(), {"vm": 777, "capabilities": CONSOLE_ONLY}).console.wait_quiet(0.05, timeout=5)
+        RemoteMachine(InPageSession(), {"vm": 777, "capabilities": CONSOLE_ONLY}).console.wait_quiet(0.05, timeout=5)
     finally:
         del remote._machines[777]
+
+
+class InPageSession:
+    """A RemoteSession whose 'page' is remote.handle in this process."""
+
+    def request(self, op, vm=None, **args):
+        answer = json.loads(asyncio.run(remote.handle(json.dumps({"op": op, "vm": vm, "args": _wire.encode(args)}))))
+        if "error" in answer:
+            raise surface.error_from_wire(answer["error"])
+        return _wire.decode(answer["ok"])
+
+
+def test_expect_crosses_the_wire_with_pexpects_meaning():
+    from pyapptron.console import EOF, TIMEOUT
+
+    vm = SimpleNamespace(console=Console(lambda b: None), closed=False)
+    remote._machines[778] = vm
+    try:
+        console = RemoteMachine(InPageSession(), {"vm": 778, "capabilities": CONSOLE_ONLY}).console
+        vm.console.feed(b"Password: x Continue? [y/n] ")
+        assert console.expect([re.compile(rb"CONTINUE\? (\[y/n\])", re.I), rb"Password: "], timeout=1) == 1
+        assert (console.before, console.after, console.match.group(0)) == (b"", b"Password: ", b"Password: ")
+        assert console.expect_exact(["[y/n]", EOF], timeout=1) == 0 and console.before == b"x Continue? "
+        assert console.expect([rb"never", TIMEOUT], timeout=0.05) == 1
+        assert (console.after, console.match) == (TIMEOUT, None)
+        vm.console.close("gone")
+        assert console.expect([rb"never", EOF], timeout=1) == 1 and console.after is EOF
+    finally:
+        del remote._machines[778]
 
 
 # -- the description -----------------------------------------------------------------------

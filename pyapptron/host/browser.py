@@ -377,7 +377,6 @@ class RemoteConsole(_Proxy):
         self.match: surface.RemoteMatch | None = None
 
 
-RemoteConsole.expect = RemoteConsole.wait_for  # pexpect's name, as on Console
 
 
 @_made_from_surface("persist")
