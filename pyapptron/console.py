@@ -9,6 +9,7 @@ call, the way pexpect's `expect` does: each match consumes the buffer up to its 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -49,6 +50,9 @@ class Console:
         self._eof = eof
         self._subscribers: list[Callable[[bytes], None]] = []
         self._buffer = bytearray()
+        #: Bytes ever dropped from the front of _buffer: positions in the stream stay
+        #: comparable across trims (a waiter remembers how far it has searched).
+        self._dropped = 0
         self._transcript = bytearray()
         self._waiters: list[tuple[re.Pattern[bytes], asyncio.Future]] = []
         #: time.monotonic() of the last output (or of the console's start): unlike the
@@ -70,7 +74,7 @@ class Console:
             del self._transcript[: len(self._transcript) - self.max_transcript]
         self._buffer += data
         if len(self._buffer) > self.max_buffer:
-            del self._buffer[: len(self._buffer) - self.max_buffer]
+            self._drop(len(self._buffer) - self.max_buffer)
         if self._waiters:
             self._check_waiters()
         # Subscribers last, each on its own: a failing one (a disposed terminal) must
@@ -87,7 +91,7 @@ class Console:
     def close(self, reason: str = "the machine was shut down") -> None:
         self._closed = True
         self._reason = reason
-        for _, fut in self._waiters:
+        for _, fut, _ in self._waiters:
             if not fut.done():
                 fut.set_exception(ConsoleEOF(f"the console closed: {reason}"))
         self._waiters.clear()
@@ -158,13 +162,14 @@ class Console:
 
     async def _expect(self, patterns: list, timeout: float | None) -> int:
         regexes = [(i, p) for i, p in enumerate(patterns) if isinstance(p, re.Pattern)]
-        found = self._try_match(regexes)
+        found = self._try_match(regexes, None)
         if found is not None:
             return found
         if self._closed:
             return self._at_end(patterns, EOF, ConsoleEOF(f"the console is closed: {self._reason}"))
         fut = asyncio.get_running_loop().create_future()
-        entry = (regexes, fut)
+        # [patterns, future, how far in the stream a search has found nothing]
+        entry = [regexes, fut, self._dropped + len(self._buffer)]
         self._waiters.append(entry)
         try:
             return await asyncio.wait_for(fut, timeout)
@@ -185,7 +190,7 @@ class Console:
         if sentinel not in patterns:
             raise error
         self.before, self.after, self.match = bytes(self._buffer), sentinel, None
-        self._buffer.clear()
+        self._drop(len(self._buffer))
         return patterns.index(sentinel)
 
     async def wait_quiet(self, seconds: float, timeout: float | None = 30) -> None:
@@ -208,13 +213,19 @@ class Console:
             await asyncio.sleep((quiet_at if deadline is None else min(quiet_at, deadline)) - now)
 
     # -- internals -------------------------------------------------------------------
-    def _try_match(self, regexes: list[tuple[int, re.Pattern[bytes]]]) -> int | None:
+    def _drop(self, n: int) -> None:
+        del self._buffer[:n]
+        self._dropped += n
+
+    def _try_match(self, regexes: list[tuple[int, re.Pattern[bytes]]], searched: int | None) -> int | None:
         """The index of the pattern whose match starts first in the buffer, consuming the
-        buffer up to that match's end; None if none matches."""
+        buffer up to that match's end; None if none matches. `searched`: the stream
+        position up to which these patterns were searched before and matched nothing."""
         best = None
         for index, regex in regexes:
-            # On the buffer itself: no copy for the many chunks that match nothing.
-            m = regex.search(self._buffer)
+            # On the buffer itself: no copy for the many chunks that match nothing; and
+            # where the pattern's matches are short, only from where a new one can start.
+            m = regex.search(self._buffer, self._search_start(regex, searched))
             if m is not None and (best is None or m.start() < best[1].start()):
                 best = (index, m)
         if best is None:
@@ -227,18 +238,61 @@ class Console:
         self.before = m.string[: m.start()]
         self.after = m.group(0)
         self.match = m
-        del self._buffer[: m.end()]
+        self._drop(m.end())
         return index
 
+    def _search_start(self, regex: re.Pattern[bytes], searched: int | None) -> int:
+        """Where in the buffer a match not found by the last search can start: a match of
+        at most W bytes that was not there must reach the new output, so it starts at most
+        W (and the end-of-line slack of `$`) before it. Patterns of unbounded width or with
+        lookarounds search the whole buffer."""
+        if searched is None:
+            return 0
+        width = _max_width(regex)
+        if width is None:
+            return 0
+        return max(0, searched - self._dropped - width - 2)
+
     def _check_waiters(self) -> None:
+        end = self._dropped + len(self._buffer)
         for entry in list(self._waiters):
-            regexes, fut = entry
+            regexes, fut, searched = entry
             if fut.done():
                 continue
-            found = self._try_match(regexes)
+            found = self._try_match(regexes, searched)
             if found is not None:
                 fut.set_result(found)
                 self._waiters.remove(entry)
+            else:
+                entry[2] = end
+
+
+def _max_width(regex: re.Pattern[bytes]) -> int | None:
+    """The longest match `regex` can make, or None if unbounded or it looks around."""
+    return _width(regex.pattern, regex.flags)
+
+
+@functools.lru_cache(maxsize=256)
+def _width(pattern: bytes, flags: int) -> int | None:
+    try:
+        from re import _parser  # the stdlib's own parser: the width it computes for the engine
+
+        parsed = _parser.parse(pattern, flags)
+        width = parsed.getwidth()[1]
+        looks = {str(op) for op in _opcodes(parsed)} & {"ASSERT", "ASSERT_NOT"}
+        return None if looks or width >= _parser.MAXREPEAT else width
+    except Exception:  # another Python's internals: search it all, as before
+        return None
+
+
+def _opcodes(parsed):
+    """Every opcode of a parsed pattern, nested ones included."""
+    for op, arg in parsed:
+        yield op
+        for item in arg if isinstance(arg, (list, tuple)) else (arg,):
+            for sub in item if isinstance(item, (list, tuple)) else (item,):
+                if hasattr(sub, "getwidth"):
+                    yield from _opcodes(sub)
 
 
 def _as_bytes(text: str | bytes) -> bytes:

@@ -225,3 +225,46 @@ def test_a_flood_of_output_with_a_waiter_is_scanned_in_place_not_copied_per_chun
         assert m.group(0) == b"@@END@@" and m.string.endswith(b"\n@@END@@ tail")
         assert len(c.before) <= Console.max_buffer and c.before.endswith(b"z\n")
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("pattern", [rb"@@END@@", rb"# $", rb"x{2,5}y", rb"(?s)BEGIN.*END", rb"foo(?=bar)",
+                                     rb"(?<=q)r+", rb"\d\d-\d\d", rb"a|bc|def"])
+def test_a_waiter_finds_the_match_a_full_search_after_every_chunk_would_find(pattern):
+    """Searching only where a new match can start (short patterns) must find exactly what
+    searching the whole buffer after every chunk finds, however the output is chunked."""
+    import random
+
+    stream = (b"noise BEGIN" + b"x" * 3000 + b"IN.." + b"zz" * 500 + b"foo" + b"ba" + b"r qqrr 12-3" + b"4 xxxxy "
+              + b"d" * 10 + b"ef # \n# " + b"END @@EN" + b"D@@ tail")
+    regex = re.compile(pattern)
+    for seed in range(20):
+        rng = random.Random(seed)
+        cuts = sorted(rng.sample(range(1, len(stream)), rng.randint(1, 60)))
+        chunks = [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)])]
+        # The model: after each chunk, search everything so far.
+        expected, seen = None, b""
+        for chunk in chunks:
+            seen += chunk
+            m = regex.search(seen)
+            if m:
+                expected = (m.span(), m.group(0))
+                break
+
+        async def main():
+            c = Console(lambda b: None)
+            # No chunk boundary gives a match (`# $` needs the end right after "# "): none comes.
+            waiter = asyncio.ensure_future(c.wait_for(regex, timeout=5 if expected else 0.2))
+            await asyncio.sleep(0)
+            for chunk in chunks:
+                c.feed(chunk)
+                await asyncio.sleep(0)
+                if waiter.done():
+                    break
+            m = await waiter
+            return (len(c.before), len(c.before) + len(m.group(0))), m.group(0)
+
+        if expected is None:
+            with pytest.raises(WaitTimeout):
+                asyncio.run(main())
+        else:
+            assert asyncio.run(main()) == expected, (pattern, seed)
