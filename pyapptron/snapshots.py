@@ -63,15 +63,22 @@ def pack(meta: dict, payload: bytes) -> bytes:
 def unpack(data: bytes | bytearray | memoryview) -> tuple[dict, memoryview]:
     """The snapshot's bytes -> (meta, payload). SnapshotCorrupt if they are not one."""
     view = memoryview(data)
-    if len(view) < len(MAGIC) + 4 or bytes(view[: len(MAGIC)]) != MAGIC:
+    meta, start = unpack_header(lambda a, b: bytes(view[a:b]), len(view))
+    return meta, view[start:]
+
+
+def unpack_header(read, size: int) -> tuple[dict, int]:
+    """(meta, where the payload starts) of a snapshot of `size` bytes, reading only its
+    header through read(start, end) -> bytes: the payload need not be copied anywhere."""
+    if size < len(MAGIC) + 4 or read(0, len(MAGIC)) != MAGIC:
         raise SnapshotCorrupt("these bytes are not a pyapptron snapshot (no snapshot header): "
                               "pass what vm.snapshot(to_bytes=True) returned")
-    (length,) = _LENGTH.unpack_from(view, len(MAGIC))
+    (length,) = _LENGTH.unpack(read(len(MAGIC), len(MAGIC) + 4))
     start = len(MAGIC) + 4
-    if length > _MAX_META or start + length > len(view):
+    if length > _MAX_META or start + length > size:
         raise SnapshotCorrupt("the snapshot's header is damaged (its length is out of range)")
     try:
-        meta = json.loads(bytes(view[start : start + length]))
+        meta = json.loads(read(start, start + length))
     except ValueError as exc:
         raise SnapshotCorrupt(f"the snapshot's header is damaged: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("binding"), dict):
@@ -79,7 +86,7 @@ def unpack(data: bytes | bytearray | memoryview) -> tuple[dict, memoryview]:
             f"the snapshot's header is not format {FORMAT} (made by another pyapptron version?): "
             "make it again with vm.snapshot()"
         )
-    return meta, view[start + length :]
+    return meta, start + length
 
 
 def digest(value: Any) -> str:
@@ -214,8 +221,10 @@ async def shipped(backend, assets, spec: dict) -> Resume | None:
     try:
         if not entry:
             raise AssetsMissing("the image was built without one")
-        data = await _browser.fetch_bytes(assets.require(posixpath.normpath(f"images/{spec['name']}/{entry['file']}")))
-        meta, payload = unpack(data)
+        # ~20 MB: only its header is read into Python; the payload stays a browser buffer.
+        data = await _browser.fetch_buffer(assets.require(posixpath.normpath(f"images/{spec['name']}/{entry['file']}")))
+        meta, start = unpack_header(lambda a, b: _browser.buffer_bytes(data, a, b), _browser.buffer_size(data))
+        payload = _browser.buffer_from(data, start)
         check_binding(meta, backend.snapshot_binding(), label)
     except PyapptronError as exc:
         warnings.warn(f"{label} cannot be used ({exc}); booting cold. Build it with "

@@ -115,10 +115,10 @@ def test_a_stale_or_damaged_boot_snapshot_boots_cold_with_a_warning(monkeypatch)
     spec = {**SPEC, "snapshot": {"file": "boot.snapshot"}}
     fetched = {}
 
-    async def fetch_bytes(url):
+    async def fetch_buffer(url):
         fetched["url"] = url
         return fetched["data"]
-    monkeypatch.setattr(snapshots._browser, "fetch_bytes", fetch_bytes)
+    monkeypatch.setattr(snapshots._browser, "fetch_buffer", fetch_buffer)
     stale = {**backend.snapshot_binding(), "config": "made-from-older-assets"}
     fetched["data"] = snapshots.pack({"format": 1, "binding": stale}, b"x")
     with pytest.warns(RuntimeWarning, match="assets were rebuilt.*booting cold"):
@@ -130,3 +130,4 @@ def test_a_stale_or_damaged_boot_snapshot_boots_cold_with_a_warning(monkeypatch)
     fetched["data"] = snapshots.pack({"format": 1, "binding": backend.snapshot_binding()}, b"x")
     resume = asyncio.run(snapshots.shipped(backend, backend.assets, spec))
     assert resume.fallback_cold is True and resume.label == "boot snapshot of image 'minimal'"
+    assert bytes(resume.payload) == b"x"  # the buffer past the header, handed on as it is

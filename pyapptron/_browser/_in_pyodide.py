@@ -52,6 +52,25 @@ async def fetch_bytes(url: str) -> bytes:
     return (await response.arrayBuffer()).to_bytes()
 
 
+async def fetch_buffer(url: str):
+    response = await js.fetch(url)
+    if not response.ok:
+        raise AssetsMissing(f"{url} answered HTTP {response.status}: build the assets with `python emulators/build.py`")
+    return js.Uint8Array.new(await response.arrayBuffer())
+
+
+def buffer_size(buffer) -> int:
+    return int(buffer.byteLength)
+
+
+def buffer_bytes(buffer, start: int, end: int) -> bytes:
+    return buffer.subarray(start, end).to_bytes()
+
+
+def buffer_from(buffer, start: int):
+    return buffer.subarray(start)
+
+
 async def probe_urls(urls: list[str], text: bool = False) -> dict[str, tuple[int, str | None]]:
     """{url: (HTTP status, body text if text=True and found)} for each URL, fetched at
     once. Status 0: the request itself failed (no server, blocked by the page's policy)."""
@@ -391,6 +410,10 @@ class InPyodide(BrowserLayer):
     fetch_json = staticmethod(fetch_json)
     fetch_bytes = staticmethod(fetch_bytes)
     probe_urls = staticmethod(probe_urls)
+    fetch_buffer = staticmethod(fetch_buffer)
+    buffer_size = staticmethod(buffer_size)
+    buffer_bytes = staticmethod(buffer_bytes)
+    buffer_from = staticmethod(buffer_from)
     from_page = staticmethod(from_page)
     payload_bytes = staticmethod(payload_bytes)
     snapshot_put = staticmethod(snapshot_put)

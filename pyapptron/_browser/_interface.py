@@ -130,6 +130,26 @@ class BrowserLayer(abc.ABC):
 
     @staticmethod
     @abc.abstractmethod
+    async def fetch_buffer(url: str):
+        """The body as a buffer that stays where it is (a JS ArrayBuffer in a page): read
+        ranges with buffer_bytes, hand the rest on with buffer_from (no copies)."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def buffer_size(buffer) -> int: ...
+
+    @staticmethod
+    @abc.abstractmethod
+    def buffer_bytes(buffer, start: int, end: int) -> bytes:
+        """A copy of buffer[start:end] as bytes (a header, say)."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def buffer_from(buffer, start: int):
+        """buffer[start:] without a copy: what a snapshot's payload is handed on as."""
+
+    @staticmethod
+    @abc.abstractmethod
     async def probe_urls(urls: list[str], text: bool = False) -> dict[str, tuple[int, str | None]]:
         """{url: (HTTP status, body text if text=True and found)}; status 0: unreachable."""
 
