@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 
-from . import _browser
+from .errors import MachineClosed
 from .machine import Machine
 
 
 def attach(vm: Machine, terminal, *, resize_guest: bool = True):
     """Show `vm.console` in an xterm.js `Terminal` and send its keystrokes to the guest.
 
-    The terminal first gets the console's transcript so far. When the terminal resizes,
-    the guest's tty is told its new size (a serial line cannot carry it). Returns a
-    function that detaches the terminal.
+    The terminal first gets the console's transcript so far; then the emulator's output
+    and the keystrokes flow between the terminal and the emulator in the browser itself
+    (vm.console still sees every byte: transcript, wait_for, subscribers). When the
+    terminal resizes, the guest's tty is told its new size (a serial line cannot carry
+    it). Returns a function that detaches the terminal.
     """
     pending: dict[str, asyncio.Task] = {}
 
@@ -25,7 +27,9 @@ def attach(vm: Machine, terminal, *, resize_guest: bool = True):
             previous.cancel()
         pending["resize"] = asyncio.ensure_future(_resize(vm, cols, rows))
 
-    return _browser.attach_terminal(vm.console, terminal, on_resize=on_resize)
+    if vm.closed:
+        raise MachineClosed("this machine was shut down; boot a new one to show it in a terminal")
+    return vm.backend.attach_terminal(terminal, vm.console.transcript, on_resize)
 
 
 async def _resize(vm: Machine, cols: int, rows: int) -> None:

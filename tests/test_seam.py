@@ -50,7 +50,7 @@ def test_the_pyodide_implementation_defines_every_abstract_member(layer, interfa
 
 def test_the_stand_in_says_a_browser_is_needed():
     with pytest.raises(pyapptron.NotSupported, match="needs a browser"):
-        _browser.attach_terminal(None, None)
+        _stand_in.EmulatorHandle().attach_terminal(None, b"")
     assert _browser.from_page([b"x"]) == [b"x"] and _browser.default_assets_url() is None
 
 

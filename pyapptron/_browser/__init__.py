@@ -37,4 +37,3 @@ snapshot_list = layer.snapshot_list
 snapshot_delete = layer.snapshot_delete
 page_machine = layer.page_machine
 start_emulator = layer.start_emulator
-attach_terminal = layer.attach_terminal

@@ -19,6 +19,25 @@ from ._interface import BrowserLayer, typed_error
 
 _import = run_js("(url) => import(url)")
 
+# The console's output goes to the attached terminals straight from the adapter, then to
+# Python (transcript, wait_for); typing goes from the terminal straight to the adapter.
+# A terminal never waits on Python, and no byte crosses into Python and back for it.
+_TERMINAL_JS = run_js("""({
+  tee(toPython) {
+    const terminals = new Set();
+    const sink = (data) => {
+      for (const t of terminals) t.write(data);  // each chunk is a fresh array: safe to share
+      toPython(data);
+    };
+    sink.terminals = terminals;
+    return sink;
+  },
+  typing(adapter) {
+    const encoder = new TextEncoder();
+    return (text) => adapter.send("console", encoder.encode(text));
+  },
+})""")
+
 
 def _js_object(value):
     return to_js(value, dict_converter=js.Object.fromEntries)
@@ -262,9 +281,10 @@ class PersistHandle(_interface.PersistHandle):
 class EmulatorHandle(_interface.EmulatorHandle):
     """A running JS emulator adapter: bytes in, bytes out, stop."""
 
-    def __init__(self, adapter, proxies):
+    def __init__(self, adapter, proxies, console_sink):
         self._adapter = adapter
         self._proxies = proxies
+        self._console_sink = console_sink
         session = getattr(adapter, "persist", None)
         present = session is not None and type(session).__name__ != "JsNull"
         self.persist = PersistHandle(session, getattr(adapter, "restored", None)) if present else None
@@ -278,6 +298,27 @@ class EmulatorHandle(_interface.EmulatorHandle):
 
     def close_channel(self, channel: str) -> None:
         self._adapter.close(channel)
+
+    def attach_terminal(self, terminal, replay: bytes, on_resize=None):
+        if replay:
+            terminal.write(to_js(replay))
+        terminals = self._console_sink.terminals
+        terminals.add(terminal)
+        disposables = [terminal.onData(_TERMINAL_JS.typing(self._adapter))]
+        resized = None
+        if on_resize is not None:
+            resized = create_proxy(lambda size: on_resize(int(size.cols), int(size.rows)))
+            disposables.append(terminal.onResize(resized))
+            on_resize(int(terminal.cols), int(terminal.rows))
+
+        def detach() -> None:
+            terminals.delete(terminal)
+            for d in disposables:
+                d.dispose()
+            if resized is not None:
+                resized.destroy()
+
+        return detach
 
     def log(self) -> str:
         log = getattr(self._adapter, "log", None)
@@ -339,7 +380,7 @@ async def start_emulator(adapter_url: str, options: dict, on_console, on_agent,
         raise AssetsMissing(f"cannot load the emulator adapter {adapter_url}: {exc}") from exc
     proxies = [_bytes_sink(on_console), _bytes_sink(on_agent)]
     sinks = js.Object.new()
-    sinks.console = proxies[0]
+    sinks.console = console_sink = _TERMINAL_JS.tee(proxies[0])
     sinks.agent = proxies[1]
     if on_persist_changed is not None:
         proxies.append(create_proxy(lambda: on_persist_changed()))
@@ -369,40 +410,7 @@ async def start_emulator(adapter_url: str, options: dict, on_console, on_agent,
         if typed is not exc:
             raise typed from None
         raise BootError(f"the emulator did not start: {exc}") from exc
-    return EmulatorHandle(adapter, proxies)
-
-
-def attach_terminal(console, terminal, *, on_resize=None):
-    """Connect an xterm.js Terminal to a Console: output, typing, paste, resize.
-
-    Returns a function that detaches it.
-    """
-
-    def write(data: bytes) -> None:
-        terminal.write(to_js(data))
-
-    def typed(text) -> None:
-        console.send(str(text))
-
-    def resized(size) -> None:
-        if on_resize is not None:
-            on_resize(int(size.cols), int(size.rows))
-
-    unsubscribe = console.subscribe(write, replay=True)
-    typed_proxy = create_proxy(typed)
-    resized_proxy = create_proxy(resized)
-    disposables = [terminal.onData(typed_proxy), terminal.onResize(resized_proxy)]
-    if on_resize is not None:
-        on_resize(int(terminal.cols), int(terminal.rows))
-
-    def detach() -> None:
-        unsubscribe()
-        for d in disposables:
-            d.dispose()
-        typed_proxy.destroy()
-        resized_proxy.destroy()
-
-    return detach
+    return EmulatorHandle(adapter, proxies, console_sink)
 
 
 class InPyodide(BrowserLayer):
@@ -422,4 +430,3 @@ class InPyodide(BrowserLayer):
     snapshot_delete = staticmethod(snapshot_delete)
     page_machine = staticmethod(page_machine)
     start_emulator = staticmethod(start_emulator)
-    attach_terminal = staticmethod(attach_terminal)

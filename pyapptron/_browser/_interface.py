@@ -92,6 +92,13 @@ class EmulatorHandle(abc.ABC):
         """End of input on a channel (adapters that have it: c2w)."""
 
     @abc.abstractmethod
+    def attach_terminal(self, terminal, replay: bytes, on_resize=None) -> Callable[[], None]:
+        """Connect an xterm.js Terminal to the console in the browser itself: the emulator's
+        output reaches it directly (after `replay`, what the console showed so far) and its
+        typing goes to the emulator directly; on_resize(cols, rows) is called now and on
+        each resize. Returns a function that detaches it."""
+
+    @abc.abstractmethod
     def log(self) -> str:
         """The emulator's own recent messages (adapters that keep them), else ''."""
 
@@ -193,7 +200,3 @@ class BrowserLayer(abc.ABC):
                              resume_sha256: str | None = None, on_exit=None) -> EmulatorHandle:
         """Import the emulator's JS adapter and start it; output arrives in batches."""
 
-    @staticmethod
-    @abc.abstractmethod
-    def attach_terminal(console, terminal, *, on_resize=None) -> Callable[[], None]:
-        """Connect an xterm.js Terminal to a Console; returns a function that detaches it."""

@@ -25,7 +25,7 @@ class EmulatorHandle(_interface.EmulatorHandle):
     """Never made in CPython (start_emulator refuses); here so the names match."""
 
     engine = None
-    send = close_channel = log = timings = _needs_browser
+    send = close_channel = attach_terminal = log = timings = _needs_browser
     save_state = restore_state = stop = _needs_browser_async
 
 
@@ -34,7 +34,6 @@ class StandIn(BrowserLayer):
     from_page = staticmethod(lambda value: value)  # CPython has no JS values
     payload_bytes = staticmethod(lambda payload: bytes(payload))
     page_machine = staticmethod(lambda: None)
-    attach_terminal = staticmethod(_needs_browser)
     fetch_json = fetch_bytes = fetch_buffer = probe_urls = staticmethod(_needs_browser_async)
     # Buffers are bytes-like here (what the unit tests hand in)
     buffer_size = staticmethod(lambda buffer: len(buffer))

@@ -132,6 +132,13 @@ class Backend(abc.ABC):
         if self._handle is not None:
             self._handle.close_channel("console")
 
+    def attach_terminal(self, terminal, replay: bytes, on_resize=None) -> Callable[[], None]:
+        """Show the console in an xterm.js Terminal, wired to the emulator in the browser
+        (pyapptron._browser.EmulatorHandle.attach_terminal); returns the detach function."""
+        if self._handle is None:
+            raise NotSupported(f"the {self.name} emulator is not running")
+        return self._handle.attach_terminal(terminal, replay, on_resize)
+
     def emulator_log(self) -> str:
         """The emulator's own recent messages (shown when a boot fails), or ''."""
         return self._handle.log() if self._handle is not None else ""
