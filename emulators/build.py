@@ -40,6 +40,18 @@ Steps, in order (all cached; a second run with nothing changed takes seconds):
 Finally OUT/assets.json indexes every file in OUT (path -> size, sha256) and
 the pinned versions.
 
+--force rebuilds each step's own product even when its cache says it is up to
+date: npm/wheels/adapters/tools copy their files again and npm re-extracts its
+packages, guest/agent/c2w/agent64/qemu-wasm rebuild their images (their
+builders' build(..., force=True)), wheel and snapshot build again. What is
+reused: downloads checked against a pinned hash (npm tarballs, wheels, .debs,
+the Bochs source), since a download that matches its pin cannot be stale, and
+the debootstrap roots (the agent images' Debian roots, the trixie toolchain
+chroot), which are downloads of hundreds of MB keyed by their package lists:
+delete their directory in the cache to make one again.
+
+The builders share emulators/buildlib.py (commands, apt, the cpio writer).
+
 Standard library only: this runs before anything is pip-installed.
 """
 from __future__ import annotations
@@ -63,6 +75,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))  # buildlib, also when this file is loaded by path (the tests)
+from buildlib import BuildError, file_hash, logger, run, sha256_file, write_atomic  # noqa: E402,F401  (re-exported)
 MANIFEST = HERE / "manifest.json"
 DEFAULT_OUT = REPO / "build" / "assets"
 # Downloads, the agent image's Debian root and compressed contents: kept outside the
@@ -108,31 +122,14 @@ NPM_FILES: dict[str, tuple[str, list[tuple[str, str]]]] = {
 NPM_KEEP_IF_PRESENT = {"pyodide/pyodide-lock.json"}
 
 
-class BuildError(Exception):
-    """A build step failed; the message says what to do."""
-
-
 # --------------------------------------------------------------------------
-# small helpers
+# small helpers (the ones every builder shares are in buildlib.py)
 
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+log = logger(None)
 
 
 def sri_sha512(path: Path) -> str:
-    h = hashlib.sha512()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return "sha512-" + base64.b64encode(h.digest()).decode()
+    return "sha512-" + base64.b64encode(file_hash(path, "sha512").digest()).decode()
 
 
 def load_manifest(path: Path = MANIFEST) -> dict:
@@ -149,35 +146,6 @@ def need_tool(name: str, install_hint: str) -> str:
     if not found:
         raise BuildError(f"'{name}' not found on PATH: install it ({install_hint})")
     return found
-
-
-def run(cmd: list[str], *, cwd: Path | None = None, what: str) -> subprocess.CompletedProcess:
-    try:
-        p = subprocess.run(cmd, cwd=cwd, stdin=subprocess.DEVNULL,
-                           capture_output=True, text=True)
-    except FileNotFoundError:
-        raise BuildError(f"{what}: cannot run {cmd[0]!r}: is it installed?") from None
-    if p.returncode != 0:
-        tail = "\n".join((p.stdout + p.stderr).strip().splitlines()[-25:])
-        raise BuildError(f"{what} failed (exit {p.returncode}): {' '.join(cmd)}\n{tail}")
-    return p
-
-
-def write_atomic(dest: Path, data: bytes) -> bool:
-    """Write data to dest unless it already holds exactly that. True if written."""
-    if dest.is_file() and dest.stat().st_size == len(data) and dest.read_bytes() == data:
-        return False
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix="." + dest.name + ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return True
 
 
 def copy_if_changed(src: Path, dest: Path, force: bool = False) -> bool:
@@ -213,7 +181,7 @@ def normalize_name(name: str) -> str:
 # --------------------------------------------------------------------------
 # step: npm
 
-def _npm_tarball(name: str, spec: dict, cache: Path, force: bool) -> tuple[Path, bool]:
+def _npm_tarball(name: str, spec: dict, cache: Path) -> tuple[Path, bool]:
     """Return (tarball path, downloaded?) for name@version, integrity checked."""
     version, integrity = spec.get("version"), spec.get("integrity")
     if not version or not integrity:
@@ -222,12 +190,12 @@ def _npm_tarball(name: str, spec: dict, cache: Path, force: bool) -> tuple[Path,
     ddir.mkdir(parents=True, exist_ok=True)
     fname = f"{name.lstrip('@').replace('/', '-')}-{version}.tgz"
     tgz = ddir / fname
-    if tgz.is_file() and not force and sri_sha512(tgz) == integrity:
+    if tgz.is_file() and sri_sha512(tgz) == integrity:  # (also under --force: it is the pinned bytes)
         return tgz, False
     npm = need_tool("npm", "apt-get install -y npm, or Node.js >= 18 with npm")
     with tempfile.TemporaryDirectory(dir=ddir, prefix=".pack-") as tmp:
         p = run([npm, "pack", f"{name}@{version}", "--json", "--pack-destination", tmp],
-                cwd=Path(tmp), what=f"npm pack {name}@{version}")
+                cwd=Path(tmp), capture=True, what=f"npm pack {name}@{version}")
         try:
             packed = json.loads(p.stdout[p.stdout.index("["):])[0]["filename"]
         except (ValueError, KeyError, IndexError):
@@ -284,7 +252,7 @@ def npm_package_dir(name: str, manifest: dict, cache: Path, force: bool = False,
     spec = manifest.get(section, {}).get(name)
     if not spec:
         raise BuildError(f'manifest has no {section}["{name}"] entry')
-    tgz, downloaded = _npm_tarball(name, spec, cache, force)
+    tgz, downloaded = _npm_tarball(name, spec, cache)
     return _npm_extract(tgz, cache, force or downloaded), downloaded
 
 
@@ -397,7 +365,7 @@ def patch_pyodide_lock(lock: dict, shipped: dict) -> dict:
     return {k: out[k] for k in lock if k in out}
 
 
-def _pip_download(name: str, spec: dict, cache: Path, force: bool) -> tuple[Path, bool]:
+def _pip_download(name: str, spec: dict, cache: Path) -> tuple[Path, bool]:
     version, fname, sha = spec.get("version"), spec.get("file"), spec.get("sha256")
     if not (version and fname and sha):
         raise BuildError(f'manifest pypi["{name}"] needs "version", "file" and "sha256"')
@@ -407,7 +375,7 @@ def _pip_download(name: str, spec: dict, cache: Path, force: bool) -> tuple[Path
     ddir = cache / "pypi"
     ddir.mkdir(parents=True, exist_ok=True)
     whl = ddir / fname
-    if whl.is_file() and not force and sha256_file(whl) == sha:
+    if whl.is_file() and sha256_file(whl) == sha:  # (also under --force: it is the pinned bytes)
         return whl, False
     if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True,
                       stdin=subprocess.DEVNULL).returncode != 0:
@@ -416,7 +384,7 @@ def _pip_download(name: str, spec: dict, cache: Path, force: bool) -> tuple[Path
     with tempfile.TemporaryDirectory(dir=ddir, prefix=".pip-") as tmp:
         run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
              "--python-version", "3.14", "--platform", "any", "--no-cache-dir",
-             "-d", tmp, f"{name}=={version}"], what=f"pip download {name}=={version}")
+             "-d", tmp, f"{name}=={version}"], capture=True, what=f"pip download {name}=={version}")
         src = Path(tmp) / fname
         if not src.is_file():
             got = ", ".join(os.listdir(tmp)) or "nothing"
@@ -438,7 +406,7 @@ def step_wheels(out: Path, cache: Path, manifest: dict, force: bool) -> str:
     downloaded = changed = 0
     shipped: dict[str, dict] = {}
     for name, spec in pins.items():
-        whl, dl = _pip_download(name, spec, cache, force)
+        whl, dl = _pip_download(name, spec, cache)
         downloaded += dl
         changed += copy_if_changed(whl, dest_dir / whl.name, force)
         info = {"file_name": whl.name, "sha256": spec["sha256"], "version": spec["version"]}
@@ -468,8 +436,8 @@ def step_wheels(out: Path, cache: Path, manifest: dict, force: bool) -> str:
 # --------------------------------------------------------------------------
 # step: guest
 
-def _run_image_builder(mod_path: Path, out: Path, cache: Path, manifest: dict) -> str:
-    """Import an image recipe and call its build(out_dir, cache_dir, manifest)."""
+def _run_image_builder(mod_path: Path, out: Path, cache: Path, manifest: dict, force: bool) -> str:
+    """Import an image recipe and call its build(out_dir, cache_dir, manifest, force=)."""
     if not mod_path.is_file():
         raise BuildError(f"{mod_path.relative_to(REPO)} does not exist")
     spec = importlib.util.spec_from_file_location("pyapptron_" + mod_path.stem, mod_path)
@@ -477,9 +445,9 @@ def _run_image_builder(mod_path: Path, out: Path, cache: Path, manifest: dict) -
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
     if not hasattr(mod, "build"):
-        raise BuildError(f"{mod_path.relative_to(REPO)} has no build(out_dir, cache_dir, manifest)")
+        raise BuildError(f"{mod_path.relative_to(REPO)} has no build(out_dir, cache_dir, manifest, force)")
     try:
-        res = mod.build(out, cache, manifest)
+        res = mod.build(out, cache, manifest, force=force)
     except BuildError:
         raise
     except (Exception, SystemExit) as e:  # its own errors: report, do not crash the run
@@ -491,23 +459,23 @@ def _run_image_builder(mod_path: Path, out: Path, cache: Path, manifest: dict) -
 
 
 def step_guest(out: Path, cache: Path, manifest: dict, force: bool) -> str:
-    return _run_image_builder(HERE / "v86" / "build_minimal.py", out, cache, manifest)
+    return _run_image_builder(HERE / "v86" / "build_minimal.py", out, cache, manifest, force)
 
 
 def step_agent(out: Path, cache: Path, manifest: dict, force: bool) -> str:
-    return _run_image_builder(HERE / "v86" / "build_agent.py", out, cache, manifest)
+    return _run_image_builder(HERE / "v86" / "build_agent.py", out, cache, manifest, force)
 
 
 def step_c2w(out: Path, cache: Path, manifest: dict, force: bool) -> str:
-    return _run_image_builder(HERE / "c2w" / "build_image.py", out, cache, manifest)
+    return _run_image_builder(HERE / "c2w" / "build_image.py", out, cache, manifest, force)
 
 
 def step_agent64(out: Path, cache: Path, manifest: dict, force: bool) -> str:
-    return _run_image_builder(HERE / "c2w" / "build_agent64.py", out, cache, manifest)
+    return _run_image_builder(HERE / "c2w" / "build_agent64.py", out, cache, manifest, force)
 
 
 def step_qemu_wasm(out: Path, cache: Path, manifest: dict, force: bool) -> str:
-    return _run_image_builder(HERE / "qemu_wasm" / "build_standin.py", out, cache, manifest)
+    return _run_image_builder(HERE / "qemu_wasm" / "build_standin.py", out, cache, manifest, force)
 
 
 # --------------------------------------------------------------------------
@@ -597,7 +565,7 @@ def build_wheel(out_dir: Path | str = DEFAULT_OUT, *, force: bool = True, repo: 
         attempts = ([cmd + ["--no-build-isolation"]] if _backend_importable(repo) else []) + [cmd]
         for i, c in enumerate(attempts):
             try:
-                run(c + ["-w", str(dist), str(src)], cwd=src, what="building the pyapptron wheel")
+                run(c + ["-w", str(dist), str(src)], cwd=src, capture=True, what="building the pyapptron wheel")
                 break
             except BuildError as e:
                 if i == len(attempts) - 1:
@@ -770,7 +738,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output dir (default build/assets)")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"download and build cache (default {DEFAULT_CACHE})")
     ap.add_argument("--only", default="", help="comma-separated steps: " + ",".join(STEPS))
-    ap.add_argument("--force", action="store_true", help="re-download and rebuild everything")
+    ap.add_argument("--force", action="store_true",
+                    help="rebuild every step's product even when it is up to date (downloads whose "
+                         "bytes match their pinned hash, and the debootstrap roots, are reused)")
     ap.add_argument("--manifest", type=Path, default=MANIFEST, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     steps = [s.strip() for s in args.only.split(",") if s.strip()] or list(STEPS)

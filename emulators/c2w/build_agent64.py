@@ -35,7 +35,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +46,8 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "v86"))
 import build_agent  # noqa: E402  (the Debian root, pruning, the init, the shell configuration)
 import build_guest64  # noqa: E402  (the kernel, the boot disk, bochsrc, the agent for x86_64)
-from build import npm_package_dir, sha256_file, write_atomic  # noqa: E402  (emulators/build.py)
+from build import npm_package_dir  # noqa: E402  (emulators/build.py)
+from buildlib import apt_install, installed_version, logger, run, sha256_file, write_atomic  # noqa: E402
 
 IMAGE = "agent-x86_64"
 ROOTFS_SPEC = "agent-x86_64"  # manifest "rootfs" entry
@@ -137,8 +137,7 @@ exec switch_root /newroot /usr/sbin/pyapptron-init
 """
 
 
-def log(msg: str) -> None:
-    print(f"[build_agent64] {msg}", flush=True)
+log = logger("build_agent64")
 
 
 # ---- the agent tools from npm ----------------------------------------------------------
@@ -217,7 +216,7 @@ def stage_root(root: Path, stage: Path, agent: bytes, pkgs: dict[str, Path]) -> 
     """A copy of the Debian root (hard links) with the image's pruning, overlay and tools."""
     if stage.exists():
         shutil.rmtree(stage)
-    subprocess.run(["cp", "-al", str(root), str(stage)], check=True)
+    run(["cp", "-al", root, stage])
     prune = build_agent.prune_patterns(ARCH)
     removed = 0
     for dirpath, dirnames, filenames in os.walk(stage, topdown=True):
@@ -252,14 +251,13 @@ def stage_root(root: Path, stage: Path, agent: bytes, pkgs: dict[str, Path]) -> 
 
 def make_squashfs(stage: Path, dest: Path) -> None:
     if shutil.which("mksquashfs") is None:
-        build_agent.build_minimal.apt_install(["squashfs-tools"])
+        apt_install(["squashfs-tools"])
     t0 = time.monotonic()
     tmp = dest.with_suffix(".tmp")
     tmp.unlink(missing_ok=True)
-    subprocess.run(["nice", "-n", "10", "mksquashfs", str(stage), str(tmp), "-noappend", "-quiet", "-no-progress",
-                    "-comp", *COMPRESSION, "-b", str(SQUASHFS_BLOCK),
-                    "-mkfs-time", str(build_agent.OVERLAY_MTIME), "-processors", str(min(2, os.cpu_count() or 1))],
-                   check=True, stdout=subprocess.DEVNULL)
+    run(["mksquashfs", stage, tmp, "-noappend", "-quiet", "-no-progress", "-comp", *COMPRESSION,
+         "-b", SQUASHFS_BLOCK, "-mkfs-time", build_agent.OVERLAY_MTIME, "-processors", min(2, os.cpu_count() or 1)],
+        nice=True, capture=True)
     os.replace(tmp, dest)
     log(f"squashfs {dest.stat().st_size / 1e6:.0f} MB in {time.monotonic() - t0:.0f} s")
 
@@ -284,7 +282,11 @@ def cut_chunks(image: Path, chunks_dir: Path) -> dict:
     return {"size": padded, "chunk": CHUNK, "base": "fs/", "chunks": names}
 
 
-def build(out_dir: Path, cache_dir: Path, manifest: dict) -> str:
+def build(out_dir: Path, cache_dir: Path, manifest: dict, force: bool = False) -> str:
+    """Build the image into out_dir; force makes its squashfs, chunks and boot files again
+    even when the cache has them. The Debian root (debootstrap, keyed by the package list;
+    delete CACHE/c2w-agent64 to make it again) and the npm tarballs (checked against their
+    pinned integrity) are reused."""
     out_dir, cache_dir = Path(out_dir), Path(cache_dir)
     spec = (manifest.get("rootfs") or {}).get(ROOTFS_SPEC)
     if not spec:
@@ -306,11 +308,11 @@ def build(out_dir: Path, cache_dir: Path, manifest: dict) -> str:
         "root": root.name, "installed": installed, "tools": tools, "agent": hashlib.sha256(agent).hexdigest(),
         "init": sha256_file(build_agent.INIT_SCRIPT), "builder": sha256_file(Path(__file__)),
         "overlay_builder": sha256_file(Path(build_agent.__file__)), "chunk": CHUNK, "block": SQUASHFS_BLOCK,
-        "compression": COMPRESSION, "mksquashfs": build_guest64.pkg_installed("squashfs-tools"),
+        "compression": COMPRESSION, "mksquashfs": installed_version("squashfs-tools"),
         "environment": ENVIRONMENT,
     }, sort_keys=True).encode()).hexdigest()[:20]
     done = cache / f"disk-{key}.json"
-    if not done.is_file():
+    if force or not done.is_file():
         for old in cache.glob("disk-*"):
             old.unlink()
         shutil.rmtree(cache / "chunks", ignore_errors=True)
@@ -336,7 +338,7 @@ def build(out_dir: Path, cache_dir: Path, manifest: dict) -> str:
     guest = build_guest64.make_guest(
         image_dir, cache_dir / "c2w", pins=manifest["c2w"]["debian"], init=INITRAMFS_INIT,
         agent_in_initramfs=False, modules=MODULES, cmdline_extra=CMDLINE_EXTRA, bochsrc_extra=BOCHSRC_EXTRA,
-        megs=MEMORY_MIB, prompt=PROMPT, init_mark=INIT_MARK)
+        megs=MEMORY_MIB, prompt=PROMPT, init_mark=INIT_MARK, force=force)
     # Publish: fs/ holds exactly the chunks this disk names.
     fs_dir = image_dir / "fs"
     fs_dir.mkdir(parents=True, exist_ok=True)
@@ -351,7 +353,7 @@ def build(out_dir: Path, cache_dir: Path, manifest: dict) -> str:
             except OSError:
                 shutil.copyfile(cache / "chunks" / cid, fs_dir / cid)
     import build_image  # noqa: E402  (image.json, as for debian-x86_64)
-    build_image.write_image_record(image_dir, IMAGE, guest, cache_dir / "c2w",
+    build_image.write_image_record(image_dir, IMAGE, guest, cache_dir / "c2w", force=force,
                                    lazy={ROOT_DISK: disk["lazy"]}, sizes=disk["sizes"],
                                    extra={"tools": disk["tools"], "sources": {
                                        "suite": spec["suite"], "arch": ARCH, "packages": sorted(spec["packages"]),

@@ -10,10 +10,11 @@ Steps (each is skipped when its result is already in the cache):
      under the cache (debootstrap --variant=minbase from this machine's Debian
      mirror, as root; `--toolchain host` uses bookworm's clang-14 instead);
   2. fetch the Bochs source with ``apt-get source bochs/trixie`` from the
-     mirror this machine already uses (a deb-src-only entry for trixie is
-     added under /etc/apt/sources.list.d/ if none exists).  The .dsc may 404
-     while the tarballs download; the orig tarball is then checked against
-     the pinned SHA-256 below and unpacked here;
+     mirror this machine already uses, through an apt of its own under the
+     cache (CACHE/apt-trixie-src: its sources list, package lists and cache;
+     buildlib.PrivateApt), so the machine's apt configuration and lists stay
+     as they were.  The .dsc may 404 while the tarballs download; the orig
+     tarball is then checked against the pinned SHA-256 below and unpacked;
   3. apply emulators/c2w/patches/*.patch in order and copy in the WASI shims
      from emulators/c2w/wasi/;
   4. configure (nogui, x86-64, cpu level 6, no plugins/SMP/debugger, no
@@ -26,7 +27,9 @@ Steps (each is skipped when its result is already in the cache):
 The cache key is a hash of every input: the orig tarball, the patches, the
 shim sources, this script, the compile flags and the versions of the
 toolchain packages.  A
-second run with the same inputs only copies the cached bochs.wasm.
+second run with the same inputs only copies the cached bochs.wasm; --force
+builds it again (the toolchain chroot and the orig tarball, checked against
+its pinned SHA-256, are reused).
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -45,7 +47,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from build import sha256_file  # noqa: E402  (emulators/build.py)
+import buildlib  # noqa: E402  (emulators/buildlib.py)
+from buildlib import BuildError, PrivateApt, ensure_packages, installed_version, run, sha256_file  # noqa: E402
 PATCH_DIR = HERE / "patches"
 SHIM_DIR = HERE / "wasi"
 
@@ -145,59 +148,9 @@ SPEEDUP_ARGS = ["--enable-repeat-speedups", "--enable-handlers-chaining",
 # ---- helpers ---------------------------------------------------------------
 
 
-def log(msg: str) -> None:
-    print(f"[build_bochs] {msg}", flush=True)
-
-
-def run(cmd, *, cwd=None, env=None, logfile: Path | None = None, check=True, nice=False):
-    cmd = [str(c) for c in cmd]
-    if nice:
-        cmd = ["nice", "-n", "10"] + cmd
-    if logfile is None:
-        return subprocess.run(cmd, cwd=cwd, env=env, check=check)
-    with open(logfile, "ab") as f:
-        f.write(("\n$ " + " ".join(cmd) + "\n").encode())
-        f.flush()
-        r = subprocess.run(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
-    if check and r.returncode != 0:
-        tail = logfile.read_text(errors="replace").splitlines()[-40:]
-        sys.stderr.write("\n".join(tail) + "\n")
-        raise SystemExit(f"command failed ({r.returncode}): {' '.join(cmd)}\n  full log: {logfile}")
-    return r
-
-
-def pkg_version(name: str) -> str | None:
-    r = subprocess.run(["dpkg-query", "-W", "-f=${db:Status-Status} ${Version}", name],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        return None
-    status, _, version = r.stdout.strip().partition(" ")
-    return version if status == "installed" else None
-
-
-# ---- 1. toolchain ------------------------------------------------------------
-
-_apt_updated = False
-
-
-def apt_update() -> None:
-    global _apt_updated
-    if not _apt_updated:
-        log("apt-get update")
-        run(["apt-get", "update", "-qq"])
-        _apt_updated = True
-
-
-def ensure_packages(packages) -> dict:
-    missing = [p for p in packages if pkg_version(p) is None]
-    if missing:
-        if os.geteuid() != 0:
-            raise SystemExit(f"missing Debian packages (run as root or install): {' '.join(missing)}")
-        apt_update()
-        log("apt-get install " + " ".join(missing))
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        run(["apt-get", "install", "-y", "-qq"] + missing, env=env)
-    return {p: pkg_version(p) for p in packages}
+log = buildlib.logger("build_bochs")
+# build.py's probe step asks this name for its key (build_image.build_probe).
+pkg_version = installed_version
 
 
 class Toolchain:
@@ -225,17 +178,6 @@ class Toolchain:
         return "/usr/bin/" + tool if (self.root / "usr" / "bin" / tool).exists() else None
 
 
-def debian_mirror() -> str:
-    for types, uris, suites in _apt_source_entries():
-        if "deb" not in types:
-            continue
-        for uri in uris:
-            # the main archive: not the security archive, not a third-party repo
-            if re.search(r"/debian/?$", uri) and not any(s.endswith("-security") for s in suites):
-                return uri
-    raise SystemExit("no Debian mirror found in /etc/apt/sources.list*")
-
-
 def chroot_versions(root: Path, packages) -> dict:
     r = subprocess.run(["chroot", str(root), "dpkg-query", "-W", "-f=${Package} ${db:Status-Status} ${Version}\\n"]
                        + list(packages), capture_output=True, text=True)
@@ -260,10 +202,10 @@ def ensure_toolchain(name: str, cache: Path) -> Toolchain:
                 raise SystemExit("making the toolchain chroot needs root (debootstrap, chroot)")
             shutil.rmtree(root, ignore_errors=True)
             root.parent.mkdir(parents=True, exist_ok=True)
-            mirror = debian_mirror()
+            mirror = buildlib.debian_mirror()
             log(f"debootstrap {TOOLCHAIN_SUITE} (minbase + {len(TOOLCHAIN_PACKAGES)} packages) into {root} from {mirror}")
             run(["debootstrap", "--variant=minbase", "--include=" + ",".join(TOOLCHAIN_PACKAGES),
-                 TOOLCHAIN_SUITE, root, mirror], logfile=cache / "toolchain" / "debootstrap.log")
+                 TOOLCHAIN_SUITE, root, mirror], log_file=cache / "toolchain" / "debootstrap.log")
             versions = chroot_versions(root, TOOLCHAIN_PACKAGES)
             missing = [p for p in TOOLCHAIN_PACKAGES if p not in versions]
             if missing:
@@ -278,82 +220,62 @@ def ensure_toolchain(name: str, cache: Path) -> Toolchain:
 # ---- 2. source ---------------------------------------------------------------
 
 
-def _apt_source_entries():
-    """(types, uris, suites) for each entry of the machine's apt sources."""
-    entries = []
-    base = Path("/etc/apt")
-    files = [base / "sources.list"] + sorted((base / "sources.list.d").glob("*.list"))
-    for f in files:
-        if not f.is_file():
-            continue
-        for line in f.read_text(errors="replace").splitlines():
-            line = line.split("#", 1)[0].strip()
-            if not line:
-                continue
-            m = re.match(r"^(deb|deb-src)\s+(\[[^\]]*\]\s+)?(\S+)\s+(\S+)", line)
-            if m:
-                entries.append(({m.group(1)}, [m.group(3)], [m.group(4)]))
-    for f in sorted((base / "sources.list.d").glob("*.sources")):
-        for stanza in re.split(r"\n\s*\n", f.read_text(errors="replace")):
-            fields = {}
-            for line in stanza.splitlines():
-                if line.startswith("#") or ":" not in line or line[:1].isspace():
-                    continue
-                k, v = line.split(":", 1)
-                fields[k.strip().lower()] = v.split("#", 1)[0].split()
-            if fields.get("enabled", ["yes"])[0].lower() == "no":
-                continue
-            if "types" in fields and "uris" in fields:
-                entries.append((set(fields["types"]), fields["uris"], fields.get("suites", [])))
-    return entries
+# What an older build_bochs.py wrote into the machine's apt configuration (it now has
+# an apt of its own): removed when found, and only if it names its writer.
+OLD_MACHINE_SOURCE = Path("/etc/apt/sources.list.d/pyapptron-trixie-src.sources")
+OLD_MACHINE_SOURCE_MARK = "# Added by pyapptron emulators/c2w/build_bochs.py"
 
 
-def ensure_deb_src() -> None:
-    entries = _apt_source_entries()
-    if any("deb-src" in t and SOURCE_SUITE in s for t, _, s in entries):
+def remove_old_machine_source(path: Path = OLD_MACHINE_SOURCE) -> None:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
         return
-    mirror = debian_mirror()
-    target = Path("/etc/apt/sources.list.d/pyapptron-trixie-src.sources")
-    log(f"adding deb-src {SOURCE_SUITE} entry for {mirror} in {target}")
-    target.write_text(
-        "# Added by pyapptron emulators/c2w/build_bochs.py: source packages only.\n"
-        "Types: deb-src\n"
-        f"URIs: {mirror}\n"
-        f"Suites: {SOURCE_SUITE}\n"
-        "Components: main\n"
-        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
-    )
-    global _apt_updated
-    _apt_updated = False
+    if not text.startswith(OLD_MACHINE_SOURCE_MARK):
+        return  # someone else's file of that name: not ours to remove
+    try:
+        path.unlink()
+    except PermissionError:
+        log(f"{path} was written by an older pyapptron build and is no longer needed: remove it as root")
+        return
+    log(f"removed {path} (written by an older pyapptron build; the build has its own apt state now)")
+
+
+def source_apt(cache: Path) -> PrivateApt:
+    """apt with trixie's source packages only, from the machine's own Debian mirror."""
+    return PrivateApt.for_source_packages(cache / f"apt-{SOURCE_SUITE}-src", SOURCE_SUITE)
 
 
 def fetch_source(cache: Path) -> Path:
+    """The pinned orig tarball: from the cache when its SHA-256 matches, else downloaded
+    with `apt-get source` through the private apt state (source_apt)."""
     src_cache = cache / "src"
     src_cache.mkdir(parents=True, exist_ok=True)
     orig = src_cache / ORIG_TARBALL
     if orig.is_file() and sha256_file(orig) == ORIG_SHA256:
         return orig
-    if os.geteuid() != 0:
-        raise SystemExit("fetching the source needs apt configuration as root")
-    ensure_deb_src()
-    apt_update()
+    apt = source_apt(cache)
+    log(f"apt-get update ({SOURCE_SUITE} sources only, lists in {apt.state_dir})")
+    apt.apt_get(["update", "-qq"], capture=True)
     dl = src_cache / "download"
     shutil.rmtree(dl, ignore_errors=True)
     dl.mkdir()
+    os.chmod(dl, 0o777)  # apt downloads as its _apt user
     # The .dsc may 404 on the mirror while the tarballs download; then
     # apt-get exits non-zero, which is fine as long as the orig tarball came.
     log(f"apt-get source --download-only {SOURCE_PACKAGE}/{SOURCE_SUITE}")
-    r = subprocess.run(["apt-get", "source", "--download-only", f"{SOURCE_PACKAGE}/{SOURCE_SUITE}"],
-                       cwd=dl, capture_output=True, text=True)
+    r = apt.apt_get(["source", "--download-only", f"{SOURCE_PACKAGE}/{SOURCE_SUITE}"], cwd=dl,
+                    capture=True, check=False)
     got = dl / ORIG_TARBALL
     if not got.is_file():
-        sys.stderr.write(r.stdout + r.stderr)
-        raise SystemExit(f"apt-get source did not download {ORIG_TARBALL}")
+        raise BuildError(buildlib.failure_message(f"apt-get source (it did not download {ORIG_TARBALL})",
+                                                  r.args, r, None))
     if r.returncode != 0:
         log("apt-get source reported an error (typically the .dsc 404s); using the downloaded orig tarball")
     digest = sha256_file(got)
     if digest != ORIG_SHA256:
-        raise SystemExit(f"{ORIG_TARBALL}: SHA-256 {digest}, expected {ORIG_SHA256}")
+        raise BuildError(f"{ORIG_TARBALL}: SHA-256 {digest}, expected {ORIG_SHA256} "
+                         "(emulators/manifest.json, c2w.bochs_source)")
     os.replace(got, orig)
     for extra in dl.iterdir():  # keep the Debian tarball/dsc for reference
         os.replace(extra, src_cache / extra.name)
@@ -405,7 +327,7 @@ def build(orig: Path, work: Path, logs: Path, tc: Toolchain, extra_configure=(),
     patches = sorted(PATCH_DIR.glob("*.patch"))
     for p in patches:
         log(f"patch {p.name}")
-        run(["patch", "-p1", "--forward", "--no-backup-if-mismatch", "-i", p], cwd=tree, logfile=blog)
+        run(["patch", "-p1", "--forward", "--no-backup-if-mismatch", "-i", p], cwd=tree, log_file=blog)
 
     def tc_run(argv, cwd, **kw):
         argv, where = tc.cmd(argv, cwd)
@@ -420,8 +342,8 @@ def build(orig: Path, work: Path, logs: Path, tc: Toolchain, extra_configure=(),
     # longjmp throws, which wasm-ld 19 cannot take from bitcode.
     shim_flags = [f for f in flags if not f.startswith("-flto")]
     tc_run([tc.cxx] + TARGET + shim_flags + SHIM_FLAGS + [f"-I{inc}", "-c", "wasi/bx_wasi_shim.cc", "-o", "wasi/bx_wasi_shim.o"],
-           tree, logfile=blog, nice=True)
-    tc_run([tc.ar, "rcs", "wasi/libbxwasi.a", "wasi/bx_wasi_shim.o"], tree, logfile=blog)
+           tree, log_file=blog, nice=True)
+    tc_run([tc.ar, "rcs", "wasi/libbxwasi.a", "wasi/bx_wasi_shim.o"], tree, log_file=blog)
 
     # Bochs' sub-Makefiles call plain `ar` (GNU ar cannot index wasm objects).
     tools = work / "tools"
@@ -447,12 +369,12 @@ def build(orig: Path, work: Path, logs: Path, tc: Toolchain, extra_configure=(),
     if tc.root is not None:
         env.pop("TMPDIR", None)
     log(f"configure ({tc.name} toolchain, {tc.cxx})")
-    tc_run(["./configure"] + CONFIGURE_ARGS + list(extra_configure), tree, env=env, logfile=logs / "configure.log",
+    tc_run(["./configure"] + CONFIGURE_ARGS + list(extra_configure), tree, env=env, log_file=logs / "configure.log",
            nice=True)
     jobs = max(1, min(MAX_JOBS, os.cpu_count() or 1))
     log(f"make -j{jobs} bochs (log: {blog})")
     t0 = time.time()
-    tc_run(["make", f"-j{jobs}", "bochs"], tree, env=env, logfile=blog, nice=True)
+    tc_run(["make", f"-j{jobs}", "bochs"], tree, env=env, log_file=blog, nice=True)
     log(f"make took {time.time() - t0:.0f} s")
     out = tree / "bochs"
     with open(out, "rb") as f:
@@ -470,11 +392,14 @@ def main(argv=None) -> int:
                     help="trixie: LLVM 19 in a chroot under the cache (default); host: this machine's clang-14")
     ap.add_argument("--no-speedups", action="store_true",
                     help="Bochs's plain configuration: without " + " ".join(SPEEDUP_ARGS) + " and TUNE")
+    ap.add_argument("--force", action="store_true",
+                    help="build bochs.wasm again even when the cache has it (toolchain and source are reused)")
     args = ap.parse_args(argv)
     t_start = time.time()
     cache = args.cache.resolve()
     out_dir = args.out.resolve()
 
+    remove_old_machine_source()
     ensure_packages(HOST_PACKAGES["host"])  # wasi_probe.c (build_image.py) builds with this machine's clang-14
     tc = ensure_toolchain(args.toolchain, cache)
     orig = fetch_source(cache)
@@ -483,7 +408,7 @@ def main(argv=None) -> int:
     key, manifest = inputs_key(orig, tc, extra, speed)
     result_dir = cache / "results" / key
     result = result_dir / "bochs.wasm"
-    if result.is_file():
+    if result.is_file() and not args.force:
         log(f"cached build {key}")
     else:
         # The build tree must be inside the chroot for its compilers to see it.
@@ -508,4 +433,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    buildlib.script_main(main)

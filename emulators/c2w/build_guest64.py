@@ -49,7 +49,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -60,8 +59,9 @@ HERE = Path(__file__).resolve().parent
 DIRECT_ASM = HERE / "direct_boot.asm"
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "v86"))
-from build import sha256_file  # noqa: E402  (emulators/build.py)
-import build_minimal  # noqa: E402  (the cpio writer and the kernel-module helpers)
+import buildlib  # noqa: E402  (emulators/buildlib.py: commands, apt, the cpio writer)
+from buildlib import BuildError, ensure_packages, installed_version, run, sha256_file  # noqa: E402
+import build_minimal  # noqa: E402  (the kernel-module helpers)
 KERNEL_ADDR = 0x1000000   # LOAD_PHYSICAL_ADDR of Debian's kernel (= the bzImage's pref_address)
 INITRD_ADDR = 0x8000000   # 128 MiB: above the kernel image, inside the usable RAM
 ZERO_PAGE = 0x8000        # direct_boot.asm: boot_params at 0x8000, command line at 0x9000
@@ -149,103 +149,36 @@ LABEL linux
 """
 
 
-def log(msg: str) -> None:
-    print(f"[build_guest64] {msg}", flush=True)
-
-
-def run(cmd, **kw):
-    kw.setdefault("check", True)
-    return subprocess.run([str(c) for c in cmd], **kw)
-
-
-def pkg_installed(name: str) -> str | None:
-    r = subprocess.run(["dpkg-query", "-W", "-f=${db:Status-Status} ${Version}", name],
-                       capture_output=True, text=True)
-    status, _, version = r.stdout.strip().partition(" ")
-    return version if r.returncode == 0 and status == "installed" else None
-
-
-_updated = False
-
-
-def apt_update():
-    global _updated
-    if not _updated:
-        log("apt-get update")
-        run(["apt-get", "update", "-qq"])
-        _updated = True
+log = buildlib.logger("build_guest64")
 
 
 def ensure_host_tools() -> dict:
-    missing = [p for p in HOST_TOOLS if pkg_installed(p) is None]
-    if missing:
-        if os.geteuid() != 0:
-            raise SystemExit(f"missing Debian packages: {' '.join(missing)} (run as root)")
-        apt_update()
-        log("apt-get install " + " ".join(missing))
-        run(["apt-get", "install", "-y", "-qq"] + missing, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    versions = ensure_packages(HOST_TOOLS)
     for tool in ("syslinux", "mformat", "mcopy", "nasm"):
         if shutil.which(tool) is None:
-            raise SystemExit(f"{tool} not found")
-    return {p: pkg_installed(p) for p in HOST_TOOLS}
-
-
-def apt_show(name: str) -> dict | None:
-    """Candidate version's fields (Package, Version, Filename, SHA256, ...)."""
-    r = subprocess.run(["apt-cache", "show", "--no-all-versions", name], capture_output=True, text=True)
-    if r.returncode != 0 or not r.stdout.strip():
-        return None
-    fields = {}
-    for line in r.stdout.split("\n\n")[0].splitlines():
-        if line and not line[0].isspace() and ":" in line:
-            k, v = line.split(":", 1)
-            fields[k] = v.strip()
-    return fields
-
-
-def newest_kernel_package() -> str:
-    r = run(["apt-cache", "pkgnames", "linux-image-6.1.0-"], capture_output=True, text=True)
-    best = None
-    for name in r.stdout.split():
-        m = KERNEL_RE.match(name)
-        if m and (best is None or int(m.group(1)) > best[0]):
-            best = (int(m.group(1)), name)
-    if best is None:
-        raise SystemExit("no linux-image-6.1.0-NN-amd64-unsigned package known to apt (apt-get update?)")
-    return best[1]
+            raise BuildError(f"{tool} not found, though {' '.join(HOST_TOOLS)} are installed")
+    return versions
 
 
 def resolve(names) -> dict:
     info = {}
     for name in names:
-        f = apt_show(name)
+        f = buildlib.apt_record(name)
         if f is None:
-            apt_update()
-            f = apt_show(name)
+            buildlib.apt_update_once()
+            f = buildlib.apt_record(name)
         if f is None or "SHA256" not in f:
-            raise SystemExit(f"apt-cache show {name}: no candidate")
+            raise BuildError(f"apt-cache show {name}: no candidate (is {name} in this machine's apt sources?)")
         info[name] = {"version": f["Version"], "sha256": f["SHA256"], "filename": f["Filename"]}
     return info
 
 
 def download(name: str, meta: dict, debs: Path) -> Path:
+    """The .deb apt names in meta (cached in debs, checked against its sha256)."""
     target = debs / Path(meta["filename"]).name
     if target.is_file() and sha256_file(target) == meta["sha256"]:
         return target
-    debs.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="dl-", dir=debs))
-    os.chmod(tmp, 0o777)  # let apt's _apt user write there (avoids the unsandboxed warning)
-    log(f"apt-get download {name}={meta['version']}")
-    run(["apt-get", "download", "-qq", f"{name}={meta['version']}"], cwd=tmp)
-    got = list(tmp.glob("*.deb"))
-    if len(got) != 1:
-        raise SystemExit(f"apt-get download {name}: got {got}")
-    digest = sha256_file(got[0])
-    if digest != meta["sha256"]:
-        raise SystemExit(f"{got[0].name}: SHA-256 {digest}, apt says {meta['sha256']}")
-    os.replace(got[0], target)
-    shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return buildlib.apt_download(f"{name}={meta['version']}", target, meta["sha256"])
 
 
 # ---- initramfs ------------------------------------------------------------------
@@ -262,7 +195,7 @@ def make_initramfs(busybox: bytes, agent: bytes | None, init: str = INIT_SCRIPT,
                    modules: list[tuple[str, bytes]] = ()) -> bytes:
     """busybox, /init and, if given, the agent and kernel modules (insmod'ed by /init
     in the order of lib/modules/pyapptron/order)."""
-    c = build_minimal.Cpio()
+    c = buildlib.Cpio()
     for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "usr/local", "usr/local/bin", "dev", "proc", "sys",
               "root", "etc", "mnt", "var", "run"):
         c.dir(d)
@@ -293,14 +226,7 @@ def kernel_modules(kernel_deb: Path, work: Path, names: list[str]) -> list[tuple
     root = work / ("x-" + kernel_deb.name)
     if not root.is_dir():
         run(["dpkg-deb", "-x", kernel_deb, root])
-    release = build_minimal.kernel_release(root)
-    mods = []
-    for i, path in enumerate(build_minimal.module_order(root, release, names)):
-        rel = root / path.relative_to("/") if path.is_absolute() else path
-        name, data = build_minimal.module_bytes(rel if rel.exists() else path)
-        mods.append((f"{i:02d}-{name}", data))
-    log("modules: " + " ".join(n[3:-3] for n, _ in mods))
-    return mods
+    return build_minimal.insmod_files(root, build_minimal.kernel_release(root), names)
 
 
 # ---- disk --------------------------------------------------------------------
@@ -434,7 +360,7 @@ def pinned(pins: dict | None, names) -> dict:
             continue
         if pin["version"] != info[name]["version"]:
             # apt's candidate moved on; the pinned version may still be on the mirror.
-            f = apt_show(f"{name}={pin['version']}")
+            f = buildlib.apt_record(f"{name}={pin['version']}")
             if f is None or f.get("SHA256") != pin["sha256"]:
                 raise SystemExit(
                     f"{name} {pin['version']} (pinned in emulators/manifest.json, section c2w) is no longer "
@@ -451,8 +377,10 @@ def make_guest(out: Path, cache: Path, *, pins: dict | None = None, kernel: str 
                boot: str = "direct", com1: str = "wasi:stdio", init: str = INIT_SCRIPT,
                agent_in_initramfs: bool = True, modules: tuple[str, ...] = (), cmdline_extra: str = "",
                bochsrc_extra: tuple[str, ...] = (), megs: int = MEGS, prompt: str = PROMPT,
-               init_mark: str = INIT_MARK) -> dict:
+               init_mark: str = INIT_MARK, force: bool = False) -> dict:
     """Build (or take from the cache) the guest into out; returns its guest.json.
+    force builds it again even when the cache has it (the .debs are reused: each is
+    checked against the sha256 apt or the pin gives).
 
     The defaults make the busybox guest ("debian-x86_64"). Another image boots the same
     kernel with its own initramfs /init (init=), the kernel modules that init loads,
@@ -462,19 +390,21 @@ def make_guest(out: Path, cache: Path, *, pins: dict | None = None, kernel: str 
     cache, out = cache.resolve(), out.resolve()
     tools = ensure_host_tools()
     if kernel is None:
-        kernel = next((n for n in (pins or {}) if KERNEL_RE.match(n)), None) or newest_kernel_package()
+        kernel = (next((n for n in (pins or {}) if KERNEL_RE.match(n)), None)
+                  or buildlib.newest_package(KERNEL_RE, "linux-image-6.1.0-"))
     if not KERNEL_RE.match(kernel):
         raise SystemExit(f"{kernel}: expected linux-image-6.1.0-NN-amd64-unsigned")
     pkgs = pinned(pins, [kernel, BUSYBOX] + list(BIOS_PACKAGES))
     cmdline = KERNEL_CMDLINE + (" " + cmdline_extra if cmdline_extra else "")
-    manifest = {"packages": pkgs, "host_tools": tools, "script": sha256_file(Path(__file__)), "com1": com1,
+    manifest = {"packages": pkgs, "host_tools": tools, "script": sha256_file(Path(__file__)),
+                "buildlib": sha256_file(Path(buildlib.__file__)), "com1": com1,  # (the cpio writer)
                 "init": hashlib.sha256(init.encode()).hexdigest(), "agent_in_initramfs": agent_in_initramfs,
                 "modules": list(modules), "cmdline": cmdline, "bochsrc_extra": list(bochsrc_extra), "megs": megs,
                 "boot": boot, "direct_boot_asm": sha256_file(DIRECT_ASM), "agent": sha256_file(AGENT_SRC),
-                "gcc": pkg_installed("gcc-12"), "libc6-dev": pkg_installed("libc6-dev"), "clock": CLOCK_SYNC}
+                "gcc": installed_version("gcc-12"), "libc6-dev": installed_version("libc6-dev"), "clock": CLOCK_SYNC}
     key = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:20]
     result = cache / "guest64" / key
-    if (result / "guest.json").is_file():
+    if not force and (result / "guest.json").is_file():
         log(f"cached guest {key}")
     else:
         debs = {n: download(n, m, cache / "debs") for n, m in pkgs.items()}
@@ -562,11 +492,12 @@ def main(argv=None) -> int:
     ap.add_argument("--kernel-package", help="default: newest linux-image-6.1.0-NN-amd64-unsigned apt knows")
     ap.add_argument("--com1-file", help="COM1 to this guest file instead of dev=wasi:stdio (unpatched Bochs)")
     ap.add_argument("--boot", choices=("direct", "syslinux"), default="direct")
+    ap.add_argument("--force", action="store_true", help="build the guest again even when it is cached")
     args = ap.parse_args(argv)
     make_guest(args.out, args.cache, kernel=args.kernel_package, boot=args.boot,
-               com1=args.com1_file or "wasi:stdio")
+               com1=args.com1_file or "wasi:stdio", force=args.force)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    buildlib.script_main(main)

@@ -20,7 +20,6 @@ import gzip
 import hashlib
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,19 +28,19 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 import build_bochs  # noqa: E402
 import build_guest64  # noqa: E402
-from build import sha256_file, write_atomic  # noqa: E402  (emulators/build.py)
+from buildlib import installed_version, run, sha256_file, write_atomic  # noqa: E402
 
 IMAGE = "debian-x86_64"
 PROBE_SRC = HERE / "wasi_probe.c"
 
 
-def _gzip_kernel(image_dir: Path, cache: Path) -> str:
+def _gzip_kernel(image_dir: Path, cache: Path, force: bool = False) -> str:
     """kernel.bin is ~60 MB of load segments, mostly zeros: ship it gzip'd (~10 MB);
     the worker inflates it with the browser's DecompressionStream."""
     raw = image_dir / "kernel.bin"
     digest = sha256_file(raw)
     cached = cache / f"kernel-{digest[:20]}.bin.gz"
-    if not cached.is_file():
+    if force or not cached.is_file():
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(".tmp")
         with open(raw, "rb") as src, gzip.GzipFile(tmp, "wb", compresslevel=6, mtime=0) as dst:
@@ -52,16 +51,16 @@ def _gzip_kernel(image_dir: Path, cache: Path) -> str:
     return "kernel.bin.gz"
 
 
-def build_probe(out: Path, cache: Path) -> str:
+def build_probe(out: Path, cache: Path, force: bool = False) -> str:
     """wasi_probe.c -> OUT/c2w/probe.wasm with clang-14 --target=wasm32-wasi (no C++, no EH)."""
-    key = hashlib.sha256((sha256_file(PROBE_SRC) + " " + (build_bochs.pkg_version("clang-14") or "")
-                          + " " + (build_bochs.pkg_version("wasi-libc") or "")).encode()).hexdigest()[:20]
+    key = hashlib.sha256((sha256_file(PROBE_SRC) + " " + (installed_version("clang-14") or "")
+                          + " " + (installed_version("wasi-libc") or "")).encode()).hexdigest()[:20]
     cached = cache / f"probe-{key}.wasm"
-    if not cached.is_file():
+    if force or not cached.is_file():
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(".tmp")
-        subprocess.run(["clang-14", "--target=wasm32-wasi", "--sysroot=/usr", "-O2", "-Wall", "-o", str(tmp),
-                        str(PROBE_SRC)], check=True)
+        run(["clang-14", "--target=wasm32-wasi", "--sysroot=/usr", "-O2", "-Wall", "-o", tmp, PROBE_SRC],
+            capture=True, what="compiling wasi_probe.c")
         tmp.replace(cached)
     dest = out / "c2w" / "probe.wasm"
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -70,13 +69,13 @@ def build_probe(out: Path, cache: Path) -> str:
 
 
 def write_image_record(image_dir: Path, name: str, guest: dict, cache: Path, *, lazy: dict | None = None,
-                       sizes: dict | None = None, extra: dict | None = None) -> dict:
+                       sizes: dict | None = None, extra: dict | None = None, force: bool = False) -> dict:
     """image.json: the backend's view of an image (pyapptron/backends/c2w.py), from the
     guest.json make_guest wrote; the flat kernel is shipped gzip'd. lazy: {guest path:
     {size, chunk, base, chunks}} for disks the worker reads chunk by chunk."""
     files = dict(guest["files"])
     if "/kernel.bin" in files:
-        files["/kernel.bin"] = _gzip_kernel(image_dir, cache)
+        files["/kernel.bin"] = _gzip_kernel(image_dir, cache, force)
     image = {
         "name": name,
         "emulator": "c2w",
@@ -107,15 +106,17 @@ def write_image_record(image_dir: Path, name: str, guest: dict, cache: Path, *, 
     return image
 
 
-def build(out_dir: Path, cache_dir: Path, manifest: dict) -> str:
+def build(out_dir: Path, cache_dir: Path, manifest: dict, force: bool = False) -> str:
+    """force: build bochs.wasm, the guest, the gzip'd kernel and the probe again even when
+    the cache has them (downloads checked against their pins are reused)."""
     out, cache = Path(out_dir), Path(cache_dir) / "c2w"
     pins = manifest["c2w"]
-    if build_bochs.main(["--out", str(out / "c2w"), "--cache", str(cache)]) != 0:
+    if build_bochs.main(["--out", str(out / "c2w"), "--cache", str(cache)] + (["--force"] if force else [])) != 0:
         raise SystemExit("building bochs.wasm failed")
     image_dir = out / "images" / IMAGE
-    guest = build_guest64.make_guest(image_dir, cache, pins=pins["debian"])
-    write_image_record(image_dir, IMAGE, guest, cache)
-    probe = build_probe(out, cache)
+    guest = build_guest64.make_guest(image_dir, cache, pins=pins["debian"], force=force)
+    write_image_record(image_dir, IMAGE, guest, cache, force=force)
+    probe = build_probe(out, cache, force)
     size = sum(p.stat().st_size for p in image_dir.rglob("*") if p.is_file())
     return f"bochs.wasm + image {IMAGE} ({size >> 20} MiB), {probe}"
 

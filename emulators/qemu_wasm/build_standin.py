@@ -24,14 +24,15 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "v86"))
 import build_minimal  # noqa: E402  (Debian package download and unpacking)
+from buildlib import BuildError, run  # noqa: E402
 
 SOURCES = [HERE / "standin" / "qemu_standin.c", HERE / "standin" / "pty_bridge.js", Path(__file__)]
 EMCC_FLAGS = ["-O2", "-pthread", "-sPROXY_TO_PTHREAD", "-sMODULARIZE", "-sEXPORT_ES6", "-sFORCE_FILESYSTEM",
@@ -60,12 +61,13 @@ def _emcc_env() -> dict:
 
 def _emcc_version() -> str:
     try:
-        return subprocess.run(["emcc", "--version"], capture_output=True, text=True, env=_emcc_env()).stdout.splitlines()[0]
-    except (OSError, IndexError):
-        raise SystemExit("emcc is missing: apt-get install emscripten (emulators/setup.sh does)") from None
+        return run(["emcc", "--version"], capture=True, env=_emcc_env()).stdout.splitlines()[0]
+    except (BuildError, IndexError):
+        raise BuildError("emcc is missing or broken: apt-get install emscripten (emulators/setup.sh does)") from None
 
 
-def build(out_dir: Path, cache_dir: Path, manifest: dict) -> str:
+def build(out_dir: Path, cache_dir: Path, manifest: dict, force: bool = False) -> str:
+    """force: build the stand-in again even when the cache has it (the pinned seabios .deb is reused)."""
     out = Path(out_dir) / "qemu_wasm" / "standin"
     seabios_pin = manifest["debian"]["seabios"]
     key = hashlib.sha256(json.dumps({
@@ -73,7 +75,7 @@ def build(out_dir: Path, cache_dir: Path, manifest: dict) -> str:
         "flags": EMCC_FLAGS, "emcc": _emcc_version(), "seabios": seabios_pin,
     }, sort_keys=True).encode()).hexdigest()[:20]
     cached = Path(cache_dir) / "qemu_wasm" / key
-    if not all((cached / name).is_file() for name in OUTPUTS):
+    if force or not all((cached / name).is_file() for name in OUTPUTS):
         _build_into(cached, Path(cache_dir), seabios_pin)
     out.mkdir(parents=True, exist_ok=True)
     for name in OUTPUTS:
@@ -87,9 +89,8 @@ def _build_into(dest: Path, cache: Path, seabios_pin: dict) -> None:
     env = _emcc_env()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        subprocess.run(["emcc", *EMCC_FLAGS, "--js-library", str(HERE / "standin" / "pty_bridge.js"),
-                        "-o", str(tmp / "qemu-system-x86_64.js"), str(HERE / "standin" / "qemu_standin.c")],
-                       check=True, env=env)
+        run(["emcc", *EMCC_FLAGS, "--js-library", HERE / "standin" / "pty_bridge.js",
+             "-o", tmp / "qemu-system-x86_64.js", HERE / "standin" / "qemu_standin.c"], capture=True, env=env)
         # QEMU-Wasm's build directory serves the main script as out.js.
         (tmp / "qemu-system-x86_64.js").rename(tmp / "out.js")
         deb = build_minimal.fetch_package("seabios", seabios_pin, cache / "debian" / "debs")
@@ -99,8 +100,8 @@ def _build_into(dest: Path, cache: Path, seabios_pin: dict) -> None:
         (tmp / "kernel").mkdir()
         (tmp / "kernel" / "standin-kernel.bin").write_bytes(standin_kernel())
         for name in ("rom", "kernel"):
-            script = subprocess.run([sys.executable, str(FILE_PACKAGER), f"load-{name}.data", "--preload",
-                                     f"{name}@/pack"], cwd=tmp, check=True, capture_output=True, env=env).stdout
+            script = run([sys.executable, FILE_PACKAGER, f"load-{name}.data", "--preload", f"{name}@/pack"],
+                         cwd=tmp, capture=True, text=False, env=env, what="file_packager").stdout
             (tmp / f"load-{name}.js").write_bytes(script)
         dest.mkdir(parents=True, exist_ok=True)
         for name in OUTPUTS:

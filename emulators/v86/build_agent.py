@@ -55,7 +55,9 @@ ZSH_PLUGINS_PATH = "etc/zsh/pyapptron-plugins.zsh"
 MANIFEST = REPO / "emulators" / "manifest.json"
 
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
 import build_minimal  # noqa: E402  (the kernel, the initramfs and the agent binary)
+from buildlib import apt_install, debian_mirror, logger, run, sha256_file, warn_loudly  # noqa: E402
 
 IMAGE = "agent"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -151,12 +153,7 @@ set -sg escape-time 10
 """
 
 
-def log(msg: str) -> None:
-    print(f"[build_agent] {msg}", flush=True)
-
-
-def run(cmd, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, check=True, text=True, **kw)
+log = logger("build_agent")
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -164,22 +161,6 @@ def sha256_bytes(data: bytes) -> str:
 
 
 # ---- the root file system --------------------------------------------------------
-
-def debian_mirror() -> str:
-    """The Debian mirror apt uses on this machine (the only one reachable here)."""
-    texts = []
-    for p in [pathlib.Path("/etc/apt/sources.list"), *sorted(pathlib.Path("/etc/apt/sources.list.d").glob("*"))]:
-        try:
-            texts.append(p.read_text())
-        except OSError:
-            pass
-    for text in texts:
-        for m in re.finditer(r"^(?:URIs:\s*|deb\s+(?:\[[^\]]*\]\s+)?)(\S+)", text, re.M):
-            uri = m.group(1).rstrip("/")
-            if "security" not in uri and uri.startswith(("http://", "https://")):
-                return uri
-    return DEFAULT_MIRROR
-
 
 def _chroot_env() -> dict:
     return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
@@ -189,12 +170,12 @@ def _chroot_env() -> dict:
 def make_rootfs(target: pathlib.Path, suite: str, packages: list[str], debs: pathlib.Path,
                 arch: str = "i386") -> None:
     """debootstrap minbase, then apt-get install the packages in a chroot."""
-    mirror = debian_mirror()
+    mirror = debian_mirror(default=DEFAULT_MIRROR)
     debs.mkdir(parents=True, exist_ok=True)
     log(f"debootstrap {suite} {arch} from {mirror} (about half a minute)")
     t0 = time.monotonic()
     run(["debootstrap", f"--arch={arch}", "--variant=minbase", f"--cache-dir={debs}",
-         suite, str(target), mirror], stdout=subprocess.DEVNULL)
+         suite, str(target), mirror], capture=True)
     log(f"debootstrap done in {time.monotonic() - t0:.0f} s; apt-get install {len(packages)} packages")
     archives = target / "var/cache/apt/archives"
     proc, pts = target / "proc", target / "dev/pts"
@@ -204,9 +185,9 @@ def make_rootfs(target: pathlib.Path, suite: str, packages: list[str], debs: pat
     run(["mount", "--bind", str(debs), str(archives)])  # downloads land in the cache
     try:
         env = _chroot_env()
-        run(["chroot", str(target), "apt-get", "-q", "update"], env=env, stdout=subprocess.DEVNULL)
+        run(["chroot", str(target), "apt-get", "-q", "update"], env=env, capture=True)
         run(["chroot", str(target), "apt-get", "install", "-y", "-q", "--no-install-recommends",
-             *packages], env=env, stdout=subprocess.DEVNULL)
+             *packages], env=env, capture=True)
         run(["chroot", str(target), "apt-get", "clean"], env=env)
     finally:
         for mounted in (archives, pts, proc):
@@ -216,7 +197,7 @@ def make_rootfs(target: pathlib.Path, suite: str, packages: list[str], debs: pat
 
 def installed_packages(root: pathlib.Path) -> dict[str, str]:
     out = run(["chroot", str(root), "dpkg-query", "-W", "-f", "${Package}\t${Version}\t${db:Status-Status}\n"],
-              capture_output=True, env=_chroot_env()).stdout
+              capture=True, env=_chroot_env()).stdout
     return {name: version for name, version, status in (line.split("\t") for line in out.splitlines())
             if status == "installed"}
 
@@ -237,7 +218,7 @@ def ensure_rootfs(cache: pathlib.Path, spec: dict, arch: str = "i386") -> pathli
                          "run emulators/setup.sh as root, or build with --only npm,wheels,adapters,guest,wheel")
     for tool, pkg in (("debootstrap", "debootstrap"), ("zstd", "zstd"), ("chroot", "coreutils")):
         if shutil.which(tool) is None:
-            build_minimal.apt_install([pkg])
+            apt_install([pkg])
     tmp = cache / f".rootfs-{key}.tmp"
     _remove_tree(tmp)
     try:
@@ -270,7 +251,7 @@ def check_lock(installed: dict[str, str], lock: dict[str, str] | None, lock_path
     removed = sorted(lock.keys() - installed.keys())
     lines = [f"{n} {lock[n]} -> {installed[n]}" for n in changed[:20]]
     lines += [f"+ {n} {installed[n]}" for n in added[:20]] + [f"- {n}" for n in removed[:20]]
-    build_minimal.warn_loudly(
+    warn_loudly(
         f"the {name} image's packages differ from the lock in emulators/manifest.json "
         f"(rootfs.{name}.lock): {len(changed)} changed, {len(added)} added, {len(removed)} gone.\n  "
         + "\n  ".join(lines)
@@ -315,11 +296,7 @@ class Index:
 
     def content(self, data_path: pathlib.Path | None, data: bytes | None = None) -> tuple[str, int]:
         if data is None:
-            h = hashlib.sha256()
-            with open(data_path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            size, digest = data_path.stat().st_size, h.hexdigest()
+            size, digest = data_path.stat().st_size, sha256_file(data_path)
         else:
             size, digest = len(data), sha256_bytes(data)
         cid = digest[:16]
@@ -453,7 +430,7 @@ def zsh_completion_dump(root: pathlib.Path) -> bytes:
     """compinit's dump of the image's completion functions, made by the image's own zsh."""
     with _chroot_scratch(root) as (inside, outside):
         run(["chroot", str(root), "/usr/bin/zsh", "-f", "-c", f"autoload -Uz compinit && compinit -d {inside}/dump"],
-            env=_chroot_env(), capture_output=True)
+            env=_chroot_env(), capture=True)
         return (outside / "dump").read_bytes()
 
 
@@ -486,7 +463,7 @@ def zsh_compiled(root: pathlib.Path, overlay: dict[str, tuple[int, bytes]]) -> d
             (outside / str(i)).mkdir()
             (outside / str(i) / name).write_bytes(data)
             run(["chroot", str(root), "/usr/bin/zsh", "-f", "-c", f"zcompile {inside}/{i}/{name}"],
-                env=_chroot_env(), capture_output=True)
+                env=_chroot_env(), capture=True)
             out[rel + ".zwc"] = (0o644, (outside / str(i) / (name + ".zwc")).read_bytes())
     return out
 
@@ -532,7 +509,11 @@ def overlay_files(root: pathlib.Path, agent: bytes) -> dict[str, tuple[int, byte
 
 # ---- main --------------------------------------------------------------------------
 
-def build(out_dir: pathlib.Path, cache_dir: pathlib.Path, manifest: dict) -> str:
+def build(out_dir: pathlib.Path, cache_dir: pathlib.Path, manifest: dict, force: bool = False) -> str:
+    """Build the image into out_dir; force rebuilds its index and image.json even when its
+    key says they are up to date. The Debian root and the compressed contents are reused:
+    the root is made by debootstrap (keyed by the package list; delete CACHE/v86-agent to
+    make it again), the contents are stored under their own hash."""
     out_dir, cache_dir = pathlib.Path(out_dir), pathlib.Path(cache_dir)
     spec = (manifest.get("rootfs") or {}).get(IMAGE)
     if not spec:
@@ -550,13 +531,13 @@ def build(out_dir: pathlib.Path, cache_dir: pathlib.Path, manifest: dict) -> str
     image_dir = out_dir / "images" / IMAGE
     minimal_spec = json.loads((minimal / "image.json").read_text())
     key = hashlib.sha256(json.dumps({
-        "root": root.name, "installed": installed, "init": build_minimal.sha256_file(INIT_SCRIPT),
-        "zsh_plugins": build_minimal.sha256_file(ZSH_PLUGINS),
-        "agent": build_minimal.sha256_file(build_minimal.AGENT_SRC), "boot": minimal_spec["files"],
-        "builder": build_minimal.sha256_file(pathlib.Path(__file__)), "cmdline": CMDLINE,
+        "root": root.name, "installed": installed, "init": sha256_file(INIT_SCRIPT),
+        "zsh_plugins": sha256_file(ZSH_PLUGINS),
+        "agent": sha256_file(build_minimal.AGENT_SRC), "boot": minimal_spec["files"],
+        "builder": sha256_file(pathlib.Path(__file__)), "cmdline": CMDLINE,
     }, sort_keys=True).encode()).hexdigest()
     key_file = image_dir / ".build-key"
-    if key_file.exists() and key_file.read_text() == key and (image_dir / "image.json").exists():
+    if not force and key_file.exists() and key_file.read_text() == key and (image_dir / "image.json").exists():
         log(f"up to date: {image_dir}")
         return "up to date"
 

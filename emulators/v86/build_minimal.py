@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
-import io
 import json
 import lzma
-import os
 import pathlib
 import re
 import shutil
@@ -39,6 +37,9 @@ import tempfile
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent.parent
+sys.path.insert(0, str(HERE.parent))
+import buildlib  # noqa: E402  (emulators/buildlib.py: commands, apt, the cpio writer)
+from buildlib import BuildError, Cpio, apt_install, sha256_file, warn_loudly  # noqa: E402
 AGENT_SRC = REPO / "emulators" / "agent" / "pyapptron-agent.c"
 INIT_SCRIPT = HERE / "minimal-init.sh"
 MANIFEST = REPO / "emulators" / "manifest.json"
@@ -54,9 +55,9 @@ CMDLINE = ("console=ttyS0 tsc=reliable mitigations=off random.trust_cpu=on quiet
 MODULES = ["virtio_pci", "virtio_console", "virtio_net", "9pnet_virtio", "9p"]
 
 # role -> how to find the package.  The kernel's package name carries its ABI
-# number, which changes; the others keep their names.
+# number (the pattern's group), which changes; the others keep their names.
 PACKAGES = {
-    "kernel": {"arch": "i386", "pattern": r"^linux-image-6\.1\.0-[0-9]+-686-unsigned$"},
+    "kernel": {"arch": "i386", "pattern": r"^linux-image-6\.1\.0-([0-9]+)-686-unsigned$"},
     "busybox": {"arch": "i386", "name": "busybox-static"},
     "seabios": {"arch": "all", "name": "seabios"},
 }
@@ -69,47 +70,26 @@ BUILD_TOOLS = {  # command -> Debian package providing it
 }
 
 
-def log(msg: str) -> None:
-    print(f"[build_minimal] {msg}", flush=True)
-
-
-def warn_loudly(msg: str) -> None:
-    bar = "!" * 78
-    print(f"\n{bar}\nWARNING: {msg}\n{bar}\n", file=sys.stderr, flush=True)
+log = buildlib.logger("build_minimal")
 
 
 def run(cmd, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, check=True, text=True, **kw)
-
-
-def sha256_file(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """buildlib.run with the output kept (these commands' output is what we read)."""
+    return buildlib.run(cmd, capture=True, **kw)
 
 
 # ---- host prerequisites ------------------------------------------------------
 
-def apt_install(packages: list[str]) -> None:
-    log(f"installing build prerequisites: {' '.join(packages)}")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    run(["apt-get", "install", "-y", "-q", *packages], env=env)
-
-
 def ensure_i386_lists() -> None:
     """Makes apt know about i386 packages (the kernel and busybox are i386)."""
-    foreign = run(["dpkg", "--print-foreign-architectures"], capture_output=True).stdout.split()
-    policy = subprocess.run(["apt-cache", "policy", "busybox-static:i386"],
-                            capture_output=True, text=True).stdout
-    if "i386" in foreign and "Candidate: (none)" not in policy and "Candidate:" in policy:
+    foreign = run(["dpkg", "--print-foreign-architectures"]).stdout.split()
+    if "i386" in foreign and buildlib.apt_record("busybox-static:i386") is not None:
         return
     if "i386" not in foreign:
         log("adding the i386 architecture to dpkg")
         run(["dpkg", "--add-architecture", "i386"])
     log("apt-get update (the i386 security index may fail; main is enough)")
-    subprocess.run(["apt-get", "update", "-q"])
+    run(["apt-get", "update", "-q"], check=False)
 
 
 def ensure_tools() -> None:
@@ -122,20 +102,8 @@ def ensure_tools() -> None:
 
 # ---- Debian packages ---------------------------------------------------------
 
-def apt_candidate(name: str, arch: str) -> str | None:
-    spec = name if arch == "all" else f"{name}:{arch}"
-    out = subprocess.run(["apt-cache", "policy", spec], capture_output=True, text=True).stdout
-    m = re.search(r"Candidate:\s*(\S+)", out)
-    return m.group(1) if m and m.group(1) != "(none)" else None
-
-
-def current_kernel_package(pattern: str) -> str:
-    out = run(["apt-cache", "search", "--names-only", pattern], capture_output=True).stdout
-    names = [line.split(" ", 1)[0] for line in out.splitlines() if line.strip()]
-    names = [n for n in names if re.match(pattern, n)]
-    if not names:
-        raise SystemExit(f"no package matching {pattern} in the apt lists")
-    return max(names, key=lambda n: int(re.search(r"6\.1\.0-(\d+)-", n).group(1)))
+def apt_spec(name: str, arch: str) -> str:
+    return name if arch == "all" else f"{name}:{arch}"
 
 
 def deb_filename(package: str, version: str, arch: str) -> str:
@@ -144,17 +112,12 @@ def deb_filename(package: str, version: str, arch: str) -> str:
 
 def apt_download(package: str, version: str, arch: str, dest: pathlib.Path) -> pathlib.Path | None:
     """Downloads one exact package version into dest; None if apt cannot."""
-    spec = (package if arch == "all" else f"{package}:{arch}") + f"={version}"
-    with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        proc = subprocess.run(["apt-get", "download", "-q", spec], cwd=tmp,
-                              capture_output=True, text=True)
-        debs = list(pathlib.Path(tmp).glob("*.deb"))
-        if proc.returncode != 0 or len(debs) != 1:
-            log(f"apt-get download {spec} failed: {proc.stderr.strip()[-300:]}")
-            return None
-        target = dest / deb_filename(package, version, arch)
-        debs[0].replace(target)
-        return target
+    try:
+        return buildlib.apt_download(f"{apt_spec(package, arch)}={version}",
+                                     dest / deb_filename(package, version, arch))
+    except BuildError as e:
+        log(f"apt-get download {package}={version} failed: {str(e)[-300:]}")
+        return None
 
 
 def fetch_package(role: str, pin: dict | None, debs_dir: pathlib.Path) -> dict:
@@ -177,10 +140,12 @@ def fetch_package(role: str, pin: dict | None, debs_dir: pathlib.Path) -> dict:
 
     # Not pinned, or the pinned version is gone from the mirror: take the current one.
     ensure_i386_lists()
-    name = current_kernel_package(how["pattern"]) if "pattern" in how else how["name"]
-    version = apt_candidate(name, arch)
-    if version is None:
-        raise SystemExit(f"apt knows no version of {name}:{arch}")
+    name = (buildlib.newest_package(re.compile(how["pattern"]), "linux-image-") if "pattern" in how
+            else how["name"])
+    record = buildlib.apt_record(apt_spec(name, arch))
+    if record is None:
+        raise BuildError(f"apt knows no version of {name}:{arch}: run apt-get update")
+    version = record["Version"]
     path = debs_dir / deb_filename(name, version, arch)
     if not path.exists():
         path = apt_download(name, version, arch, debs_dir)
@@ -225,8 +190,7 @@ def module_order(root: pathlib.Path, release: str, modules: list[str] = MODULES)
         run(["depmod", "-b", str(root), release])
     order: list[pathlib.Path] = []
     for name in modules:
-        out = run(["modprobe", "-d", str(root), "-S", release, "--show-depends", name],
-                  capture_output=True).stdout
+        out = run(["modprobe", "-d", str(root), "-S", release, "--show-depends", name]).stdout
         for line in out.splitlines():
             parts = line.split()
             if len(parts) >= 2 and parts[0] == "insmod":
@@ -244,11 +208,23 @@ def module_bytes(path: pathlib.Path) -> tuple[str, bytes]:
     if name.endswith(".xz"):
         return name[:-3], lzma.decompress(data)
     if name.endswith(".zst"):
-        out = run(["zstd", "-d", "-c", str(path)], capture_output=True, text=False).stdout
+        out = run(["zstd", "-d", "-c", str(path)], text=False).stdout
         return name[:-4], out
     if name.endswith(".gz"):
         return name[:-3], gzip.decompress(data)
     return name, data
+
+
+def insmod_files(root: pathlib.Path, release: str, modules: list[str] = MODULES) -> list[tuple[str, bytes]]:
+    """(file name, plain .ko bytes) of these modules of the kernel unpacked at root and of
+    what they depend on, in insmod order; each name is numbered by its place ("00-virtio.ko")."""
+    files = []
+    for i, path in enumerate(module_order(root, release, modules)):
+        inside = root / path.relative_to("/") if path.is_absolute() else path
+        name, data = module_bytes(inside if inside.exists() else path)
+        files.append((f"{i:02d}-{name}", data))
+    log("modules: " + " ".join(n[3:-3] for n, _ in files))
+    return files
 
 
 # ---- the agent ---------------------------------------------------------------
@@ -257,63 +233,16 @@ def compile_agent(work: pathlib.Path) -> bytes:
     out = work / "pyapptron-agent"
     cmd = ["gcc", "-m32", "-static", "-Os", "-s", "-std=c11", "-Wall",
            "-o", str(out), str(AGENT_SRC)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = run(cmd, check=False)
     if proc.returncode != 0:
         # Usually the 32-bit libc is missing.
         log(f"gcc -m32 failed ({proc.stderr.strip()[-200:]}); installing gcc-multilib")
         apt_install(["gcc-multilib"])
-        run(cmd)
+        run(cmd, what="compiling the guest agent (gcc -m32)")
     return out.read_bytes()
 
 
 # ---- initramfs -----------------------------------------------------------------
-
-class Cpio:
-    """A deterministic newc cpio writer (no cpio binary, no root needed for
-    the device node, fixed owner and mtime so identical inputs give identical
-    bytes)."""
-
-    def __init__(self):
-        self.buf = io.BytesIO()
-        self.ino = 1
-        self.dirs: set[str] = set()
-
-    def _entry(self, name: str, mode: int, data: bytes = b"", rdev=(0, 0)) -> None:
-        fields = [self.ino, mode, 0, 0, 2 if mode & 0o170000 == 0o040000 else 1, 0,
-                  len(data), 0, 0, rdev[0], rdev[1], len(name) + 1, 0]
-        self.ino += 1
-        self.buf.write(b"070701" + b"".join(b"%08X" % f for f in fields))
-        self.buf.write(name.encode() + b"\0")
-        self._pad()
-        self.buf.write(data)
-        self._pad()
-
-    def _pad(self) -> None:
-        self.buf.write(b"\0" * (-self.buf.tell() % 4))
-
-    def dir(self, name: str, mode: int = 0o755) -> None:
-        parts = name.split("/")
-        for i in range(1, len(parts) + 1):
-            d = "/".join(parts[:i])
-            if d not in self.dirs:
-                self.dirs.add(d)
-                self._entry(d, 0o040000 | (mode if d == name else 0o755))
-
-    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
-        if "/" in name:
-            self.dir(name.rsplit("/", 1)[0])
-        self._entry(name, 0o100000 | mode, data)
-
-    def symlink(self, name: str, target: str) -> None:
-        self._entry(name, 0o120777, target.encode())
-
-    def chardev(self, name: str, major: int, minor: int, mode: int = 0o600) -> None:
-        self._entry(name, 0o020000 | mode, rdev=(major, minor))
-
-    def finish(self) -> bytes:
-        self._entry("TRAILER!!!", 0)
-        return self.buf.getvalue()
-
 
 def build_initrd(busybox_root: pathlib.Path, kernel_root: pathlib.Path, release: str,
                  agent: bytes) -> bytes:
@@ -338,15 +267,10 @@ def build_initrd(busybox_root: pathlib.Path, kernel_root: pathlib.Path, release:
         b"export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
         b"export PS1='\\u@\\h:\\w# '\n"
         b"cd \"$HOME\"\n"))
-    order = []
-    for i, path in enumerate(module_order(kernel_root, release)):
-        rel = kernel_root / path.relative_to("/") if path.is_absolute() else path
-        name, data = module_bytes(rel if rel.exists() else path)
-        fname = f"{i:02d}-{name}"
+    modules = insmod_files(kernel_root, release)
+    for fname, data in modules:
         c.file(f"lib/modules/pyapptron/{fname}", data)
-        order.append(fname)
-    log("modules: " + " ".join(n[3:-3] for n in order))
-    c.file("lib/modules/pyapptron/order", ("\n".join(order) + "\n").encode())
+    c.file("lib/modules/pyapptron/order", "".join(fname + "\n" for fname, _ in modules).encode())
     return gzip.compress(c.finish(), compresslevel=9, mtime=0)
 
 
@@ -361,7 +285,9 @@ def file_record(path: pathlib.Path) -> dict:
     return {"size": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def build(out_dir: pathlib.Path, cache_dir: pathlib.Path, manifest: dict) -> None:
+def build(out_dir: pathlib.Path, cache_dir: pathlib.Path, manifest: dict, force: bool = False) -> None:
+    """Build the image into out_dir; force rebuilds it even when its key says it is up to date
+    (the pinned .debs in the cache are reused: each is checked against its sha256)."""
     out_dir, cache_dir = pathlib.Path(out_dir), pathlib.Path(cache_dir)
     image_dir = out_dir / "images" / "minimal"
     bios_dir = out_dir / "bios"
@@ -380,12 +306,13 @@ def build(out_dir: pathlib.Path, cache_dir: pathlib.Path, manifest: dict) -> Non
         "sources": sources, "cmdline": CMDLINE, "modules": MODULES,
         "agent": sha256_file(AGENT_SRC), "init": sha256_file(INIT_SCRIPT),
         "builder": sha256_file(pathlib.Path(__file__)),
+        "buildlib": sha256_file(pathlib.Path(buildlib.__file__)),  # the cpio writer
     }, sort_keys=True).encode()).hexdigest()
     key_file = image_dir / ".build-key"
     image_json = image_dir / "image.json"
     outputs = [image_dir / "bzImage", image_dir / "initrd.img", image_json,
                bios_dir / "seabios.bin", bios_dir / "vgabios.bin"]
-    if key_file.exists() and key_file.read_text() == key and all(p.exists() for p in outputs):
+    if not force and key_file.exists() and key_file.read_text() == key and all(p.exists() for p in outputs):
         recorded = json.loads(image_json.read_text())["files"]
         if all(file_record(image_dir / n) == r for n, r in recorded.items()):
             log(f"up to date: {image_dir}")
