@@ -471,15 +471,21 @@ def zsh_compiled(root: pathlib.Path, overlay: dict[str, tuple[int, bytes]]) -> d
 class _chroot_scratch:
     """A scratch directory under the root's /tmp for work done in a chroot: (its path in
     the chroot, its path here). Removed after, and /tmp's times put back: they are in the
-    9p index, which the boot snapshot is bound to."""
+    9p index, which the boot snapshot is bound to. Its name is fixed, not random: zsh
+    writes the path it compiled a file at into the .zwc, and a random one would make
+    every build's image (and so its boot snapshot) differ."""
+
+    NAME = "pyapptron-build"
 
     def __init__(self, root: pathlib.Path):
         self.root = root
 
     def __enter__(self):
         self.tmp = os.stat(self.root / "tmp")
-        self.outside = pathlib.Path(tempfile.mkdtemp(prefix="pyapptron-", dir=self.root / "tmp"))
-        return "/tmp/" + self.outside.name, self.outside
+        self.outside = self.root / "tmp" / self.NAME
+        shutil.rmtree(self.outside, ignore_errors=True)  # left by a build that was killed
+        self.outside.mkdir()
+        return "/tmp/" + self.NAME, self.outside
 
     def __exit__(self, *exc):
         shutil.rmtree(self.outside, ignore_errors=True)
