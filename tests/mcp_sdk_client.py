@@ -49,13 +49,12 @@ async def session_v1(params):
             async def cancel(call_args, after_pid):
                 request_id = session._request_id  # the SDK's next id: 1.x sends no cancel itself
                 call = asyncio.ensure_future(session.call_tool("exec", call_args))
-                await asyncio.sleep(0.2)  # let the call take that id before anything else does
+                await until(lambda: session._request_id > request_id, "the call never took its request id")
                 await after_pid()
                 await session.send_notification(types.ClientNotification(types.CancelledNotification(
                     method="notifications/cancelled",
                     params=types.CancelledNotificationParams(requestId=request_id, reason="test"))))
-                await asyncio.sleep(1)
-                call.cancel()
+                call.cancel()  # the server answers no cancelled request: stop waiting for it
 
             await exercise(session, cancel, raw_error=lambda e: (e.error.code, e.error.message))
 
@@ -81,6 +80,15 @@ async def session_v2(params):
                 pass
 
         await exercise(client, cancel, raw_error=lambda e: (e.code, str(e)))
+
+
+async def until(condition, failure: str, timeout: float = 30):
+    """Wait for condition() to hold, checking often; AssertionError(failure) after timeout."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(failure)
+        await asyncio.sleep(0.01)
 
 
 async def exercise(client, cancel, raw_error):
@@ -172,8 +180,14 @@ async def _exercise(client, cancel, raw_error):
         raise AssertionError("the command to cancel never started")
 
     await cancel({"command": "echo $$ > /tmp/cancel.pid; exec sleep 300"}, pid_written)
-    await asyncio.sleep(1)
-    report["after_cancel"] = await call("exec", {"command": f"kill -0 {report['cancel_pid']} 2>&1; echo alive=$?"})
+    # The server kills the command when the cancellation arrives: wait for that, not a while.
+    deadline = time.monotonic() + 30
+    while True:
+        report["after_cancel"] = await call("exec", {"command": f"kill -0 {report['cancel_pid']} 2>&1; "
+                                                                "echo alive=$?"})
+        if "alive=1" in report["after_cancel"]["structured"]["stdout"] or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
     report["still_serving"] = await call("exec", {"command": "echo ok"})
 
 

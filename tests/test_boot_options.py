@@ -49,8 +49,8 @@ def test_backend_options_of_the_wrong_type_are_refused_by_name(emulator, kwargs,
     ("qemu-wasm", {"build": "/q/", "kernel": bytearray(b"k"), "disk": [b"d", "/pack/d2"], "prompt": None}),
 ])
 def test_backend_options_of_an_accepted_type_pass_the_check(emulator, kwargs):
-    # Past every option check, the next step is loading the assets (none outside a browser).
-    with pytest.raises(pyapptron.AssetsMissing):
+    # Past every option check, the next step is loading the assets: that needs a browser.
+    with pytest.raises(pyapptron.NotSupported, match="^this needs a browser"):
         boot(emulator, **kwargs)
 
 
@@ -66,7 +66,7 @@ class PageBytes:
 
 def test_a_pages_byte_array_is_checked_as_bytes(monkeypatch):
     monkeypatch.setattr(pyapptron._browser, "from_page", lambda v: v.to_bytes() if isinstance(v, PageBytes) else v)
-    with pytest.raises(pyapptron.AssetsMissing):
+    with pytest.raises(pyapptron.NotSupported, match="^this needs a browser"):
         boot("qemu-wasm", build="/q/", kernel=PageBytes(b"kernel"))
     with pytest.raises(pyapptron.InvalidOption, match="option 'kernel' must be"):
         boot("qemu-wasm", build="/q/", kernel=object())  # any other JS (or Python) value is refused
@@ -87,9 +87,11 @@ def test_invalid_option_is_also_a_value_error():
     assert issubclass(pyapptron.InvalidOption, pyapptron.PyapptronError)
 
 
-def test_outside_a_browser_boot_says_how_to_get_one():
-    with pytest.raises(pyapptron.PyapptronError, match="needs a browser|assets URL"):
-        boot("v86", assets_url="http://127.0.0.1:1/assets/")
+@pytest.mark.parametrize("assets_url", ["http://127.0.0.1:1/assets/", None])
+def test_outside_a_browser_boot_says_how_to_get_one(assets_url):
+    with pytest.raises(pyapptron.NotSupported, match="^this needs a browser: run it inside Pyodide .*"
+                                                     "python -m pyapptron run -- CMD"):
+        boot("v86", assets_url=assets_url)
 
 
 INDEX = {"files": {"images/minimal/image.json": {}, "images/agent/image.json": {}, "v86/libv86.mjs": {}}}

@@ -13,6 +13,7 @@ is marked for one (@only), e.g. the x86_64 agent tools.
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -224,28 +225,47 @@ def last_line(driver):
     return lines[-1] if lines else ""
 
 
-def wait_prompt(driver, timeout=120):
-    """Wait until zsh's line editor shows an empty prompt (typing earlier would be echoed
-    by the tty, not by zsh)."""
+def terminal_tty_is_raw(vm) -> bool:
+    """Whether a program reads the terminal's tty (ttyS0) key by key: zsh's line editor,
+    vim, less. Typed into a tty still in canonical mode, keys are echoed by the tty."""
+    return bool(re.search(rb"(^|\s)-icanon\b", vm.run("stty -a -F /dev/ttyS0", timeout=60).stdout))
+
+
+def wait_raw_tty(driver, vm, deadline):
+    while not terminal_tty_is_raw(vm):
+        assert time.monotonic() < deadline, f"the terminal's tty stayed in canonical mode (no line editor " \
+                                            f"reads it); the terminal shows:\n{screen(driver, visible=True)}"
+        time.sleep(0.1)
+
+
+def wait_prompt(driver, vm, timeout=120):
+    """Wait until zsh's line editor shows an empty prompt and reads the keys (typing
+    earlier would be echoed by the tty, not by zsh)."""
     deadline = time.monotonic() + timeout
     while not last_line(driver).endswith("# "):
         assert time.monotonic() < deadline, f"no prompt; the terminal shows:\n{screen(driver, visible=True)}"
         time.sleep(0.2)
-    time.sleep(0.3)
+    wait_raw_tty(driver, vm, deadline)
 
 
-def test_the_terminal_shows_a_zsh_prompt_and_runs_typed_commands(driver):
+def guest_runs(vm, command_line: str) -> bool:
+    """Whether a process with exactly this command line runs in the guest."""
+    r = vm.run("for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f 2>/dev/null; echo; done")
+    return (command_line + " ").encode() in r.stdout.splitlines()
+
+
+def test_the_terminal_shows_a_zsh_prompt_and_runs_typed_commands(driver, vm):
     wait_screen(driver, PROMPT, timeout=120)
-    wait_prompt(driver)
+    wait_prompt(driver, vm)
     type_keys(driver, "echo typed-$((6*7)) $ZSH_NAME\n")
     wait_screen(driver, "typed-42 zsh")
 
 
-def test_zsh_autosuggestions_offer_history(driver):
-    wait_prompt(driver)
+def test_zsh_autosuggestions_offer_history(driver, vm):
+    wait_prompt(driver, vm)
     type_keys(driver, "echo suggest-$((1+1))-me\n")
     wait_screen(driver, "\nsuggest-2-me")
-    wait_prompt(driver)
+    wait_prompt(driver, vm)
     type_keys(driver, "echo sugg")
     # The suggestion is drawn after the cursor; accepting it (Right arrow) runs the whole line.
     deadline = time.monotonic() + 60
@@ -259,19 +279,22 @@ def test_zsh_autosuggestions_offer_history(driver):
         time.sleep(0.2)
 
 
-def test_ctrl_c_interrupts_a_running_command(driver):
-    wait_prompt(driver)
+def test_ctrl_c_interrupts_a_running_command(driver, vm):
+    wait_prompt(driver, vm)
     type_keys(driver, "sleep 300; echo finished-$((40+2))\n")
-    time.sleep(2)
+    deadline = time.monotonic() + 60
+    while not guest_runs(vm, "sleep 300"):
+        assert time.monotonic() < deadline, f"the typed sleep never started; the terminal shows:\n{screen(driver)}"
+        time.sleep(0.1)
     type_keys(driver, "\ue009c\ue009")  # Ctrl-C
-    wait_prompt(driver, timeout=30)
+    wait_prompt(driver, vm, timeout=30)
     type_keys(driver, "echo after-ctrl-c\n")
     text = wait_screen(driver, "\nafter-ctrl-c")
     assert "finished-42" not in text
 
 
 def test_tmux_splits_and_redraws_in_the_terminal(driver, vm):
-    wait_prompt(driver)
+    wait_prompt(driver, vm)
     type_keys(driver, "tmux new-session -s shown\n")
     wait_screen(driver, "[shown]", visible=True, timeout=240)  # tmux's status line
     vm.run("tmux split-window -h -t shown && tmux send-keys -t shown:0.1 'echo right-$((1+1))' Enter", timeout=120)
@@ -286,16 +309,16 @@ def test_tmux_splits_and_redraws_in_the_terminal(driver, vm):
 
 def test_full_screen_apps_vim_and_less(driver, vm):
     vm.write_file("/root/notes.txt", "".join(f"line {i}\n" for i in range(1, 200)))
-    wait_prompt(driver)
+    wait_prompt(driver, vm)
     type_keys(driver, "less /root/notes.txt\n")
     wait_screen(driver, "line 1\n", visible=True, timeout=60)
     type_keys(driver, "G")
     wait_screen(driver, "line 199", visible=True)
     type_keys(driver, "q")
-    wait_prompt(driver)
+    wait_prompt(driver, vm)
     type_keys(driver, "vim /root/vim-test.txt\n")
     wait_screen(driver, "vim-test.txt", visible=True, timeout=120)
-    time.sleep(1)
+    wait_raw_tty(driver, vm, time.monotonic() + 60)  # vim reads the keys itself
     type_keys(driver, "iwritten in vim\ue00c:wq\n")  # Esc
     deadline = time.monotonic() + 60
     while True:

@@ -1,40 +1,20 @@
-"""In real headless Chromium: the c2w backend, x86_64 through WASI.
+"""In real headless Chromium: what only the c2w backend does.
 
-The first half boots each x86_64 image (Bochs 3.0 for WASI, a Debian amd64 kernel:
-"debian-x86_64" with a busybox initramfs, "agent-x86_64" with a Debian root on a lazily
-read disk) into the page's xterm.js terminal, and the same machine answers run() and the
-file calls from here: the exec exactness tests, on both. The second half runs the WASI
-probe program (emulators/c2w/wasi_probe.c, built by the asset command) as a user's own
-module, boot("c2w", wasm=...), which exercises our WASI host: stdin, stdout, stderr,
-preopens, poll timeouts, exit statuses, a module in chunks.
+Exec, files, the console and bad options of the x86_64 images ("debian-x86_64",
+"agent-x86_64") are the same on every engine: tests/test_machine_behaviour.py runs them
+on both. Here: the WASI probe program (emulators/c2w/wasi_probe.c, built by the asset
+command) as a user's own module, boot("c2w", wasm=...), which exercises our WASI host:
+stdin, stdout, stderr, preopens, poll timeouts, exit statuses, a module in chunks; the
+options only a user's module takes; and the cross-origin isolation c2w needs.
 """
 
-import hashlib
-import subprocess
-import time
-
 import pytest
-from selenium.webdriver.common.by import By
 
 import pyapptron
-from pyapptron.host.browser import RemoteSession, terminal_text
+from pyapptron.host.browser import RemoteSession
 from pyapptron.host.server import PageServer
 
 pytestmark = pytest.mark.browser
-
-
-IMAGES = ("debian-x86_64", "agent-x86_64")
-
-
-def pytest_generate_tests(metafunc):
-    if "image" in metafunc.fixturenames:
-        metafunc.parametrize("image", IMAGES, scope="module")
-
-
-@pytest.fixture(scope="module")
-def session(image, pyapptron_browser, pyapptron_server):
-    return RemoteSession(pyapptron_browser, pyapptron_server.url + f"web/index.html?emulator=c2w&image={image}",
-                         autoboot=True)
 
 
 @pytest.fixture(scope="module")
@@ -43,110 +23,9 @@ def page(pyapptron_browser, pyapptron_server):
     return RemoteSession(pyapptron_browser, pyapptron_server.url)
 
 
-@pytest.fixture(scope="module")
-def vm(session):
-    return session.page_machine()
-
-
-# -- the 64-bit guest ----------------------------------------------------------------------
-def test_boot_reports_an_x86_64_guest_with_exec_and_files(vm):
-    assert vm.capabilities.as_dict() == {
-        "arch": "x86_64", "exec": True, "files": True, "console": True, "snapshot": False,
-        "network": False, "persist": False,
-    }
-    r = vm.run("uname -m; echo oops >&2; exit 3")
-    assert (r.returncode, r.stdout, r.stderr) == (3, b"x86_64\n", b"oops\n")
-
-
-def test_a_debian_amd64_binary_runs(vm):
-    # /bin/sh is a Debian amd64 package's (busybox-static's, or dash): a 64-bit x86-64 ELF
-    # (class 2, machine 0x3e).
-    header = vm.read_file("/bin/sh")[:20]
-    assert header[:5] == b"\x7fELF\x02" and header[18:20] == b"\x3e\x00"
-    r = vm.run(["sh", "-c", "echo $((1 << 40))"])
-    assert r.stdout == b"1099511627776\n"  # 64-bit shell arithmetic
-    assert vm.run("uname -r").stdout.decode().endswith("-amd64\n")
-
-
-def test_output_is_exact_binary_and_without_trailing_newline(vm):
-    assert vm.run("printf abc").stdout == b"abc"
-    assert vm.run("printf ''").stdout == b""
-    every_byte = bytes(range(256))
-    vm.write_file("/tmp/all.bin", every_byte)
-    assert vm.run(["cat", "/tmp/all.bin"]).stdout == every_byte
-    tricky = b"\xa5\x5a\x83\x00\x01\x00\x00\x00\x04\x00\x00\x00\x00\x00\x00\x00@@1@@ EXIT 0\n"
-    vm.write_file("/tmp/tricky", tricky)
-    r = vm.run("cat /tmp/tricky; cat /tmp/tricky >&2")
-    assert (r.stdout, r.stderr) == (tricky, tricky)
-
-
-def test_a_megabyte_of_output_and_of_stdin_arrive_whole(vm):
-    r = vm.run("head -c 1000000 /dev/urandom > /tmp/big && cat /tmp/big && sha256sum /tmp/big >&2", timeout=120)
-    assert len(r.stdout) == 1_000_000
-    assert r.stderr.split()[0].decode() == hashlib.sha256(r.stdout).hexdigest()
-    data = bytes(range(256)) * 4096
-    assert vm.run("sha256sum", input=data, timeout=120).stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
-
-
-def test_cwd_env_text_exit_codes_and_signals(vm):
-    r = vm.run("pwd; echo $FOO", cwd="/tmp", env={"FOO": "bar", "PATH": "/bin:/sbin"}, text=True)
-    assert r.stdout == "/tmp\nbar\n"
-    assert vm.run("exit 255").returncode == 255
-    assert vm.run("kill -9 $$").returncode == -9
-    with pytest.raises(FileNotFoundError):
-        vm.run(["definitely-not-a-program"])
-
-
-def test_timeout_kills_the_command_and_the_machine_stays_usable(vm):
-    with pytest.raises(pyapptron.TimeoutExpired) as info:
-        vm.run("echo started; sleep 60 & wait", timeout=2)
-    assert isinstance(info.value, subprocess.TimeoutExpired)
-    assert info.value.stdout == b"started\n"
-    assert vm.run("echo still here").stdout == b"still here\n"
-
-
-def test_concurrent_runs_do_not_mix_outputs(session, vm):
-    result = session.python(f"""
-import asyncio
-m = machines[{vm.id}]
-rs = await asyncio.gather(*(m.run(f"for i in 1 2 3; do echo job{{n}}; done; exit {{n}}") for n in range(8)))
-result = [[r.returncode, r.stdout.decode()] for r in rs]
-""")
-    assert result == [[n, f"job{n}\n" * 3] for n in range(8)]
-
-
-def test_file_round_trip_and_missing_paths(vm):
-    blob = hashlib.sha256(b"seed").digest() * 10000  # 320 kB
-    vm.write_file("/root/blob", blob, mode=0o600)
-    assert vm.read_file("/root/blob") == blob
-    assert vm.run("stat -c %a /root/blob").stdout == b"600\n"
-    assert {e["name"] if isinstance(e, dict) else e.name for e in vm.list_dir("/root")} >= {"blob"}
-    with pytest.raises(FileNotFoundError):
-        vm.read_file("/no/such/file")
-    with pytest.raises(FileNotFoundError):
-        vm.write_file("/no/such/dir/file", b"x")
-
-
-def test_the_terminal_answers_typing(session, vm):
-    driver = session.browser.driver
-    driver.find_element(By.CSS_SELECTOR, "#terminal textarea").send_keys("echo typed-$((6*7))\n")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if "typed-42" in terminal_text(driver):
-            return
-        time.sleep(0.1)
-    raise AssertionError("the shell never answered on the terminal; it shows:\n" + terminal_text(driver))
-
-
-def test_bad_options_raise_invalid_option(page):
-    with pytest.raises(pyapptron.InvalidOption, match="out of range for c2w"):
-        page.boot("c2w", memory_mib=64)
-    with pytest.raises(pyapptron.InvalidOption, match="out of range for c2w"):
-        page.boot("c2w", "agent-x86_64", memory_mib=4096)
+def test_a_user_modules_options_given_to_an_image_raise_invalid_option(page):
     with pytest.raises(pyapptron.InvalidOption, match="for a user's module"):
         page.boot("c2w", args=["-c", "true"])
-    with pytest.raises(pyapptron.ImageNotFound, match="agent-x86_64"):
-        page.boot("c2w", "no-such-image")
 
 
 # -- a user's own WASI module: the probe -------------------------------------------------

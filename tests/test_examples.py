@@ -50,6 +50,15 @@ def test_pytest_fixture_examples_pass():
     assert "4 passed" in r.stdout
 
 
+def test_unit_testing_example_passes_without_a_browser():
+    """pyapptron.testing's example: a user's code tested over ScriptedBackend, no browser."""
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        str(EXAMPLES / "test_without_browser.py")],
+                       capture_output=True, text=True, timeout=120, cwd=EXAMPLES)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "6 passed" in r.stdout
+
+
 def test_mcp_in_page_example_an_iframe_agent_and_the_page_itself_drive_the_vm(pyapptron_browser, pyapptron_server):
     driver = pyapptron_browser.driver
     driver.get(pyapptron_server.url + "examples/mcp_in_page.html")

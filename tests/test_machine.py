@@ -6,89 +6,11 @@ import struct
 import pytest
 
 from pyapptron import agent as A
-from pyapptron.backends import Backend, Capabilities
 from pyapptron.errors import BootError, InvalidOption, MachineClosed, NotSupported, SnapshotCorrupt, TimeoutExpired
 from pyapptron import errors as pyapptron_errors
 from pyapptron import snapshots
-from pyapptron.machine import Machine
-
-
-class ScriptedBackend(Backend):
-    """A backend whose 'guest' is a Python function answering agent frames."""
-
-    name = "scripted"
-
-    def __init__(self, answer=None, hello=True, exec_capable=True, damaged_snapshot=False, exit_on_signal=True):
-        self.capabilities = Capabilities("i686", exec_capable, exec_capable, True, exec_capable, False)
-        self.answer = answer
-        self.hello = hello
-        self.decoder = A.FrameDecoder()
-        self.stopped = False
-        self.signals = []
-        self.frames = []  # every frame the host sent
-        self.damaged_snapshot = damaged_snapshot
-        self.resumed = []
-        self.starts = 0
-        self.exit_on_signal = exit_on_signal  # False: a SIGKILL that never ends the command
-
-    async def start(self, on_console, on_agent, resume=None):
-        self.starts += 1
-        self.on_agent = on_agent
-        if resume is not None:
-            if self.damaged_snapshot:
-                raise SnapshotCorrupt("its state does not decompress")
-            self.resumed.append(resume)
-            return  # a resumed agent waits for the host's HELLO
-        on_console(b"login# ")
-        if self.hello:
-            on_agent(A.encode_frame(A.T_HELLO, 0, struct.pack("<III", 1, 15, 4096)))
-
-    def snapshot_binding(self):
-        return {"emulator": "scripted", "image": "test", "memory_mib": 128}
-
-    async def save_state(self):
-        return b"STATE", 1000, 0.01
-
-    async def restore_state(self, resume):
-        self.resumed.append(resume)
-
-    def write_console(self, data):
-        pass
-
-    def write_agent(self, chunk):
-        for frame in self.decoder.feed(chunk):
-            self.frames.append(frame)
-            loop = asyncio.get_running_loop()
-            if frame.type == A.T_HELLO:
-                loop.call_soon(self.on_agent, A.encode_frame(A.T_HELLO, 0, struct.pack("<III", 1, 15, 4096)))
-                continue
-            loop.call_soon(self.on_agent, A.encode_frame(A.T_WINDOW, 0, struct.pack("<I", 1)))
-            if frame.type == A.T_SIGNAL:
-                self.signals.append(frame.id)
-                if self.exit_on_signal:
-                    loop.call_soon(self.on_agent, A.encode_frame(A.T_EXIT, frame.id, struct.pack("<i", -9)))
-            elif self.answer:
-                for reply in self.answer(frame):
-                    loop.call_soon(self.on_agent, reply)
-
-    async def stop(self):
-        self.stopped = True
-
-
-def exits(status, out=b""):
-    def answer(frame):
-        if frame.type == A.T_EXEC:
-            if out:
-                yield A.encode_frame(A.T_STDOUT, frame.id, out)
-            if status is not None:
-                yield A.encode_frame(A.T_EXIT, frame.id, struct.pack("<i", status))
-    return answer
-
-
-async def booted(backend, timeout=1.0, resume=None):
-    vm = Machine(backend, emulator="scripted", image="test", resume=resume)
-    await vm._start(timeout)
-    return vm
+from pyapptron.testing import ScriptedBackend, exits
+from pyapptron.testing import scripted_machine as booted
 
 
 def test_boot_that_never_gets_ready_raises_boot_error_and_releases_the_emulator():
