@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import _browser
-from .errors import AssetsMissing, ImageNotFound, NotSupported
+from .errors import AssetsMissing, ImageNotFound
 
 BUILD_HINT = "build them with `python emulators/build.py` (or `bash emulators/setup.sh`)"
 
@@ -17,11 +17,6 @@ class Assets:
 
     @classmethod
     async def load(cls, base_url: str | None = None) -> Assets:
-        if not _browser.IN_BROWSER:
-            # Outside a browser nothing can be fetched, with or without a URL: say that.
-            from ._browser._stand_in import _WHY
-
-            raise NotSupported(_WHY)
         base_url = base_url or _browser.default_assets_url()
         if not base_url:
             raise AssetsMissing(

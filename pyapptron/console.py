@@ -14,10 +14,20 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from .errors import ConsoleEOF, WaitTimeout
 
 logger = logging.getLogger(__name__)
+
+
+class Found(NamedTuple):
+    """What one expect() got: the pattern's index, and before / after / match for it."""
+
+    index: int
+    before: bytes
+    after: Any
+    match: Any
 
 
 class _Sentinel:
@@ -144,23 +154,31 @@ class Console:
         Raises WaitTimeout (with the unmatched output) when `timeout` seconds pass, and
         ConsoleEOF when the console closes first.
         """
-        await self._expect([_compile(pattern)], timeout)
-        return self.match  # type: ignore[return-value]
+        return (await self._expect([_compile(pattern)], timeout)).match
 
     async def expect(self, pattern, timeout: float | None = 30) -> int:
         """pexpect's expect: `pattern` is a regex or a list of them, where EOF and TIMEOUT
         may also stand. Returns the index of the one that matched: of the patterns that
         match, the one whose match starts first in the output (the first listed on a tie).
-        Sets before/after/match as pexpect does (after EOF or TIMEOUT: before is the
-        unconsumed output, after the sentinel, match None). Without EOF (TIMEOUT) in the
-        list, a closed console (the timeout) raises ConsoleEOF (WaitTimeout)."""
-        return await self._expect(_pattern_list(pattern, _compile), timeout)
+        Sets before/after/match as pexpect does: after EOF or TIMEOUT, before is the
+        unconsumed output and after and match are the sentinel; EOF consumes the output,
+        TIMEOUT leaves it for the next expect. Without EOF (TIMEOUT) in the list, a closed
+        console (the timeout) raises ConsoleEOF (WaitTimeout)."""
+        return (await self._expect(_pattern_list(pattern, _compile), timeout)).index
 
     async def expect_exact(self, pattern, timeout: float | None = 30) -> int:
         """expect() with plain strings instead of regexes (pexpect's expect_exact)."""
-        return await self._expect(_pattern_list(pattern, lambda p: re.compile(re.escape(_as_bytes(p)))), timeout)
+        found = await self._expect(_pattern_list(pattern, lambda p: re.compile(re.escape(_as_bytes(p)))), timeout)
+        return found.index
 
-    async def _expect(self, patterns: list, timeout: float | None) -> int:
+    async def _expect(self, patterns: list, timeout: float | None) -> Found:
+        """What matched, set as before/after/match when this call resumes: a waiter's own
+        result, even when several waiters matched in one chunk."""
+        found = await self._found(patterns, timeout)
+        self.before, self.after, self.match = found.before, found.after, found.match
+        return found
+
+    async def _found(self, patterns: list, timeout: float | None) -> Found:
         regexes = [(i, p) for i, p in enumerate(patterns) if isinstance(p, re.Pattern)]
         found = self._try_match(regexes, None)
         if found is not None:
@@ -184,14 +202,15 @@ class Console:
             if entry in self._waiters:
                 self._waiters.remove(entry)
 
-    def _at_end(self, patterns: list, sentinel: _Sentinel, error: Exception) -> int:
-        """EOF or TIMEOUT: its index where the caller listed it (the unconsumed output
-        becomes `before`, as in pexpect), else the error."""
+    def _at_end(self, patterns: list, sentinel: _Sentinel, error: Exception) -> Found:
+        """EOF or TIMEOUT: its index where the caller listed it, else the error. As in
+        pexpect, the unconsumed output becomes `before`; EOF consumes it, TIMEOUT keeps it."""
         if sentinel not in patterns:
             raise error
-        self.before, self.after, self.match = bytes(self._buffer), sentinel, None
-        self._drop(len(self._buffer))
-        return patterns.index(sentinel)
+        found = Found(patterns.index(sentinel), bytes(self._buffer), sentinel, sentinel)
+        if sentinel is EOF:
+            self._drop(len(self._buffer))
+        return found
 
     async def wait_quiet(self, seconds: float, timeout: float | None = 30) -> None:
         """Wait until the console has printed nothing for `seconds` (e.g. a prompt drawn
@@ -217,7 +236,7 @@ class Console:
         del self._buffer[:n]
         self._dropped += n
 
-    def _try_match(self, regexes: list[tuple[int, re.Pattern[bytes]]], searched: int | None) -> int | None:
+    def _try_match(self, regexes: list[tuple[int, re.Pattern[bytes]]], searched: int | None) -> Found | None:
         """The index of the pattern whose match starts first in the buffer, consuming the
         buffer up to that match's end; None if none matches. `searched`: the stream
         position up to which these patterns were searched before and matched nothing."""
@@ -235,11 +254,8 @@ class Console:
         # when the buffer is trimmed (one copy per match, not per chunk); the same search
         # from the same start finds the same match.
         m = m.re.search(bytes(self._buffer), m.start())
-        self.before = m.string[: m.start()]
-        self.after = m.group(0)
-        self.match = m
         self._drop(m.end())
-        return index
+        return Found(index, m.string[: m.start()], m.group(0), m)
 
     def _search_start(self, regex: re.Pattern[bytes], searched: int | None) -> int:
         """Where in the buffer a match not found by the last search can start: a match of

@@ -214,19 +214,19 @@ def _patterns_from_wire(args: dict) -> dict:
 
 
 def _expect_to_wire(index: int, console: Console) -> dict:
-    after = console.after
+    # Read as the call returned: Console set them for this call when it resumed.
+    after, match = console.after, console.match
     return {"index": index, "before": console.before,
             "after": {"sentinel": after.name} if after is EOF or after is TIMEOUT else after,
-            "match": None if console.match is None else _match_to_wire(console.match)}
+            "match": {"sentinel": match.name} if match is EOF or match is TIMEOUT else _match_to_wire(match)}
 
 
 def _expect_from_wire(value: dict, console) -> int:
-    after = value["after"]
+    after, m = value["after"], value["match"]
     console.after = _SENTINELS[after["sentinel"]] if isinstance(after, dict) else after
     console.before = value["before"]
-    m = value["match"]
-    console.match = None if m is None else RemoteMatch(m["string"], m["spans"], m["pattern"], m["flags"],
-                                                       m["lastindex"])
+    console.match = (_SENTINELS[m["sentinel"]] if "sentinel" in m
+                     else RemoteMatch(m["string"], m["spans"], m["pattern"], m["flags"], m["lastindex"]))
     return value["index"]
 
 

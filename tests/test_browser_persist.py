@@ -16,6 +16,8 @@ from pyapptron.errors import InvalidOption, PersistLocked
 from pyapptron.host.browser import Browser, BrowserConfig, RemoteSession
 from pyapptron.host.server import PageServer
 
+pytestmark = pytest.mark.browser
+
 # What `stat` says of every path under the persisted directories: name, octal mode,
 # size, mtime, type and (for a symlink) its target.
 LISTING = ("find /root /persist /usr/local -exec stat -c '%n %a %s %Y %F %N' {} + | sort")

@@ -5,6 +5,8 @@ import hashlib
 import sys
 from pathlib import Path
 
+import os
+
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,7 +92,8 @@ def test_a_missing_program_is_a_build_error_that_names_it(tmp_path):
 
 def test_nice_runs_the_command_under_nice(tmp_path):
     r = buildlib.run(["sh", "-c", "nice"], nice=True, capture=True)
-    assert r.args[:3] == ["nice", "-n", "10"] and r.stdout.strip() == "10"
+    # 10 above this process's own niceness (capped at 19, where a niced test run may be)
+    assert r.args[:3] == ["nice", "-n", "10"] and int(r.stdout) == min(19, os.nice(0) + 10)
 
 
 # ---- the machine's sources and the private apt ---------------------------------------

@@ -183,9 +183,11 @@ def test_timeout_in_the_list_is_returned_instead_of_raised_and_the_output_become
         c = Console(lambda b: None)
         c.feed(b"still working")
         assert await c.expect([rb"done", TIMEOUT], timeout=0.05) == 1
-        assert (c.before, c.after, c.match) == (b"still working", TIMEOUT, None)
+        assert (c.before, c.after, c.match) == (b"still working", TIMEOUT, TIMEOUT)
         with pytest.raises(WaitTimeout):
             await c.expect([rb"done"], timeout=0.05)
+        # As in pexpect, a timeout leaves the output for the next expect
+        assert await c.expect(rb"working", timeout=1) == 0 and c.before == b"still "
     asyncio.run(main())
 
 
@@ -195,7 +197,7 @@ def test_eof_in_the_list_is_returned_when_the_console_closes():
         c.feed(b"bye")
         asyncio.get_running_loop().call_later(0.01, c.close, "the program exited")
         assert await c.expect([rb"never", EOF], timeout=1) == 1
-        assert (c.before, c.after) == (b"bye", EOF)
+        assert (c.before, c.after, c.match) == (b"bye", EOF, EOF)
         assert await c.expect([EOF], timeout=1) == 0  # a closed console stays at its end
         with pytest.raises(ConsoleEOF):
             await c.expect(rb"never", timeout=1)
@@ -212,8 +214,16 @@ def test_expect_exact_takes_strings_literally():
 
 
 def test_a_flood_of_output_with_a_waiter_is_scanned_in_place_not_copied_per_chunk():
+    copies = []
+
+    class CountedBuffer(bytearray):
+        def __bytes__(self):
+            copies.append(len(self))
+            return bytes(memoryview(self))
+
     async def main():
         c = Console(lambda b: None)
+        c._buffer = CountedBuffer()
         waiter = asyncio.ensure_future(c.wait_for(rb"@@END@@", timeout=5))
         await asyncio.sleep(0)
         for _ in range(300):  # past the buffer's cap
@@ -225,6 +235,7 @@ def test_a_flood_of_output_with_a_waiter_is_scanned_in_place_not_copied_per_chun
         assert m.group(0) == b"@@END@@" and m.string.endswith(b"\n@@END@@ tail")
         assert len(c.before) <= Console.max_buffer and c.before.endswith(b"z\n")
     asyncio.run(main())
+    assert len(copies) == 1  # the match's own bytes, once: none for the 300 chunks before it
 
 
 @pytest.mark.parametrize("pattern", [rb"@@END@@", rb"# $", rb"x{2,5}y", rb"(?s)BEGIN.*END", rb"foo(?=bar)",
@@ -268,3 +279,16 @@ def test_a_waiter_finds_the_match_a_full_search_after_every_chunk_would_find(pat
                 asyncio.run(main())
         else:
             assert asyncio.run(main()) == expected, (pattern, seed)
+
+
+def test_waiters_that_match_in_one_chunk_each_get_their_own_match():
+    async def main():
+        c = Console(lambda b: None)
+        first = asyncio.ensure_future(c.wait_for(rb"alpha", timeout=1))
+        second = asyncio.ensure_future(c.wait_for(rb"beta", timeout=1))
+        await asyncio.sleep(0)
+        c.feed(b"xx alpha yy beta zz")
+        a, b = await first, await second
+        assert (a.group(0), b.group(0)) == (b"alpha", b"beta")
+        assert c.match.group(0) == b"beta" and c.before == b" yy "  # the last call to return
+    asyncio.run(main())

@@ -271,8 +271,11 @@ def test_console_prompt_typing_and_exec_stays_off_the_console(vm):
 
 
 def test_console_wait_for_times_out_with_the_output_seen(vm):
-    with pytest.raises(pyapptron.WaitTimeout):
-        vm.console.wait_for("this-text-never-appears", timeout=0.5)
+    vm.console.sendline("echo seen-$((6*9)); echo tail-$((6*9))")  # the typed line's echo has neither
+    vm.console.wait_for(rb"seen-54", timeout=30)
+    with pytest.raises(pyapptron.WaitTimeout) as info:
+        vm.console.wait_for("this-text-never-appears", timeout=2)
+    assert b"tail-54" in info.value.buffer  # what the console printed meanwhile, for the user to see
 
 
 def test_the_terminal_answers_typing(session, vm):

@@ -175,7 +175,7 @@ def test_expect_crosses_the_wire_with_pexpects_meaning():
         assert (console.before, console.after, console.match.group(0)) == (b"", b"Password: ", b"Password: ")
         assert console.expect_exact(["[y/n]", EOF], timeout=1) == 0 and console.before == b"x Continue? "
         assert console.expect([rb"never", TIMEOUT], timeout=0.05) == 1
-        assert (console.after, console.match) == (TIMEOUT, None)
+        assert (console.after, console.match) == (TIMEOUT, TIMEOUT)
         vm.console.close("gone")
         assert console.expect([rb"never", EOF], timeout=1) == 1 and console.after is EOF
     finally:

@@ -51,7 +51,9 @@ def test_the_pyodide_implementation_defines_every_abstract_member(layer, interfa
 def test_the_stand_in_says_a_browser_is_needed():
     with pytest.raises(pyapptron.NotSupported, match="needs a browser"):
         _stand_in.EmulatorHandle().attach_terminal(None, b"")
-    assert _browser.from_page([b"x"]) == [b"x"] and _browser.default_assets_url() is None
+    assert _browser.from_page([b"x"]) == [b"x"]
+    with pytest.raises(pyapptron.NotSupported, match="needs a browser"):
+        _browser.default_assets_url()
 
 
 @pytest.mark.parametrize("name", sorted(JS_ERRORS))
@@ -77,3 +79,13 @@ def test_every_error_name_an_adapter_throws_is_in_the_table():
         thrown.update(re.findall(r'name:\s*"([A-Z]\w+)"', script.read_text()))
     assert thrown, "no adapter names its errors"
     assert thrown <= set(JS_ERRORS), f"not in JS_ERRORS: {sorted(thrown - set(JS_ERRORS))}"
+
+
+def test_values_from_a_page_are_converted_inside_lists_and_dicts():
+    class PageBytes:  # what a Uint8Array is to from_page's converter
+        def __init__(self, data):
+            self.data = data
+
+    convert = lambda v: v.data if isinstance(v, PageBytes) else v  # noqa: E731
+    value = {"wasm": [PageBytes(b"a"), "url"], "files": {"/x": PageBytes(b"b")}, "args": ("-c", 1)}
+    assert _interface.walk_page_value(value, convert) == {"wasm": [b"a", "url"], "files": {"/x": b"b"}, "args": ("-c", 1)}

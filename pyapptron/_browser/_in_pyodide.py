@@ -15,7 +15,7 @@ from pyodide.ffi import JsException, JsProxy, create_proxy, to_js  # type: ignor
 
 from ..errors import AssetsMissing, BootError
 from . import _interface
-from ._interface import BrowserLayer, typed_error
+from ._interface import BrowserLayer, typed_error, walk_page_value
 
 _import = run_js("(url) => import(url)")
 
@@ -26,8 +26,15 @@ _TERMINAL_JS = run_js("""({
   tee(toPython) {
     const terminals = new Set();
     const sink = (data) => {
-      for (const t of terminals) t.write(data);  // each chunk is a fresh array: safe to share
-      toPython(data);
+      toPython(data);  // first: a broken terminal must not cost Python (wait_for, exec) a byte
+      for (const t of terminals) {
+        try {
+          t.write(data);  // each chunk is a fresh array: safe to share
+        } catch (e) {
+          terminals.delete(t);  // disposed without being detached
+          console.warn("pyapptron: a terminal that failed to write was detached:", e);
+        }
+      }
     };
     sink.terminals = terminals;
     return sink;
@@ -110,14 +117,13 @@ def _js_buffer(data):
     return to_js(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
 
 
+def _from_js(value):
+    """One value of a page's script: a typed array as bytes, anything else as it is."""
+    return value.to_bytes() if isinstance(value, JsProxy) and hasattr(value, "to_bytes") else value
+
+
 def from_page(value):
-    if isinstance(value, JsProxy):
-        return value.to_bytes() if hasattr(value, "to_bytes") else value
-    if isinstance(value, dict):
-        return {k: from_page(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(from_page(v) for v in value)
-    return value
+    return walk_page_value(value, _from_js)
 
 
 def payload_bytes(payload) -> bytes:

@@ -33,6 +33,16 @@ JS_ERRORS: dict[str, Callable[[str], PyapptronError]] = {
 }
 
 
+def walk_page_value(value, convert: Callable):
+    """from_page's walk through lists, tuples and dicts (plain Python); `convert` turns
+    each other value (a JS one in a page) into Python's."""
+    if isinstance(value, dict):
+        return {k: walk_page_value(v, convert) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(walk_page_value(v, convert) for v in value)
+    return convert(value)
+
+
 def typed_error(name: str | None, message: str) -> PyapptronError | None:
     """The pyapptron error for a JS error of this name, or None for any other error."""
     make = JS_ERRORS.get(name or "")

@@ -30,7 +30,8 @@ class EmulatorHandle(_interface.EmulatorHandle):
 
 
 class StandIn(BrowserLayer):
-    default_assets_url = staticmethod(lambda: None)
+    # Outside a browser nothing can be fetched, with or without an assets URL: say that.
+    default_assets_url = staticmethod(_needs_browser)
     from_page = staticmethod(lambda value: value)  # CPython has no JS values
     payload_bytes = staticmethod(lambda payload: bytes(payload))
     page_machine = staticmethod(lambda: None)

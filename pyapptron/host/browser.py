@@ -17,6 +17,7 @@ import re
 import shlex
 import shutil
 import tempfile
+import weakref
 import threading
 import time
 import warnings
@@ -107,6 +108,10 @@ class Browser:
                 raise BrowserError(f"Chromium did not start: {exc}") from exc
         # Long enough for a cold boot on a slow machine; a hung page fails instead of hanging.
         self.driver.set_script_timeout(900)
+        #: Selenium's driver is not thread-safe: every use from a RemoteSession holds this.
+        self.webdriver_lock = threading.RLock()
+        #: The sessions (page loads) on this browser: close() ends their channels.
+        self.sessions: weakref.WeakSet[RemoteSession] = weakref.WeakSet()
 
     def crash_report(self, lines: int = 12) -> str:
         """The last lines Chromium logged about a failure (FATAL, Check failed, crash), if any."""
@@ -120,6 +125,8 @@ class Browser:
         return "\n".join(found[-lines:])
 
     def close(self) -> None:
+        for session in list(getattr(self, "sessions", ())):
+            session.close()
         try:
             self.driver.quit()
         finally:
@@ -206,21 +213,25 @@ class RemoteSession:
 
     #: How long the page has to dial back before requests go through WebDriver.
     DIAL_TIMEOUT_S = 10.0
-    # WebDriver carries one script at a time, and Selenium's driver is not thread-safe.
-    # (A class default too: a session made without __init__ still has one.)
-    _webdriver_lock = threading.Lock()
+    # WebDriver carries one script at a time, and Selenium's driver is not thread-safe: the
+    # browser's lock (a class default too: a session made without __init__ still has one).
+    _webdriver_lock = threading.RLock()
     _channel: PageChannel | None = None
 
     def __init__(self, browser: Browser, page_url: str, *, autoboot: bool = False):
         self.browser = browser
         self.page_url = page_url
-        self._webdriver_lock = threading.Lock()
+        self._webdriver_lock = getattr(browser, "webdriver_lock", None) or threading.RLock()
+        sessions = getattr(browser, "sessions", None)
+        if sessions is not None:
+            sessions.add(self)
         url = page_url if autoboot else page_url + ("&" if "?" in page_url else "?") + "autoboot=0"
-        browser.driver.get(url)
-        result = browser.driver.execute_async_script(_WAIT_READY)
-        if "error" in result:
-            raise BrowserError(f"the page did not load pyapptron: {result['error']}")
-        self._channel = self._dial()
+        with self._webdriver_lock:
+            browser.driver.get(url)
+            result = browser.driver.execute_async_script(_WAIT_READY)
+            if "error" in result:
+                raise BrowserError(f"the page did not load pyapptron: {result['error']}")
+            self._channel = self._dial()
 
     def _dial(self) -> PageChannel | None:
         """Have the page connect to a WebSocket here; None (and a warning, once) if it cannot."""
@@ -291,9 +302,10 @@ class RemoteSession:
         return f"\nChromium logged:\n{report}" if report else ""
 
     def close(self) -> None:
-        """Stop listening for the page (the browser stays open)."""
-        if self._channel is not None:
-            self._channel.close()
+        """Stop listening for the page (the browser stays open). Browser.close() calls it."""
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()
 
     def python(self, code: str) -> Any:
         """Run Python (top-level await allowed) in the page; returns its `result` variable."""

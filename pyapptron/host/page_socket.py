@@ -138,11 +138,14 @@ class PageChannel:
             if not future.done():
                 future.set_exception(PageGone(self._gone))
 
-    async def _send(self, text: str) -> None:
+    async def _send(self, request_id: int, text: str) -> None:
         try:
             await self._ws.send(text)
-        except Exception:
-            pass  # the connection's end fails what is pending
+        except Exception as exc:  # the request never left: its caller hears why, now
+            with self._lock:
+                future = self._pending.pop(request_id, None)
+            if future is not None and not future.done():
+                future.set_exception(PageGone(f"the request could not be sent to the page: {exc}"))
 
     # -- any thread ------------------------------------------------------------------------
     def wait_connected(self, timeout: float) -> bool:
@@ -157,7 +160,7 @@ class PageChannel:
             request_id = next(self._ids)
             self._pending[request_id] = future
         try:
-            asyncio.run_coroutine_threadsafe(self._send(f"{request_id}\n{payload}"), self._loop)
+            asyncio.run_coroutine_threadsafe(self._send(request_id, f"{request_id}\n{payload}"), self._loop)
         except RuntimeError:  # the loop has just stopped
             self._fail_pending("the channel to the page was closed")
         try:
