@@ -175,6 +175,7 @@ class ConsoleExec:
             return time.monotonic()
 
         unsubscribe = self.console.subscribe(watch)
+        typed_status = False  # whether the status came from our line, after the prompt
         try:
             typed_at = type_(b"\x03")
             while not capture.done.done() and time.monotonic() < deadline:
@@ -186,6 +187,7 @@ class ConsoleExec:
                 if prompt.done():
                     prompt = loop.create_future()
                     typed_at = type_(status_printf(token, "130").encode() + b"\r")
+                    typed_status = True
                 elif time.monotonic() >= max(typed_at, self.console.last_output) + INTERRUPT_RETRY_S:
                     typed_at = type_(b"\x03")  # neither status nor prompt: that ^C was lost
         finally:
@@ -196,7 +198,11 @@ class ConsoleExec:
             status, output = -1, capture.output_so_far()
         # After the prompt comes our status line's echo; before it, the line discipline's
         # echo of each ^C (ECHOCTL) and the shell's newline: the terminal's, not the command's.
-        output = _clean(output if before_prompt is None else before_prompt)
+        # A shell that ran the command line's own status printf after the ^C (its marker ends
+        # the capture before any prompt) has the exact output in the capture already.
+        if typed_status and before_prompt is not None:
+            output = before_prompt
+        output = _clean(output)
         return status, re.sub(rb"\^C(\^C|\n)*\Z", b"", output)
 
     async def wait_ready(self, timeout: float | None) -> None:
