@@ -45,10 +45,19 @@ function frameListener(onFrame) {
 // Boots a fresh V86 with pyapptron's options and times it to the shell prompt and to
 // the agent's HELLO, then to `rounds` EXEC round trips.
 export async function run(options, rounds) {
-  const { libv86_url, ...v86options } = options;
+  const { libv86_url, hostchan, ...v86options } = options;
   const { V86 } = await import(libv86_url);
+  // The agent's shared-memory channel, as the adapter sets it up (it ships beside libv86).
+  const { HostChan } = hostchan ? await import(new URL("hostchan.mjs", libv86_url)) : {};
+  if (hostchan) v86options.autostart = false; // the rings are set up before the first instruction
   const t0 = performance.now();
   const emulator = new V86(v86options);
+  if (hostchan) {
+    emulator.add_listener("emulator-loaded", () => {
+      new HostChan(emulator, hostchan.base, hostchan.doorbell).init();
+      emulator.run();
+    });
+  }
   let serial = "";
   let promptAt = null;
   let helloAt = null;
@@ -62,11 +71,12 @@ export async function run(options, rounds) {
   const onAgent = frameListener((type) => {
     if (type === 0x01 && helloAt === null) { helloAt = performance.now() - t0; check(); }
   });
+  const output = hostchan ? "hostchan-output" : "virtio-console0-output-bytes";
   emulator.add_listener("serial0-output-byte", onSerial);
-  emulator.add_listener("virtio-console0-output-bytes", onAgent);
+  emulator.add_listener(output, onAgent);
   await ready;
-  emulator.remove_listener("virtio-console0-output-bytes", onAgent);
-  const times = await roundtrips(emulator, rounds, 1);
+  emulator.remove_listener(output, onAgent);
+  const times = await roundtrips(emulator, rounds, 1, Boolean(hostchan));
   await emulator.destroy();
   return { prompt_s: promptAt / 1000, agent_hello_s: helloAt / 1000, roundtrip_ms: times };
 }
@@ -74,23 +84,26 @@ export async function run(options, rounds) {
 // Round trips of `true` on an emulator that pyapptron already drives: JS sends EXEC
 // frames on the same channel (ids from `firstId`, which Python's client ignores) and
 // times each EXIT, so both paths are measured on one machine in the same state.
-export async function roundtrips(emulator, rounds, firstId) {
+// hostchan: the agent talks over the shared-memory rings (emulators/v86/hostchan.mjs).
+export async function roundtrips(emulator, rounds, firstId, hostchan) {
+  const output = hostchan ? "hostchan-output" : "virtio-console0-output-bytes";
+  const input = hostchan ? "hostchan-input" : "virtio-console0-input-bytes";
   const waiters = new Map();
   const listener = frameListener((type, id) => {
     if (type === 0x83 && waiters.has(id)) { waiters.get(id)(); waiters.delete(id); }
   });
-  emulator.add_listener("virtio-console0-output-bytes", listener);
+  emulator.add_listener(output, listener);
   const payload = execPayload(["/bin/sh", "-c", "true"]);
   const times = [];
   try {
     for (let i = 0; i < rounds; i++) {
       const id = firstId + i;
       const start = performance.now();
-      await new Promise((resolve) => { waiters.set(id, resolve); emulator.bus.send("virtio-console0-input-bytes", frame(0x10, id, payload)); });
+      await new Promise((resolve) => { waiters.set(id, resolve); emulator.bus.send(input, frame(0x10, id, payload)); });
       times.push(performance.now() - start);
     }
   } finally {
-    emulator.remove_listener("virtio-console0-output-bytes", listener);
+    emulator.remove_listener(output, listener);
   }
   return times;
 }

@@ -73,7 +73,7 @@ for block in range({rounds} // 20):
         t = time.perf_counter()
         await vm.run("true")
         times.append((time.perf_counter() - t) * 1000)
-    bare_times += list((await bare.roundtrips(emulator, 20, 1_000_000 + block * 20)).to_py())
+    bare_times += list((await bare.roundtrips(emulator, 20, 1_000_000 + block * 20, "hostchan" in vm.backend.emulator_options())).to_py())
 data = bytes(range(256)) * (10 * 1024 * 1024 // 256)
 t = time.perf_counter()
 await vm.write_file("/tmp/bench.bin", data)

@@ -139,6 +139,28 @@ def test_v86_options_point_at_the_built_assets():
         backend.emulator_options()
 
 
+@pytest.mark.parametrize("memory_mib", [128, 512, 2048])
+def test_v86_agent_rings_sit_in_reserved_ram_below_the_top_with_the_doorbell_above(memory_mib):
+    files = {p: {} for p in ["v86/libv86.mjs", "v86/v86.wasm", "bios/seabios.bin", "bios/vgabios.bin",
+                             "images/minimal/bzImage"]}
+    spec = {"name": "minimal", "kernel": "bzImage", "cmdline": "console=ttyS0", "agent": "virtio-console0"}
+    backend = V86Backend(Assets("http://h/assets/", {"files": files}), spec, memory_mib=memory_mib)
+    options = backend.emulator_options()
+    base, doorbell = options["hostchan"]["base"], options["hostchan"]["doorbell"]
+    mib = 1024 * 1024
+    # above the initrd v86 loads at 64 MiB, clear of SeaBIOS's tables at the top
+    assert 80 * mib <= base and base + 4 * mib <= memory_mib * mib - 4 * mib
+    assert doorbell >= memory_mib * mib and doorbell % (128 * 1024) == 0
+    # the kernel leaves the region alone, and the agent is told where it is
+    assert f"memmap=4M${base:#x}" in options["cmdline"].split()
+    assert f"pyapptron.agent=hostchan@{base:#x},{doorbell:#x}:/dev/hvc0" in options["cmdline"].split()
+    # a snapshot is bound to that command line (a state's agent has the rings mapped)
+    assert f"memmap=4M${base:#x}" in backend.snapshot_binding()["cmdline"]
+    # an image without an agent gets neither
+    plain = V86Backend(Assets("http://h/assets/", {"files": files}), {**spec, "agent": None}).emulator_options()
+    assert "hostchan" not in plain and "memmap" not in plain["cmdline"]
+
+
 def test_v86_image_with_a_9p_root_gets_its_index_and_content_urls():
     files = {p: {} for p in ["v86/libv86.mjs", "v86/v86.wasm", "bios/seabios.bin", "bios/vgabios.bin",
                              "images/minimal/bzImage", "images/minimal/initrd.img", "images/agent/fs.json.gz"]}

@@ -31,3 +31,17 @@ def test_a_9p_root_that_cannot_be_mounted_fails_the_boot_with_the_reason(pyapptr
     """An image whose root files are not served must not come up as the bare initramfs."""
     with pytest.raises(pyapptron.BootError, match="cannot mount the root file system 'nosuchtag'"):
         pyapptron_session.boot("v86", "minimal", cmdline_extra="pyapptron.root=nosuchtag", timeout=45)
+
+
+def test_an_agent_told_to_use_its_line_still_answers_over_virtio_console(pyapptron_session):
+    """Without the shared-memory rings (an agent started on /dev/hvc0, as on a host that
+    does not serve them) the channel falls back to virtio-console, byte for byte."""
+    vm = pyapptron_session.boot("v86", "minimal", cmdline_extra="pyapptron.agent=/dev/hvc0", timeout=90)
+    try:
+        assert "/dev/mem" not in vm.run("cat /proc/$PPID/maps").stdout.decode()
+        blob = bytes(range(256)) * 4000
+        vm.write_file("/tmp/blob", blob)
+        assert vm.read_file("/tmp/blob") == blob
+        assert vm.run(["cat", "/tmp/blob"]).stdout == blob
+    finally:
+        vm.shutdown()

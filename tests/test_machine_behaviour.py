@@ -235,6 +235,13 @@ def test_write_read_round_trip_including_binary(vm, engine):
     assert vm.read_file("/tmp/empty") == b""
 
 
+def test_the_agent_talks_over_the_shared_memory_rings(vm):
+    """Every engine's agent maps its rings through /dev/mem (files move at tens of MB/s);
+    the agent is the parent of the shell that runs this."""
+    maps = vm.run("cat /proc/$PPID/maps").stdout.decode()
+    assert "/dev/mem" in maps, maps
+
+
 def test_missing_paths_raise_file_not_found(vm):
     with pytest.raises(FileNotFoundError):
         vm.read_file("/no/such/file")

@@ -23,6 +23,8 @@
  * C11 + POSIX/Linux, no dependencies beyond libc.
  */
 #define _GNU_SOURCE
+/* 64-bit file offsets on i386 too: big files, and /dev/mem above 2 GiB. */
+#define _FILE_OFFSET_BITS 64
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -230,6 +232,11 @@ static int chan = -1;
  * two rings.  The serial line we were given (chan) stays open as the host's
  * way to wake us: before poll() sleeps we set "sleeping", and a host that puts
  * bytes in our ring while it is set sends a byte on that line.
+ *
+ * On v86 the same layout lives in guest RAM that the kernel was told to leave
+ * alone (memmap=...$BASE), because v86 can trap only addresses above RAM; its
+ * doorbell is a page there ("hostchan@BASE,DOORBELL:TTY").  Page 1 of the RAM
+ * region is then unused.
  */
 #define HOSTCHAN_PHYS 0xfd000000UL
 #define HOSTCHAN_MAP 0x210000UL
@@ -254,18 +261,24 @@ static void hc_kick(void)
     HC_BARRIER();
 }
 
-/* Maps the rings; false (and a message) when this machine has none. */
-static bool hc_attach(void)
+/* Maps the rings at phys (their doorbell at doorbell, or on page 1 when 0);
+ * false (and a message) when this machine has none. */
+static bool hc_attach(unsigned long long phys, unsigned long long doorbell)
 {
     int fd = open("/dev/mem", O_RDWR | O_SYNC | O_CLOEXEC);
     if (fd < 0) {
         fprintf(stderr, "pyapptron-agent: hostchan: /dev/mem: %s\n", strerror(errno));
         return false;
     }
-    void *m = mmap(NULL, HOSTCHAN_MAP, PROT_READ | PROT_WRITE, MAP_SHARED, fd, HOSTCHAN_PHYS);
+    void *m = mmap(NULL, HOSTCHAN_MAP, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)phys);
+    void *bell = MAP_FAILED;
+    if (m != MAP_FAILED && doorbell != 0)
+        bell = mmap(NULL, 0x1000, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)doorbell);
     close(fd);
-    if (m == MAP_FAILED) {
+    if (m == MAP_FAILED || (doorbell != 0 && bell == MAP_FAILED)) {
         fprintf(stderr, "pyapptron-agent: hostchan: mmap: %s\n", strerror(errno));
+        if (m != MAP_FAILED)
+            munmap(m, HOSTCHAN_MAP);
         return false;
     }
     volatile uint32_t *ctl = m;
@@ -274,12 +287,14 @@ static bool hc_attach(void)
     bool pow2 = h2g_size && g2h_size && !(h2g_size & (h2g_size - 1)) && !(g2h_size & (g2h_size - 1));
     if (ctl[HC_MAGIC] != HOSTCHAN_MAGIC || ctl[HC_VERSION] != 1 || !pow2 ||
         h2g_off + (uint64_t)h2g_size > HOSTCHAN_MAP || g2h_off + (uint64_t)g2h_size > HOSTCHAN_MAP) {
-        fprintf(stderr, "pyapptron-agent: hostchan: no channel at %#lx\n", HOSTCHAN_PHYS);
+        fprintf(stderr, "pyapptron-agent: hostchan: no channel at %#llx\n", phys);
         munmap(m, HOSTCHAN_MAP);
+        if (bell != MAP_FAILED)
+            munmap(bell, 0x1000);
         return false;
     }
     hc.ctl = ctl;
-    hc.doorbell = (volatile uint32_t *)((uint8_t *)m + 0x1000);
+    hc.doorbell = (volatile uint32_t *)(bell != MAP_FAILED ? bell : (uint8_t *)m + 0x1000);
     hc.h2g = (uint8_t *)m + h2g_off;
     hc.g2h = (uint8_t *)m + g2h_off;
     hc.h2g_size = h2g_size;
@@ -1242,11 +1257,25 @@ static void load_environment(const char *path)
 
 static int open_channel(const char *dev)
 {
-    if (strncmp(dev, "hostchan:", 9) == 0) {
-        /* hostchan:TTY - the rings, with TTY as the line that wakes us; the
-         * plain serial line on TTY if this machine has no rings. */
-        int fd = open_channel(dev + 9);
-        use_hc = hc_attach();
+    if (strncmp(dev, "hostchan", 8) == 0 && (dev[8] == ':' || dev[8] == '@')) {
+        /* hostchan:TTY or hostchan@BASE,DOORBELL:TTY - the rings, with TTY as
+         * the line that wakes us; the plain line on TTY if this machine has
+         * no rings. */
+        unsigned long long phys = HOSTCHAN_PHYS, doorbell = 0;
+        const char *tty = dev + 9;
+        if (dev[8] == '@') {
+            char *end;
+            phys = strtoull(dev + 9, &end, 0);
+            if (*end == ',')
+                doorbell = strtoull(end + 1, &end, 0);
+            if (*end != ':') {
+                fprintf(stderr, "pyapptron-agent: bad channel %s (hostchan@BASE,DOORBELL:TTY)\n", dev);
+                exit(1);
+            }
+            tty = end + 1;
+        }
+        int fd = open_channel(tty);
+        use_hc = hc_attach(phys, doorbell);
         if (use_hc) {
             io_chunk = IO_CHUNK_MAX;
             window_chunks = HOSTCHAN_WINDOW_CHUNKS;

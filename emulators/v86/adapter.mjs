@@ -98,7 +98,7 @@ async function stateOf(resume) {
 // options.resume: {payload: Uint8Array, compression: "gzip" | "zstd"} to start from a
 // snapshot instead of a cold boot. v86 inflates a zstd state itself, faster than gzip.
 export async function start(options, sinks) {
-  const { libv86_url, persist, resume, ...v86options } = options;
+  const { libv86_url, persist, resume, hostchan: hostchanOptions, ...v86options } = options;
   // Where a start spends its time (seconds), for bench/: inflate, load, restore, persist.
   const timings = {};
   let mark = performance.now();
@@ -115,8 +115,9 @@ export async function start(options, sinks) {
       v86options.filesystem = { baseurl: v86options.filesystem.baseurl };
     }
   }
-  // The guest must not run before its state and persistent layers are in place.
-  if (persist || state) v86options.autostart = false;
+  // The guest must not run before its state, persistent layers and agent channel are in place.
+  const holdStart = Boolean(persist || state || hostchanOptions);
+  if (holdStart) v86options.autostart = false;
   const fs = v86options.filesystem;
   const blobUrl = fs && fs.basefs && fs.basefs.endsWith(".gz") ? await inflatedUrl(fs.basefs) : null;
   if (blobUrl) v86options.filesystem = { ...fs, basefs: blobUrl };
@@ -128,6 +129,7 @@ export async function start(options, sinks) {
   const toAgent = batcher((data) => { if (!stopped) sinks.agent(data); });
   emulator.add_listener("serial0-output-byte", toConsole);
   emulator.add_listener("virtio-console0-output-bytes", toAgent);
+  emulator.add_listener("hostchan-output", toAgent);
   try {
     await new Promise((resolve, reject) => {
       emulator.add_listener("emulator-loaded", resolve);
@@ -140,6 +142,12 @@ export async function start(options, sinks) {
     if (blobUrl) URL.revokeObjectURL(blobUrl);
   }
   lap("load");
+  let hostchan = null;
+  if (hostchanOptions) {
+    const { HostChan } = await import(new URL("./hostchan.mjs", import.meta.url));
+    hostchan = new HostChan(emulator, hostchanOptions.base, hostchanOptions.doorbell);
+    if (!state) hostchan.init(); // a state carries the rings in its RAM
+  }
   if (state) {
     const restoreZeroing = skipRedundantZeroing(emulator);
     try {
@@ -168,7 +176,7 @@ export async function start(options, sinks) {
     }
     lap("persist");
   }
-  if (persist || state) emulator.run();
+  if (holdStart) emulator.run();
   return {
     emulator,
     timings,
@@ -177,7 +185,7 @@ export async function start(options, sinks) {
     restored: restored ?? undefined,
     send(channel, data) {
       if (stopped) return;
-      if (channel === "agent") emulator.bus.send("virtio-console0-input-bytes", data);
+      if (channel === "agent") emulator.bus.send(hostchan ? "hostchan-input" : "virtio-console0-input-bytes", data);
       else if (channel === "console") emulator.serial_send_bytes(0, data);
       else throw new Error(`unknown channel ${channel}`);
     },
@@ -200,6 +208,7 @@ export async function start(options, sinks) {
         await emulator.restore_state(next);
       } finally {
         if (session) session.forgetTree(); // its inode ids are the old tree's
+        if (hostchan) hostchan.reset(); // the state brought its own rings
       }
       const report = session ? await session.restore() : undefined;
       emulator.run();
@@ -209,6 +218,7 @@ export async function start(options, sinks) {
       if (stopped) return;
       stopped = true;
       if (session) session.close();
+      if (hostchan) hostchan.close();
       await emulator.destroy();
     },
   };

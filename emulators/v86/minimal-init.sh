@@ -33,11 +33,14 @@ ln -sf /proc/self/fd /dev/fd 2>/dev/null
 # The agent, restarted if it ever dies (it also exits on channel errors and
 # waits up to ~10 s for /dev/hvc0 to appear).  Its own messages go to a log,
 # never to the human's console.
+# Its channel is /dev/hvc0, or what the host names (pyapptron.agent=, the
+# shared-memory rings with hvc0 as their wake-up line).
+agent_device=$(sed -n 's/.*pyapptron\.agent=\([^ ]*\).*/\1/p' /proc/cmdline)
 start_agent() {
     (
         cd /
         while :; do
-            /sbin/pyapptron-agent /dev/hvc0 </dev/null >/dev/null 2>>/tmp/pyapptron-agent.log
+            /sbin/pyapptron-agent "${agent_device:-/dev/hvc0}" </dev/null >/dev/null 2>>/tmp/pyapptron-agent.log
             sleep 1
         done
     ) &

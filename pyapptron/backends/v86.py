@@ -1,9 +1,13 @@
 """v86: 32-bit x86 in WebAssembly. Everything v86-specific lives here.
 
 Quirks this backend owns:
-- The guest agent's channel is virtio-console port 0 (`/dev/hvc0`). v86 puts each host
-  write into one guest buffer of 4096 bytes and drops writes when the guest has none
-  free; the agent protocol's window keeps within that (emulators/agent/PROTOCOL.md).
+- The guest agent's channel is a pair of shared-memory rings in guest RAM that the
+  kernel leaves alone (memmap=...$HOSTCHAN_BASE), with a doorbell page above RAM, the
+  only place v86 can trap (emulators/v86/hostchan.mjs). virtio-console port 0
+  (`/dev/hvc0`) is the agent's wake-up line, and its whole channel when the rings are
+  missing; there v86 puts each host write into one guest buffer of 4096 bytes and drops
+  writes when the guest has none free, which the agent protocol's window keeps within
+  (emulators/agent/PROTOCOL.md).
 - The human's console is the first UART (ttyS0); v86 reports it byte by byte, so the JS
   adapter batches it per emulator tick before it reaches Python.
 - v86 loads the initrd at 64 MiB: guests need at least 128 MiB.
@@ -41,6 +45,17 @@ DEFAULT_BIND_PATHS = sorted({p for paths in DEFAULT_LAYERS.values() for p in pat
 MIN_MEMORY_MIB = 128
 MAX_MEMORY_MIB = 2048
 
+#: The agent's rings: 4 MiB of RAM the kernel is told to leave alone, 8 MiB below the
+#: top (SeaBIOS keeps its tables at the very top; v86 loads the initrd at 64 MiB).
+HOSTCHAN_RESERVED_MIB = 4
+HOSTCHAN_BELOW_TOP_MIB = 8
+#: The doorbell: a 128 KiB block above RAM, where v86 calls our handler on a write.
+HOSTCHAN_DOORBELL = 0xFD000000
+
+
+def hostchan_base(memory_mib: int) -> int:
+    return (memory_mib - HOSTCHAN_BELOW_TOP_MIB) * 1024 * 1024
+
 
 class V86Backend(Backend):
     name = "v86"
@@ -69,8 +84,12 @@ class V86Backend(Backend):
         persist_arg = "pyapptron.persist=" + ",".join(self.bind_paths) if self.bind_paths else ""
         # A snapshot is bound to the command line without the persist paths: those are
         # the resume fixups' business (resume_fixups).
-        self.base_cmdline = " ".join(filter(None, [image.get("cmdline", ""), cmdline_extra]))
-        self.cmdline = " ".join(filter(None, [image.get("cmdline", ""), persist_arg, cmdline_extra]))
+        base = hostchan_base(memory)
+        self._hostchan = {"base": base, "doorbell": HOSTCHAN_DOORBELL} if image.get("agent") else None
+        channel_args = "" if self._hostchan is None else (
+            f"memmap={HOSTCHAN_RESERVED_MIB}M${base:#x} pyapptron.agent=hostchan@{base:#x},{HOSTCHAN_DOORBELL:#x}:/dev/hvc0")
+        self.base_cmdline = " ".join(filter(None, [image.get("cmdline", ""), channel_args, cmdline_extra]))
+        self.cmdline = " ".join(filter(None, [image.get("cmdline", ""), channel_args, persist_arg, cmdline_extra]))
         self.capabilities = Capabilities(
             arch=image.get("arch", "i686"), exec=bool(image.get("agent")), files=bool(image.get("agent")),
             console=True, snapshot=bool(image.get("agent")), network=False, persist=persist is not None,
@@ -107,6 +126,8 @@ class V86Backend(Backend):
             "disable_mouse": True,
             "disable_speaker": True,
         }
+        if self._hostchan is not None:
+            options["hostchan"] = dict(self._hostchan)
         if self.image.get("initrd"):
             options["initrd"] = {"url": image_file(self.image["initrd"])}
         rootfs = self.image.get("rootfs")
