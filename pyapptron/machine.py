@@ -27,6 +27,10 @@ PERSIST_SHUTDOWN_SYNC_S = 300.0
 RESUME_HELLO_RETRY_S = 1.0
 #: How long a restored machine's agent may take to answer (boot() has its own timeout).
 RESTORE_AGENT_TIMEOUT_S = 60.0
+#: What our images' init prints on the console when the machine cannot become the one
+#: asked for (a root that does not mount, say): boot() fails at once with the reason
+#: instead of waiting out its timeout for an agent that will not come.
+GUEST_BOOT_FAILED = rb"pyapptron: boot failed: ([^\r\n]*)"
 
 
 class CompletedProcess(subprocess.CompletedProcess):
@@ -130,8 +134,16 @@ class Machine:
             return
         if self.capabilities.exec:
             ready = asyncio.ensure_future(self._exec.wait_ready())
-            waits = [ready] + ([exit_future] if exit_future is not None else [])
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            failed = asyncio.ensure_future(self.console.wait_for(GUEST_BOOT_FAILED, timeout=None))
+            waits = [ready, failed] + ([exit_future] if exit_future is not None else [])
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                failed.cancel()
+            if not ready.done() and failed.done() and not failed.cancelled() and failed.exception() is None:
+                ready.cancel()
+                reason = failed.result().group(1).decode(errors="replace").strip()
+                raise BootError(f"the guest could not boot: {reason}")
             stopped = exit_future is not None and exit_future.done() and not exit_future.cancelled()
             if not ready.done() or (stopped and ready.exception() is not None):
                 ready.cancel()

@@ -23,6 +23,23 @@ def test_boot_that_never_gets_ready_raises_boot_error_and_releases_the_emulator(
     assert backend.stopped
 
 
+def test_a_guest_that_reports_a_failed_boot_fails_boot_at_once_with_its_reason():
+    class FailingGuest(ScriptedBackend):
+        async def start(self, on_console, on_agent, resume=None):
+            await super().start(on_console, on_agent, resume)
+            on_console(b"\r\npyapptron: boot failed: cannot mount the root file system 'x'\r\n# ")
+
+    backend = FailingGuest(hello=False)
+
+    async def main():
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(BootError, match="the guest could not boot: cannot mount the root file system 'x'$"):
+            await booted(backend, timeout=30)
+        assert asyncio.get_running_loop().time() - started < 5  # not the boot timeout
+    asyncio.run(main())
+    assert backend.stopped
+
+
 def test_run_timeout_kills_and_reports_partial_output(caplog):
     backend = ScriptedBackend(exits(None, b"partial"))
 

@@ -118,7 +118,7 @@ while [ -z "$root" ] && [ $i -lt 400 ]; do
     [ -n "$root" ] || {{ sleep 0.05; i=$((i + 1)); }}
 done
 if [ -z "$root" ]; then
-    echo "pyapptron: no root disk found (ls /dev: $(ls /dev | tr '\\n' ' '))"
+    echo "pyapptron: boot failed: no root disk found (ls /dev: $(ls /dev | tr '\\n' ' '))"
     exec sh
 fi
 mkdir -p /lower /rw /newroot

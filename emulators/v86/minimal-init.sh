@@ -71,7 +71,8 @@ if [ -n "$root_tag" ]; then
     fi
     # No agent here: boot() must fail with this message rather than hand back a busybox
     # machine in place of the image that was asked for.  The console stays usable.
-    echo "pyapptron: cannot mount the root file system '$root_tag' (is the image's fs/ served?); staying in the initramfs" > /dev/console
+    # ("pyapptron: boot failed: " is what boot() watches for: it fails at once.)
+    echo "pyapptron: boot failed: cannot mount the root file system '$root_tag' (is the image's fs/ served?); staying in the initramfs" > /dev/console
     echo 7 > /proc/sys/kernel/printk
     agent_started=no
 fi
@@ -85,7 +86,7 @@ if [ -n "$persist_paths" ]; then
         done
     else
         # No agent: boot() fails with this message instead of losing what the guest writes.
-        echo "pyapptron: the persistent store (9p) could not be mounted; staying in the initramfs" > /dev/console
+        echo "pyapptron: boot failed: the persistent store (9p) could not be mounted; staying in the initramfs" > /dev/console
         agent_started=no
     fi
 fi
