@@ -86,7 +86,7 @@ def test_poll_times_out_or_wakes_on_input(page):
 vm = await probe()
 timed = await say(vm, "poll 300")
 vm.console.send(b"poll 20000\\n")
-await asyncio.sleep(0.5)
+await vm.console.wait_for(rb"poll: waiting up to 20000 ms", timeout=30)
 started = asyncio.get_running_loop().time()
 vm.console.send(b"x")
 await vm.console.wait_for(rb"poll: readable", timeout=30)
@@ -95,8 +95,8 @@ await vm.shutdown()
 result = [timed, woke]
 """)
     timed, woke = result
-    ms = int(timed.split("after ")[1].split(" ms")[0])
-    assert timed.startswith("poll: timeout after") and 250 <= ms < 5000
+    ms = int(timed.split("timeout after ")[1].split(" ms")[0])
+    assert timed.startswith("poll: waiting up to 300 ms\npoll: timeout after") and 250 <= ms < 5000
     assert woke < 5  # input ends the 20 s wait at once
 
 

@@ -149,7 +149,13 @@ def test_a_crashed_tab_fails_the_calls_in_flight_over_the_websocket_with_what_ch
     with Browser() as browser, ThreadPoolExecutor(1) as pool:
         session = RemoteSession(browser, pyapptron_server.url)
         assert session.transport == "websocket"
-        in_flight = pool.submit(session.python, "import asyncio\nawait asyncio.sleep(600)")
+        in_flight = pool.submit(session.python, "import asyncio\nfrom js import document\n"
+                                "document.title = 'in flight'\nawait asyncio.sleep(600)")
+        # The call must be running in the page when the tab dies, not still on its way.
+        deadline = time.monotonic() + 60
+        while browser.driver.title != "in flight":
+            assert time.monotonic() < deadline and not in_flight.done(), "the call never reached the page"
+            time.sleep(0.05)
         with contextlib.suppress(Exception):
             browser.driver.get("chrome://crash")  # the renderer dies here
         with pytest.raises(BrowserError, match="(?s)during 'python'.*closed its connection.*tab crashed.*Intentionally crashing"):

@@ -12,7 +12,8 @@
  *   cat PATH          the file's bytes
  *   write PATH TEXT   creates or replaces PATH with TEXT
  *   ls DIR            the directory's entries, sorted, one per line
- *   poll MS           waits for stdin with a timeout: "poll: timeout after N ms"
+ *   poll MS           says "poll: waiting up to MS ms", waits for stdin with a
+ *                     timeout: "poll: timeout after N ms"
  *                     or "poll: readable"
  *   exit N            ends with status N
  * At end of input it prints "probe: eof" and ends with status 0.
@@ -113,6 +114,9 @@ int main(int argc, char **argv)
         } else if (!strcmp(line, "poll")) {
             int ms = atoi(arg);
             struct pollfd p = {.fd = 0, .events = POLLIN};
+            /* Said first, so that a test knows when its input comes during the wait. */
+            printf("poll: waiting up to %d ms\n", ms);
+            fflush(stdout);
             double t0 = now_ms();
             int r = poll(&p, 1, ms);
             if (r == 0)
