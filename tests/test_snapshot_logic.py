@@ -67,7 +67,8 @@ def test_binding_follows_the_machine_not_where_it_is_served_or_what_it_persists(
     assert binding(base="http://127.0.0.1:9999/other/") == first  # the origin is not the machine
     assert binding(persist=Persist()) == first  # persisted paths are bound at resume, not in the state
     assert binding(memory_mib=256)["memory_mib"] == 256
-    assert binding(cmdline_extra="debug")["cmdline"] == "console=ttyS0 debug"
+    assert binding(cmdline_extra="debug")["cmdline"] == (
+        "console=ttyS0 memmap=4M$0x7800000 pyapptron.agent=hostchan@0x7800000,0xfd000000:/dev/hvc0 debug")
     rebuilt = binding(sha={"images/minimal/initrd.img": "1" * 64})
     assert rebuilt["config"] != first["config"]  # a rebuilt initrd makes old snapshots stale
 
@@ -81,6 +82,18 @@ def test_v86_resume_fixups_follow_the_image_and_persist():
     assert flags == [] and "mount --bind \"/mnt/host$d\"" in shell and "/srv/work" in shell
     rooted = {**SPEC, "name": "agent", "rootfs": {"basefs": "fs.json.gz", "baseurl": "fs/"}}
     assert V86Backend(assets, rooted, persist=Persist()).resume_fixups() == (["--drop-caches"], None)
+
+
+def test_v86_resume_with_a_network_renews_the_lease_after_the_persisted_binds():
+    from pyapptron.network import Network
+
+    assets = Assets("http://h/", {"files": {p: {} for p in FILES}})
+    net = Network(internet=False, relay="wisp://127.0.0.1:1/s/")
+    flags, shell = V86Backend(assets, dict(SPEC), network=net).resume_fixups()
+    assert flags == [] and shell.startswith("{ udhcpc -i eth0 -q -n -t 5")
+    flags, shell = V86Backend(assets, dict(SPEC), network=net,
+                              persist=Persist(paths={"work": "/srv/work"})).resume_fixups()
+    assert shell.index("mount --bind") < shell.index("udhcpc") and " && " in shell
 
 
 @pytest.mark.parametrize("kwargs, match", [
