@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 from . import notebook, snapshots
@@ -27,6 +28,7 @@ from .errors import (
     ImageNotFound,
     InvalidOption,
     MachineClosed,
+    NetworkUnavailable,
     NotIsolated,
     IncompleteBuild,
     NotSupported,
@@ -44,6 +46,7 @@ from .errors import (
     WaitTimeout,
 )
 from .machine import CompletedProcess, Machine
+from .network import HOST_RELAY_INFO, Network
 from .persist import Persist
 from .snapshots import SnapshotInfo
 
@@ -59,6 +62,7 @@ __all__ = [
     "AssetsMissing", "BootError", "NotIsolated", "IncompleteBuild", "NotSupported", "MachineClosed", "AgentError", "CommandTooLong",
     "TimeoutExpired", "CalledProcessError", "WaitTimeout", "ConsoleEOF", "BrowserError",
     "Persist", "PersistError", "PersistLocked", "PersistQuotaExceeded", "PersistDamaged",
+    "Network", "NetworkUnavailable",
     "snapshots", "SnapshotInfo", "SnapshotError", "SnapshotNotFound", "SnapshotMismatch", "SnapshotCorrupt",
 ]
 
@@ -71,6 +75,7 @@ async def boot(
     timeout: float = DEFAULT_BOOT_TIMEOUT,
     assets_url: str | None = None,
     persist: bool | str | Persist | None = None,
+    network: bool | str | Network | None = None,
     resume: str | bytes | None = None,
     cold: bool = False,
     **options,
@@ -93,6 +98,12 @@ async def boot(
     persist: keep the guest's home, packages and /persist in IndexedDB across reloads:
         True (the store "default"), a store name, or pyapptron.Persist(...). See vm.persist.
         On a resume the layers come from the store, never from the snapshot.
+    network: give the guest a network (an address by DHCP, a route, a resolver) whose TCP
+        connections go out through a Wisp relay: True (the relay the page's host started,
+        `python -m pyapptron serve` and the other host tools), "host-only" (only the
+        host's allowed ports), a relay's URL ("wisp://host:port/path/"), or
+        pyapptron.Network(internet=, host_ports=, allow_private=, relay=). The guest reaches
+        the host's 127.0.0.1:PORT as host.pyapptron.internal:PORT, for host_ports only.
     resume: a snapshot to start from: a name kept by vm.snapshot(name) in this origin,
         or bytes from vm.snapshot(to_bytes=True). SnapshotNotFound, SnapshotMismatch
         (made from another image, memory size or configuration) or SnapshotCorrupt if
@@ -107,6 +118,9 @@ async def boot(
     persist_spec = Persist.from_option(persist)
     if persist_spec is not None and not cls.persist_supported:
         raise NotSupported(f"{emulator} cannot keep files across reloads (persist=); use v86")
+    network_spec = Network.from_option(_browser.from_page(network))
+    if network_spec is not None and not cls.network_supported:
+        raise NotSupported(f"{emulator} has no network yet (network=); use v86")
     if memory_mib is not None and (isinstance(memory_mib, bool) or not isinstance(memory_mib, int)):
         raise InvalidOption(f"memory_mib must be an integer number of MiB, not {memory_mib!r}")
     if not isinstance(timeout, (int, float)) or timeout <= 0:
@@ -132,24 +146,41 @@ async def boot(
     spec = await assets.image(emulator, image) if cls.needs_image(options) else None
     if spec is None:
         image = cls.default_image if cls.default_image.startswith("(") else "(own module)"
-    backend = cls(assets, spec, memory_mib, persist=persist_spec, **options)
+    if network_spec is not None and network_spec.relay is None:
+        network_spec = await _host_relay(network_spec)
+    network_arg = {} if network_spec is None else {"network": network_spec}
+    backend = cls(assets, spec, memory_mib, persist=persist_spec, **network_arg, **options)
     if resume is not None:
         source = await snapshots.chosen(backend, resume)
     elif cold or not backend.capabilities.snapshot:
         source = None
     else:
         # The boot snapshot was made with the image's defaults: other options, no resume.
-        defaults = not options and spec is not None and memory_mib in (None, spec.get("memory_mib"))
+        defaults = (not options and network_spec is None and spec is not None
+                    and memory_mib in (None, spec.get("memory_mib")))
         source = await snapshots.shipped(backend, assets, spec) if defaults else None
     machine = Machine(backend, emulator=emulator, image=image, resume=source)
     await machine._start(timeout)
     return machine
 
 
+async def _host_relay(network: Network) -> Network:
+    """The network with the relay of the page's host filled in."""
+    try:
+        info = await _browser.fetch_json(HOST_RELAY_INFO)
+    except AssetsMissing:
+        raise NetworkUnavailable(
+            "boot(network=...) needs a Wisp relay, and this page's host runs none: serve the page "
+            "with `python -m pyapptron serve` (or run/mcp/the pytest plugin), or pass your own relay "
+            "as network=\"wisp://host:port/path/\" or pyapptron.Network(relay=...)") from None
+    return dataclasses.replace(network, relay=info["wisp"])
+
+
 def _keywords(cls) -> list[str]:
     """Every keyword boot() takes for this backend: its own and the backend's options."""
     own = [name for name, p in inspect.signature(boot).parameters.items()
-           if p.kind is not p.VAR_KEYWORD and name != "emulator" and (name != "persist" or cls.persist_supported)]
+           if p.kind is not p.VAR_KEYWORD and name != "emulator" and (name != "persist" or cls.persist_supported)
+           and (name != "network" or cls.network_supported)]
     return [*own, *cls.options]
 
 

@@ -48,6 +48,10 @@ class IncompleteBuild(BootError, FileNotFoundError):
         self.missing = list(missing or [])
 
 
+class NetworkUnavailable(BootError):
+    """boot(network=...) found no relay to carry the guest's connections."""
+
+
 class NotSupported(PyapptronError, NotImplementedError):
     """The backend cannot do this; its capabilities say so beforehand."""
 

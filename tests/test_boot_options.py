@@ -72,14 +72,73 @@ def test_a_pages_byte_array_is_checked_as_bytes(monkeypatch):
         boot("qemu-wasm", build="/q/", kernel=object())  # any other JS (or Python) value is refused
 
 
-@pytest.mark.parametrize("emulator, persist", [("v86", True), ("c2w", False), ("qemu-wasm", False)])
-def test_unknown_option_lists_every_keyword_boot_takes_for_that_emulator(emulator, persist):
+@pytest.mark.parametrize("emulator, persist_and_network", [("v86", True), ("c2w", False), ("qemu-wasm", False)])
+def test_unknown_option_lists_every_keyword_boot_takes_for_that_emulator(emulator, persist_and_network):
     with pytest.raises(pyapptron.InvalidOption) as info:
         boot(emulator, colour="blue")
     known = str(info.value).split("options: ", 1)[1].split(", ")
     common = ["image", "memory_mib", "timeout", "assets_url", "resume", "cold"]
     backend = list(pyapptron.backend_class(emulator).options)
-    assert known == [*common[:4], *(["persist"] if persist else []), *common[4:], *backend]
+    assert known == [*common[:4], *(["persist", "network"] if persist_and_network else []), *common[4:], *backend]
+
+
+@pytest.mark.parametrize("value, expected", [
+    (True, pyapptron.Network()),
+    ("host-only", pyapptron.Network(internet=False)),
+    ("wisp://relay.example:4000/w/", pyapptron.Network(relay="wisp://relay.example:4000/w/")),
+    (pyapptron.Network(host_ports=[8080, 80, 80]), pyapptron.Network(host_ports=(80, 8080))),
+    (False, None), (None, None),
+])
+def test_network_option_forms(value, expected):
+    assert pyapptron.Network.from_option(value) == expected
+
+
+@pytest.mark.parametrize("value, match", [
+    ("yes", "network='yes': use True, False"),
+    ("ws://relay/", "use True, False"),
+    (pyapptron.Network, "use True, False"),
+])
+def test_bad_network_option_says_what_it_takes(value, match):
+    with pytest.raises(pyapptron.InvalidOption, match=match):
+        boot("v86", network=value)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"host_ports": 8080}, "takes a list of port numbers"),
+    ({"host_ports": [0]}, "not a port number"),
+    ({"host_ports": ["80"]}, "not a port number"),
+    ({"internet": "no"}, "takes True or False"),
+    ({"relay": "https://relay/"}, "Wisp relay's URL"),
+])
+def test_bad_network_fields_say_what_they_take(kwargs, match):
+    with pytest.raises(pyapptron.InvalidOption, match=match):
+        pyapptron.Network(**kwargs)
+
+
+@pytest.mark.parametrize("emulator", ["c2w", "qemu-wasm"])
+def test_engines_without_a_network_refuse_network(emulator):
+    with pytest.raises(pyapptron.NotSupported, match=f"{emulator} has no network yet"):
+        boot(emulator, network=True)
+
+
+def test_v86_network_card_relay_and_resolver_carry_the_policy():
+    files = {p: {} for p in ["v86/libv86.mjs", "v86/v86.wasm", "bios/seabios.bin", "bios/vgabios.bin",
+                             "images/minimal/bzImage"]}
+    spec = {"name": "minimal", "kernel": "bzImage", "cmdline": "console=ttyS0", "agent": "virtio-console0"}
+    net = pyapptron.Network(internet=False, host_ports=[8000], relay="wisp://127.0.0.1:5000/s3cret/")
+    backend = V86Backend(Assets("http://h/assets/", {"files": files}), spec, network=net)
+    options = backend.emulator_options()
+    assert options["net_device"] == {"type": "virtio", "dns_method": "doh", "doh_server": "dns.pyapptron.internal",
+                                     "relay_url": "wisp://127.0.0.1:5000/s3cret/?internet=0&private=0&ports=8000"}
+    assert options["dns_url"] == "http://127.0.0.1:5000/s3cret/dns-query?internet=0&private=0&ports=8000"
+    assert "pyapptron.net=dhcp" in options["cmdline"].split() and backend.capabilities.network
+    # a snapshot binds the card, not the relay (its port and secret change every run)
+    other = V86Backend(Assets("http://h/assets/", {"files": files}), spec,
+                       network=pyapptron.Network(relay="wisps://elsewhere/x/"))
+    assert backend.snapshot_binding() == other.snapshot_binding()
+    assert other.emulator_options()["dns_url"] == "https://elsewhere/x/dns-query?internet=1&private=0"
+    plain = V86Backend(Assets("http://h/assets/", {"files": files}), spec)
+    assert plain.snapshot_binding() != backend.snapshot_binding() and not plain.capabilities.network
 
 
 def test_invalid_option_is_also_a_value_error():

@@ -64,3 +64,20 @@ def test_run_resumes_the_boot_snapshot_by_default_and_cold_boots_on_request():
     assert r.returncode == 0 and b"resumed from its boot snapshot of image 'minimal'" in r.stdout
     r = cli("demo", "--cold")
     assert r.returncode == 0 and b"(a cold boot of the kernel)" in r.stdout
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], None),
+    (["--network"], {"internet": True, "host_ports": []}),
+    (["--network", "host-only"], {"internet": False, "host_ports": []}),
+    (["--host-port", "8000", "--host-port", "8001"], {"internet": False, "host_ports": [8000, 8001]}),
+    (["--network=on", "--host-port", "8000"], {"internet": True, "host_ports": [8000]}),
+])
+def test_network_flags_become_boots_network_option(argv, expected):
+    import argparse
+
+    from pyapptron.host.cli import _browser_args, network_option
+
+    parser = argparse.ArgumentParser()
+    _browser_args(parser)
+    assert network_option(parser.parse_args(argv)) == expected

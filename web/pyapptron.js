@@ -62,14 +62,16 @@ async function loadXterm(assetsUrl) {
  * name: keep /root, /persist and installed packages in IndexedDB across reloads),
  * cold (true: boot the kernel instead of resuming the image's boot snapshot), resume
  * (the name of a snapshot kept by vm.snapshot(name), or its bytes as a Uint8Array),
- * options (the backend's own keyword options, e.g. for "qemu-wasm": {build, packages,
+ * network (true, "host-only", a Wisp relay URL "wisp://host:port/path/", or
+ * {internet, host_ports: [8080], allow_private, relay}: the guest's network, see
+ * pyapptron.boot), options (the backend's own keyword options, e.g. for "qemu-wasm": {build, packages,
  * kernel, initrd, disk, append, args}; bytes as Uint8Array).
  * Resolves to {vm, pyodide, terminal, run(cmd), snapshot(name), shutdown()}.
  */
 export async function boot({
   emulator = "v86", image = null, memoryMib = null, terminal = null,
   assetsUrl = defaultAssets, onStatus = null, terminalOptions = {}, persist = null,
-  cold = false, resume = null, options = {},
+  cold = false, resume = null, network = null, options = {},
 } = {}) {
   const pyodide = await loadPyapptron({ assetsUrl, onStatus });
   let term = null;
@@ -91,6 +93,7 @@ export async function boot({
   if (persist) kwargs.persist = persist;
   if (cold) kwargs.cold = true;
   if (resume) kwargs.resume = resume;
+  if (network) kwargs.network = typeof network === "object" ? pyodide.toPy(network) : network;
   for (const [key, value] of Object.entries(options || {})) {
     // Lists and dicts become Python's; strings, numbers and byte arrays pass as they are.
     const plain = Array.isArray(value) || (value && Object.getPrototypeOf(value) === Object.prototype);

@@ -95,10 +95,36 @@ async function stateOf(resume) {
   return gunzip(p);
 }
 
+// Names on the guest's network: v86 asks DNS-over-HTTPS, as
+// fetch("https://<doh_server>/dns-query", {method: "POST", body: <DNS message>}). The backend
+// names a server that does not exist (pyapptron.network.DNS_SERVER_NAME); its requests go
+// to the relay's own resolver instead, as RFC 8484's GET ?dns=, so no public DNS service
+// is asked. fetch is the page's: only requests to that one name are rerouted. With several
+// machines on one page, the last one started with a network answers for all of them
+// (each machine's connections are still checked against its own policy by the relay).
+const dnsRoute = { url: null, installed: false };
+const DNS_QUERY_URL = "https://dns.pyapptron.internal/dns-query";
+
+function routeDnsQueries(dnsUrl) {
+  dnsRoute.url = dnsUrl;
+  if (dnsRoute.installed) return;
+  dnsRoute.installed = true;
+  const pageFetch = globalThis.fetch;
+  globalThis.fetch = function (resource, init) {
+    if (resource !== DNS_QUERY_URL || !dnsRoute.url || !init || !init.body) return pageFetch.call(this, resource, init);
+    const body = init.body instanceof Uint8Array ? init.body : new Uint8Array(init.body);
+    let text = "";
+    for (let i = 0; i < body.length; i++) text += String.fromCharCode(body[i]);
+    const dns = btoa(text).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+    return pageFetch.call(this, `${dnsRoute.url}&dns=${dns}`);
+  };
+}
+
 // options.resume: {payload: Uint8Array, compression: "gzip" | "zstd"} to start from a
 // snapshot instead of a cold boot. v86 inflates a zstd state itself, faster than gzip.
 export async function start(options, sinks) {
-  const { libv86_url, persist, resume, hostchan: hostchanOptions, ...v86options } = options;
+  const { libv86_url, persist, resume, hostchan: hostchanOptions, dns_url, ...v86options } = options;
+  if (dns_url) routeDnsQueries(dns_url);
   // Where a start spends its time (seconds), for bench/: inflate, load, restore, persist.
   const timings = {};
   let mark = performance.now();

@@ -501,7 +501,11 @@ def overlay_files(root: pathlib.Path, agent: bytes) -> dict[str, tuple[int, byte
         "usr/sbin/pyapptron-agent": (0o755, agent),
         "etc/passwd": (0o644, passwd.encode()),
         "etc/hostname": (0o644, b"pyapptron\n"),
-        "etc/hosts": (0o644, b"127.0.0.1\tlocalhost\n127.0.1.1\tpyapptron\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
+        # host.pyapptron.internal and the resolver: the gateway of boot(network=...)
+        # (pyapptron/network.py); the initramfs's init gets the lease before switch_root.
+        "etc/hosts": (0o644, b"127.0.0.1\tlocalhost\n127.0.1.1\tpyapptron\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                             b"192.168.86.1\thost.pyapptron.internal\n"),
+        "etc/resolv.conf": (0o644, b"nameserver 192.168.86.1\n"),
         "etc/default/locale": (0o644, b"LANG=C.UTF-8\n"),
         "etc/machine-id": (0o444, b""),
         "root/.zshrc": (0o644, ZSHRC),

@@ -42,6 +42,7 @@ import buildlib  # noqa: E402  (emulators/buildlib.py: commands, apt, the cpio w
 from buildlib import BuildError, Cpio, apt_install, sha256_file, warn_loudly  # noqa: E402
 AGENT_SRC = REPO / "emulators" / "agent" / "pyapptron-agent.c"
 INIT_SCRIPT = HERE / "minimal-init.sh"
+DHCP_SCRIPT = HERE / "udhcpc.script"  # applies a DHCP lease (boot(network=...))
 MANIFEST = REPO / "emulators" / "manifest.json"
 
 # loglevel=1: the harmless firmware complaints v86 provokes (no RSDP, no MP table,
@@ -261,6 +262,10 @@ def build_initrd(busybox_root: pathlib.Path, kernel_root: pathlib.Path, release:
     c.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
     c.file("etc/group", b"root:x:0:\n")
     c.file("etc/hostname", b"pyapptron\n")
+    # The host's own services, as the guest reaches them (pyapptron/network.py).
+    c.file("etc/hosts", b"127.0.0.1\tlocalhost\n192.168.86.1\thost.pyapptron.internal\n")
+    c.dir("etc/udhcpc")
+    c.file("etc/udhcpc/default.script", DHCP_SCRIPT.read_bytes(), 0o755)
     c.file("etc/profile", (
         b"# login shells on ttyS0 (the human console)\n"
         b"export HOME=/root TERM=xterm-256color\n"
@@ -304,7 +309,7 @@ def build(out_dir: pathlib.Path, cache_dir: pathlib.Path, manifest: dict, force:
     # Everything the outputs depend on; equal key and intact outputs: nothing to do.
     key = hashlib.sha256(json.dumps({
         "sources": sources, "cmdline": CMDLINE, "modules": MODULES,
-        "agent": sha256_file(AGENT_SRC), "init": sha256_file(INIT_SCRIPT),
+        "agent": sha256_file(AGENT_SRC), "init": sha256_file(INIT_SCRIPT), "dhcp": sha256_file(DHCP_SCRIPT),
         "builder": sha256_file(pathlib.Path(__file__)),
         "buildlib": sha256_file(pathlib.Path(buildlib.__file__)),  # the cpio writer
     }, sort_keys=True).encode()).hexdigest()

@@ -51,14 +51,25 @@ root_tag=$(sed -n 's/.*pyapptron\.root=\([^ ]*\).*/\1/p' /proc/cmdline)
 # keeps in IndexedDB; bind them into place before anyone (the agent) can write there.
 persist_paths=$(sed -n 's/.*pyapptron\.persist=\([^ ]*\).*/\1/p' /proc/cmdline)
 
+# A network (boot(network=...)): the guest has an address before the host's first exec.
+network=$(sed -n 's/.*pyapptron\.net=\([^ ]*\).*/\1/p' /proc/cmdline)
+
 # virtio transport, console, net and 9p, dependencies first.  The agent starts
 # as soon as its console port exists: the host's first exec need not wait for
 # the network and 9p modules (about 1.5 s of an emulated boot).
 while read -r mod; do
     [ -n "$mod" ] || continue
     insmod "/lib/modules/pyapptron/$mod" 2>/dev/null
-    case "$mod" in *-virtio_console.ko) [ -n "$root_tag$persist_paths" ] || { start_agent; agent_started=1; } ;; esac
+    case "$mod" in *-virtio_console.ko) [ -n "$root_tag$persist_paths$network" ] || { start_agent; agent_started=1; } ;; esac
 done < /lib/modules/pyapptron/order
+
+if [ -n "$network" ]; then
+    # An address, a default route and a resolver by DHCP (the emulator's network stack
+    # in the page answers at once); /etc/udhcpc/default.script puts them in place.
+    ip link set lo up
+    udhcpc -i eth0 -q -n -t 5 >/dev/null 2>&1 \
+        || echo "pyapptron: the network did not come up (no DHCP lease on eth0)" > /dev/console
+fi
 
 if [ -n "$root_tag" ]; then
     # cache=loose: the guest is the only writer of its root, so the page cache

@@ -61,6 +61,9 @@ class Backend(abc.ABC):
 
     #: Whether boot(persist=...) works with this emulator.
     persist_supported: ClassVar[bool] = False
+    #: Whether boot(network=...) works with this emulator: its constructor then takes
+    #: network= (a pyapptron.network.Network whose relay is set).
+    network_supported: ClassVar[bool] = False
 
     capabilities: Capabilities
     #: What boot(persist=...) asked this backend to keep (pyapptron.persist.Persist), if anything.

@@ -36,6 +36,7 @@ from .. import _browser
 from ..assets import Assets
 from ..errors import InvalidOption
 from .. import snapshots
+from ..network import DNS_SERVER_NAME, Network
 from ..persist import DEFAULT_LAYERS, Persist
 from . import Backend, Capabilities, Sink
 
@@ -57,6 +58,23 @@ def hostchan_base(memory_mib: int) -> int:
     return (memory_mib - HOSTCHAN_BELOW_TOP_MIB) * 1024 * 1024
 
 
+def network_options(network: Network) -> dict:
+    """A virtio network card whose TCP streams v86 carries over the Wisp relay, its own
+    stack in the page answering DHCP and ARP. Names: v86 asks DNS-over-HTTPS of a name
+    that is never resolved (DNS_SERVER_NAME); the adapter sends those requests to the
+    relay's own resolver (`dns_url`), so no public DNS service is ever asked."""
+    query = network.to_query()
+    relay = network.relay
+    sep = "&" if "?" in relay else "?"
+    base = relay.split("?", 1)[0]
+    http = "https://" + base[len("wisps://"):] if base.startswith("wisps://") else "http://" + base[len("wisp://"):]
+    return {
+        "net_device": {"type": "virtio", "relay_url": relay + sep + query,
+                       "dns_method": "doh", "doh_server": DNS_SERVER_NAME},
+        "dns_url": http.rstrip("/") + "/dns-query?" + query,
+    }
+
+
 class V86Backend(Backend):
     name = "v86"
     options = {"cmdline_extra": str}
@@ -64,9 +82,10 @@ class V86Backend(Backend):
     console_tty = "/dev/ttyS0"
 
     persist_supported = True
+    network_supported = True
 
     def __init__(self, assets: Assets, image: dict, memory_mib: int | None = None,
-                 persist: Persist | None = None, cmdline_extra: str = ""):
+                 persist: Persist | None = None, cmdline_extra: str = "", network: Network | None = None):
         memory = image.get("memory_mib", MIN_MEMORY_MIB) if memory_mib is None else memory_mib
         if not MIN_MEMORY_MIB <= memory <= MAX_MEMORY_MIB:
             raise InvalidOption(
@@ -77,6 +96,7 @@ class V86Backend(Backend):
         self.image = image
         self.memory_mib = memory
         self.persist = persist
+        self.network = network
         # On an initramfs root the init bind-mounts the persisted paths from the 9p tree
         # (the default layers' even without persist: see the module's docstring); an image
         # whose root is that tree already has them in place.
@@ -88,11 +108,14 @@ class V86Backend(Backend):
         self._hostchan = {"base": base, "doorbell": HOSTCHAN_DOORBELL} if image.get("agent") else None
         channel_args = "" if self._hostchan is None else (
             f"memmap={HOSTCHAN_RESERVED_MIB}M${base:#x} pyapptron.agent=hostchan@{base:#x},{HOSTCHAN_DOORBELL:#x}:/dev/hvc0")
-        self.base_cmdline = " ".join(filter(None, [image.get("cmdline", ""), channel_args, cmdline_extra]))
-        self.cmdline = " ".join(filter(None, [image.get("cmdline", ""), channel_args, persist_arg, cmdline_extra]))
+        # The init brings eth0 up by DHCP before it starts the agent.
+        network_arg = "pyapptron.net=dhcp" if network is not None else ""
+        self.base_cmdline = " ".join(filter(None, [image.get("cmdline", ""), channel_args, network_arg, cmdline_extra]))
+        self.cmdline = " ".join(filter(None, [image.get("cmdline", ""), channel_args, network_arg, persist_arg,
+                                              cmdline_extra]))
         self.capabilities = Capabilities(
             arch=image.get("arch", "i686"), exec=bool(image.get("agent")), files=bool(image.get("agent")),
-            console=True, snapshot=bool(image.get("agent")), network=False, persist=persist is not None,
+            console=True, snapshot=bool(image.get("agent")), network=network is not None, persist=persist is not None,
         )
         self._handle: _browser.EmulatorHandle | None = None
 
@@ -128,6 +151,8 @@ class V86Backend(Backend):
         }
         if self._hostchan is not None:
             options["hostchan"] = dict(self._hostchan)
+        if self.network is not None:
+            options.update(network_options(self.network))
         if self.image.get("initrd"):
             options["initrd"] = {"url": image_file(self.image["initrd"])}
         rootfs = self.image.get("rootfs")
@@ -154,8 +179,11 @@ class V86Backend(Backend):
     def snapshot_binding(self) -> dict:
         options = self.emulator_options(file_ref=lambda path: "sha256:" + self.assets.sha256(path),
                                         dir_ref=lambda path: path)
-        for key in ("cmdline", "memory_size", "persist", "autostart"):
+        for key in ("cmdline", "memory_size", "persist", "autostart", "dns_url"):
             options.pop(key, None)
+        if "net_device" in options:
+            # A state holds the network card, not the relay: any relay will do on a resume.
+            options["net_device"] = {"type": options["net_device"]["type"]}
         return {"emulator": self.name, "emulator_version": self.assets.version("v86"),
                 "image": self.image["name"], "memory_mib": self.memory_mib,
                 "cmdline": self.base_cmdline, "config": snapshots.digest(options)}
@@ -172,17 +200,25 @@ class V86Backend(Backend):
                                          resume.meta.get("payload_sha256"))
 
     def resume_fixups(self) -> tuple[list[str], str | None]:
+        flags, steps = self._persist_fixups()
+        if self.network is not None:
+            # A new lease from this page's network stack (the state kept the old one's).
+            steps.append("udhcpc -i eth0 -q -n -t 5 >/dev/null 2>&1 || "
+                         "{ echo 'no DHCP lease on eth0' >&2; exit 1; }")
+        return flags, " && ".join(f"{{ {step}; }}" for step in steps) if steps else None
+
+    def _persist_fixups(self) -> tuple[list[str], list[str]]:
         if self.persist is None:
-            return [], None
+            return [], []
         if self.image.get("rootfs"):
             # The root is the 9p tree the store was just restored into, cached by the guest.
-            return ["--drop-caches"], None
+            return ["--drop-caches"], []
         extra = [p for p in self.bind_paths if p not in DEFAULT_BIND_PATHS]
         if not extra:
-            return [], None  # the snapshot's init bound them already
+            return [], []  # the snapshot's init bound them already
         quoted = " ".join(shlex.quote(p) for p in extra)
-        return [], (f"for d in {quoted}; do mountpoint -q \"$d\" || "
-                    "{ mkdir -p \"/mnt/host$d\" \"$d\" && mount --bind \"/mnt/host$d\" \"$d\"; } || exit 1; done")
+        return [], [f"for d in {quoted}; do mountpoint -q \"$d\" || "
+                    "{ mkdir -p \"/mnt/host$d\" \"$d\" && mount --bind \"/mnt/host$d\" \"$d\"; } || exit 1; done"]
 
     def _persist_changed(self) -> None:
         if self.on_persist_changed is not None:

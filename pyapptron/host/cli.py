@@ -31,6 +31,21 @@ def _browser_args(parser: argparse.ArgumentParser) -> None:
                              "(store STORE, default 'default'); needs --profile")
     parser.add_argument("--cold", action="store_true",
                         help="boot the kernel instead of resuming the image's boot snapshot")
+    parser.add_argument("--network", nargs="?", const="on", default=None, choices=["on", "host-only"],
+                        help="give the guest a network through a relay on 127.0.0.1 (host-only: only the "
+                             "--host-port ports)")
+    parser.add_argument("--host-port", action="append", type=int, default=[], metavar="PORT",
+                        help="let the guest reach this port of the host's 127.0.0.1 as "
+                             "host.pyapptron.internal:PORT (repeatable; alone it means --network=host-only)")
+
+
+def network_option(args) -> dict | None:
+    """--network / --host-port as boot()'s network= (the dict form crosses to the page)."""
+    mode = getattr(args, "network", None)
+    ports = list(getattr(args, "host_port", None) or [])
+    if mode is None and not ports:
+        return None
+    return {"internet": mode == "on", "host_ports": ports}
 
 
 @contextlib.contextmanager
@@ -53,6 +68,9 @@ def booted(args):
             options["persist"] = args.persist
         if getattr(args, "cold", False):
             options["cold"] = True
+        network = network_option(args)
+        if network is not None:
+            options["network"] = network
         vm = session.boot(args.emulator, args.image, **options)
         try:
             yield session, vm

@@ -295,7 +295,7 @@ async def serve(args) -> int:
         port = profile_port(args.profile)
     elif args.page_port:
         port = args.page_port
-    from .cli import parse_mounts
+    from .cli import network_option, parse_mounts
 
     boot_query = page_boot_options(args.emulator, getattr(args, "option", []))
     page_server = PageServer(port, extra_roots=parse_mounts(getattr(args, "mount", []))).start()
@@ -323,6 +323,10 @@ async def serve(args) -> int:
                 query.append(f"persist={args.persist}")
             if getattr(args, "cold", False):
                 query.append("cold=1")
+            network = network_option(args)
+            if network is not None:
+                query.append("network=" + ("on" if network["internet"] else "host-only"))
+                query += [f"host_port={port}" for port in network["host_ports"]]
             query += boot_query
             bridge.url_for_humans = f"{page_origin}/web/index.html?{'&'.join(query)}#mcp-token={config.token}"
             threading.Thread(target=_stdin_lines, args=(loop, bridge, stop), daemon=True,

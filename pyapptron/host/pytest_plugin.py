@@ -16,6 +16,7 @@ A module (or a test) picks its machine with a marker; the command-line options a
 defaults:
 
     pytestmark = pytest.mark.pyapptron(image="agent", memory_mib=512)
+    pytestmark = pytest.mark.pyapptron(network={"internet": False, "host_ports": [8000]})
 
 On a real Selenium Grid: `--pyapptron-remote http://grid:4444` (and, when the Grid's
 browsers are on other machines, serve the page where they can reach it and pass its URL
@@ -42,6 +43,12 @@ def pytest_addoption(parser):
                     help="how long one vm lives: function (a fresh machine per test), module (default), session")
     group.addoption("--pyapptron-cold", action="store_true",
                     help="boot the kernel instead of resuming the image's boot snapshot")
+    group.addoption("--pyapptron-network", nargs="?", const="on", default=None, choices=["on", "host-only"],
+                    help="give the vm fixture's machine a network through the page server's relay "
+                         "(host-only: only the --pyapptron-host-port ports)")
+    group.addoption("--pyapptron-host-port", action="append", type=int, default=[], metavar="PORT",
+                    help="a port of this machine's 127.0.0.1 the guest may reach as host.pyapptron.internal:PORT "
+                         "(repeatable; alone it means --pyapptron-network=host-only)")
     group.addoption("--pyapptron-browser-binary", default=None, help="Chromium executable")
     group.addoption("--pyapptron-remote", default=None, metavar="URL",
                     help="a remote WebDriver or Selenium Grid (e.g. http://127.0.0.1:4444) instead of a local Chromium")
@@ -98,6 +105,9 @@ def vm(request, pyapptron_session):
     image = options.pop("image", None) or request.config.getoption("--pyapptron-image")
     if request.config.getoption("--pyapptron-cold"):
         options.setdefault("cold", True)
+    mode, ports = request.config.getoption("--pyapptron-network"), request.config.getoption("--pyapptron-host-port")
+    if mode or ports:
+        options.setdefault("network", {"internet": mode == "on", "host_ports": list(ports)})
     machine = pyapptron_session.boot(emulator, image, **options)
     yield machine
     try:

@@ -5,6 +5,8 @@ Layout of what is served:
   /web/...     web/ (the page and its JS entry, pyapptron.js)
   /assets/...  the asset tree built by `python emulators/build.py` (build/assets)
   /examples/.. examples/ (the embedding example page)
+  /pyapptron/relay.json  the Wisp relay this server runs for its pages (boot(network=...)),
+               started on first request (pyapptron/host/relay.py)
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import fcntl
 import functools
 import http.server
 import importlib.util
+import json
 import os
 import re
 import threading
@@ -20,6 +23,7 @@ import time
 from pathlib import Path
 
 from ..errors import AssetsMissing, BrowserError
+from ..network import HOST_RELAY_INFO
 
 
 class PageServerError(BrowserError):
@@ -70,8 +74,9 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         ".json": "application/json", ".whl": "application/zip", ".zst": "application/octet-stream",
     }
 
-    def __init__(self, *args, roots, isolated, latency_s=0.0, **kwargs):
+    def __init__(self, *args, roots, isolated, relay=None, latency_s=0.0, **kwargs):
         self._roots = roots
+        self._relay = relay  # () -> the server's Relay, started on first use
         self._isolated = isolated
         self._latency_s = latency_s
         super().__init__(*args, directory=str(roots["/web/"]), **kwargs)
@@ -85,9 +90,25 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
+        if path == HOST_RELAY_INFO and self._relay is not None:
+            self._send_relay_info()
+            return
         if self._latency_s and IMMUTABLE.match(path):
             time.sleep(self._latency_s)  # a far server, for the bench (PageServer(latency_ms=))
         super().do_GET()
+
+    def _send_relay_info(self) -> None:
+        relay = self._relay()
+        # The page's origin as its browser names it (127.0.0.1 or localhost): the relay
+        # accepts WebSockets from that page only.
+        host = self.headers.get("Host") or f"127.0.0.1:{self.server.server_address[1]}"
+        relay.allow_origin(f"http://{host}")
+        body = json.dumps({"wisp": relay.wisp_url, "dns": relay.dns_url}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def translate_path(self, path: str) -> str:
         clean = path.split("?", 1)[0].split("#", 1)[0]
@@ -162,7 +183,10 @@ class PageServer:
                  **(extra_roots or {})}
         # latency_ms: each content-addressed image file (an image's fs/ID) is answered that
         # much later, as from a server across a network (bench/run.py --latency-ms).
-        handler = functools.partial(_Handler, roots=roots, isolated=isolated, latency_s=latency_ms / 1000)
+        self._relay = None
+        self._relay_lock = threading.Lock()
+        handler = functools.partial(_Handler, roots=roots, isolated=isolated, relay=self.relay,
+                                    latency_s=latency_ms / 1000)
         try:
             self._httpd = http.server.ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
@@ -191,9 +215,22 @@ class PageServer:
     def serve_forever(self) -> None:
         self._httpd.serve_forever()
 
+    def relay(self):
+        """The Wisp relay for this server's pages (boot(network=...)), started on first use
+        on 127.0.0.1; each page's network policy travels in its relay URL."""
+        with self._relay_lock:
+            if self._relay is None:
+                from .relay import Relay  # needs the host extra's websockets
+                self._relay = Relay().start()
+            return self._relay
+
     def stop(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+        with self._relay_lock:
+            if self._relay is not None:
+                self._relay.close()
+                self._relay = None
 
     def __enter__(self) -> PageServer:
         return self.start()

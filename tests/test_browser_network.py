@@ -1,0 +1,114 @@
+"""In real headless Chromium: a guest's network through the host's Wisp relay (v86).
+
+The guest here is host-only, as every guest in the tests is: nothing a guest program
+tries (an update check, a mistyped name) can leave this machine. It may reach one HTTP
+service of the host's 127.0.0.1 (`allowed`), and must not reach another (`forbidden`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+BIG = hashlib.sha256(b"net").digest() * (1 << 15)  # 1 MiB
+
+
+class _Service:
+    """An HTTP server on the host's loopback that remembers what it was asked."""
+
+    def __init__(self):
+        self.requests: list[str] = []
+        service = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                service.requests.append(self.path)
+                body = BIG if self.path == "/big" else b"hello from the host\n"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                service.requests.append(self.path)
+                digest = hashlib.sha256(body).hexdigest().encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(digest)))
+                self.end_headers()
+                self.wfile.write(digest)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def allowed():
+    service = _Service()
+    yield service
+    service.close()
+
+
+@pytest.fixture(scope="module")
+def forbidden():
+    service = _Service()
+    yield service
+    service.close()
+
+
+@pytest.fixture(scope="module")
+def vm(pyapptron_session, allowed):
+    machine = pyapptron_session.boot("v86", "minimal", network={"internet": False, "host_ports": [allowed.port]},
+                                     timeout=120)
+    yield machine
+    machine.shutdown()
+
+
+def test_the_guest_gets_an_address_a_route_and_a_resolver_by_dhcp(vm):
+    assert vm.capabilities.network is True
+    assert "inet 192.168.86.100/24" in vm.run("ip -4 addr show dev eth0").stdout.decode()
+    assert "default via 192.168.86.1 dev eth0" in vm.run("ip route").stdout.decode()
+    assert vm.run("cat /etc/resolv.conf").stdout == b"nameserver 192.168.86.1\n"
+
+
+def test_an_allowed_host_port_answers_by_name_byte_for_byte_both_ways(vm, allowed):
+    url = f"http://host.pyapptron.internal:{allowed.port}"
+    assert vm.run(f"wget -qO- {url}/hello").stdout == b"hello from the host\n"
+    assert vm.run(f"wget -qO- {url}/big | sha256sum").stdout.split()[0].decode() == hashlib.sha256(BIG).hexdigest()
+    vm.write_file("/tmp/upload", BIG)
+    assert vm.run(f"wget -qO- --post-file=/tmp/upload {url}/upload").stdout.decode() == hashlib.sha256(BIG).hexdigest()
+
+
+def test_a_host_port_that_was_not_allowed_is_refused_by_the_relay(vm, forbidden, pyapptron_server):
+    result = vm.run(f"timeout 30 wget -qO- http://host.pyapptron.internal:{forbidden.port}/hello")
+    assert result.returncode != 0 and result.stdout == b""
+    assert forbidden.requests == []
+    refusals = pyapptron_server.relay().streams_refused
+    assert any(f"port {forbidden.port} of the host is not allowed" in reason for _, _, reason in refusals), refusals
+
+
+def test_host_only_refuses_every_other_address(vm, pyapptron_server):
+    result = vm.run("timeout 30 wget -qO- http://192.0.2.1/")
+    assert result.returncode != 0 and result.stdout == b""
+    refusals = pyapptron_server.relay().streams_refused
+    assert any(address == "192.0.2.1" and "host-only" in reason for address, _, reason in refusals), refusals
+
+
+def test_names_are_resolved_by_the_relay_and_host_only_resolves_only_the_host(vm):
+    found = vm.run("nslookup host.pyapptron.internal").stdout.decode()
+    assert "192.168.86.1" in found
+    missing = vm.run("nslookup example.com")
+    assert missing.returncode != 0 or "NXDOMAIN" in missing.stdout.decode() + missing.stderr.decode()
