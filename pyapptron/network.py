@@ -102,18 +102,34 @@ class Network:
 
     @classmethod
     def from_query(cls, query: str) -> Network:
+        """The policy a relay URL carries; every field must be there (a URL that lost its
+        query must not mean "everything")."""
         values = {k: v[-1] for k, v in parse_qs(query).items()}
+        missing = [k for k in ("internet", "private") if k not in values]
+        if missing:
+            raise InvalidOption(f"the relay URL carries no network policy ({', '.join(missing)} missing)")
         try:
             ports = tuple(int(p) for p in values.get("ports", "").split(",") if p)
         except ValueError:
             raise InvalidOption(f"bad host ports in the relay URL: {values.get('ports')!r}") from None
-        return cls(internet=values.get("internet", "1") != "0", allow_private=values.get("private", "0") == "1",
-                   host_ports=ports)
+        return cls(internet=values["internet"] == "1", allow_private=values["private"] == "1", host_ports=ports)
 
     def describe(self) -> str:
         reach = "the internet" if self.internet else "nothing outside (host-only)"
         ports = ", ".join(map(str, self.host_ports)) or "none"
         return f"{reach}; host ports: {ports}" + ("; private ranges allowed" if self.allow_private else "")
+
+
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")  # "this host" on some stacks
+
+
+def from_flags(mode: str | None, host_ports) -> dict | None:
+    """The host tools' --network[=on|host-only] and --host-port PORT... flags as boot()'s
+    network= (the dict form, which crosses to the page); --host-port alone is host-only."""
+    ports = list(host_ports or [])
+    if mode is None and not ports:
+        return None
+    return {"internet": mode == "on", "host_ports": ports}
 
 
 class Refused(Exception):
@@ -135,10 +151,14 @@ def decide(network: Network, address: str, port: int) -> tuple[str, int]:
         raise Refused(f"{address!r} is not an address") from None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback too
-    if ip.is_loopback or ip.is_unspecified or ip.is_link_local or ip.is_multicast or ip.is_reserved:
+    this_network = isinstance(ip, ipaddress.IPv4Address) and ip in _THIS_NETWORK
+    if ip.is_loopback or ip.is_unspecified or this_network or ip.is_link_local or ip.is_multicast or ip.is_reserved:
         raise Refused(f"{ip} is not reachable from the guest")
-    if not ip.is_global and not (network.allow_private and ip.is_private):
-        raise Refused(f"{ip} is a private address (Network(allow_private=True) allows those)")
+    if not ip.is_global:
+        if not ip.is_private:
+            raise Refused(f"{ip} is not a public address")
+        if not network.allow_private:
+            raise Refused(f"{ip} is a private address (Network(allow_private=True) allows those)")
     return str(ip), port
 
 

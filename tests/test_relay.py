@@ -156,15 +156,18 @@ def test_the_gate_wants_the_secret_an_allowed_origin_and_a_good_policy(relay):
     assert status_of_dial(url, origin=None) == 403  # no Origin: only with allow_no_origin=True
     assert status_of_dial(url + "?ports=22,abc") == 400
     assert status_of_dial(url + "?ports=70000") == 400
-    assert status_of_dial(url + "?" + Network(host_ports=(8000,)).to_query()) == 101
-    assert status_of_dial(url, origin="http://localhost:9000") == 403
+    assert status_of_dial(url) == 400  # no policy: a URL that lost its query must not mean "anything"
+    assert status_of_dial(url + "?internet=1") == 400
+    policy = "?" + Network(host_ports=(8000,)).to_query()
+    assert status_of_dial(url + policy) == 101
+    assert status_of_dial(url + policy, origin="http://localhost:9000") == 403
     relay.allow_origin("http://localhost:9000")  # at run time, from another thread
-    assert status_of_dial(url, origin="http://localhost:9000") == 101
+    assert status_of_dial(url + policy, origin="http://localhost:9000") == 101
 
 
 def test_clients_without_an_origin_only_when_allowed():
     with Relay(allow_no_origin=True) as relay:
-        url = relay.wisp_url.replace("wisp://", "ws://")
+        url = relay.wisp_url.replace("wisp://", "ws://") + "?" + Network().to_query()
         assert status_of_dial(url, origin=None) == 101
         assert status_of_dial(url, origin=ORIGIN) == 403  # an Origin must still be an allowed one
 
@@ -273,7 +276,7 @@ def private_address_of_this_machine():
     return None
 
 
-def test_private_addresses_only_with_allow_private(relay):
+def test_private_addresses_only_with_allow_private_and_never_the_hosts_own(relay):
     assert decide(Network(allow_private=True), "10.1.2.3", 80) == ("10.1.2.3", 80)
     with pytest.raises(Refused, match="private"):
         decide(Network(), "10.1.2.3", 80)
@@ -294,7 +297,10 @@ def test_private_addresses_only_with_allow_private(relay):
                 blocked = await read_to_close(await wisp.open(1, address, port))
             return allowed, blocked, len(accepted)
 
-    assert run(scenario()) == ((b"hello", VOLUNTARY), (b"", BLOCKED), 1)
+    # The address is this machine's own: its services are the host's, reached through
+    # host_ports only, so even allow_private does not open them.
+    assert run(scenario()) == ((b"", BLOCKED), (b"", BLOCKED), 1)
+    assert any(a == address and "is this host" in reason for a, _, reason in relay.streams_refused)
 
 
 def test_a_client_close_half_closes_and_the_reply_still_arrives(relay):
@@ -452,3 +458,56 @@ def test_dns_answers_under_the_page_policy(relay):
     assert ask(relay, dns_query(HOST_NAME), origin="http://evil.example")[0] == 403
     assert ask(relay, dns_query(HOST_NAME), Network(internet=False), origin=None)[0] == 403
     assert relay.dns_queries == 4
+
+
+def test_a_dns_query_with_more_than_one_question_gets_formerr_and_no_lookups(relay):
+    one = dns_query(HOST_NAME)
+    question = one[12:]
+    two = struct.pack("!HHHHHH", 0x4321, 0x0100, 2, 0, 0, 0) + question + question
+    status, _, body = ask(relay, two)
+    _, flags, qd, an, _, _ = struct.unpack_from("!HHHHHH", body)
+    assert status == 200 and flags & 0xF == 1 and (qd, an) == (0, 0)
+
+
+def test_a_guest_cannot_hold_more_than_max_streams_open(relay):
+    from pyapptron.host.relay import MAX_STREAMS
+
+    async def scenario():
+        async with tcp_service(echo) as (port, accepted):
+            async with Wisp.dial(relay, Network(internet=False, host_ports=(port,))) as wisp:
+                opened = [await wisp.open(i, GATEWAY_IP, port) for i in range(1, MAX_STREAMS + 2)]
+                return await read_to_close(opened[-1])
+
+    assert run(scenario()) == (b"", BLOCKED)
+    assert any(f"more than {MAX_STREAMS} streams" in reason for _, _, reason in relay.streams_refused)
+
+
+def test_the_page_server_gives_the_relay_to_its_own_loopback_pages_only(tmp_path):
+    import http.client
+    import json
+
+    from pyapptron.host.server import PageServer
+
+    (tmp_path / "assets.json").write_text("{}")
+    with PageServer(0, assets_dir=tmp_path, refresh=False) as server:
+        def get(host):
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=WAIT_S)
+            connection.request("GET", "/pyapptron/relay.json", headers={"Host": host})
+            response = connection.getresponse()
+            return response.status, response.getheader("Cache-Control"), response.read().decode()
+
+        status, cache, body = get(f"127.0.0.1:{server.port}")
+        info = json.loads(body)
+        assert status == 200 and cache == "no-store"
+        assert info["wisp"].startswith("wisp://127.0.0.1:") and info["dns"].endswith("/dns-query")
+        relay = server.relay()
+        assert info["wisp"] == relay.wisp_url
+        # A DNS-rebinding page (another name for 127.0.0.1) must not learn the secret.
+        status, _, body = get(f"evil.example:{server.port}")
+        assert status == 403 and relay.secret not in body
+        status, _, _ = get(f"localhost:{server.port}")
+        assert status == 200
+        # the page's origin, as its browser names it, may dial the relay
+        url = relay.wisp_url.replace("wisp://", "ws://") + "?" + Network().to_query()
+        assert status_of_dial(url, origin=f"http://localhost:{server.port}") == 101
+        assert status_of_dial(url, origin=f"http://evil.example:{server.port}") == 403

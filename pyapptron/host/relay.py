@@ -74,10 +74,14 @@ QUEUE_LIMIT = 2 * QUEUE_PACKETS
 READ_SIZE = 64 * 1024
 CONNECT_TIMEOUT_S, DNS_TIMEOUT_S, DNS_TTL_S = 10.0, 5.0, 60
 REFUSALS_KEPT = 100
+#: Streams one page may have open at once: a guest cannot spend the host's descriptors.
+MAX_STREAMS = 256
+#: DNS questions resolved at once, over all pages (each can take DNS_TIMEOUT_S).
+MAX_RESOLVING = 8
 _GUEST_CLOSED = None  # in a stream's queue: the client's CLOSE, after its last DATA
 
 QTYPE_A, QCLASS_IN = 1, 1
-RCODE_SERVFAIL, RCODE_NXDOMAIN, RCODE_NOTIMP = 2, 3, 4
+RCODE_FORMERR, RCODE_SERVFAIL, RCODE_NXDOMAIN, RCODE_NOTIMP = 1, 2, 3, 4
 _NOT_FOUND = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 
 
@@ -160,6 +164,7 @@ class Relay:
             self.allow_origin(origin)
         self.streams_opened = self.dns_queries = 0
         self._refusals: collections.deque = collections.deque(maxlen=REFUSALS_KEPT)
+        self._resolving = asyncio.Semaphore(MAX_RESOLVING)  # bound to the relay's loop on first use
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -284,6 +289,8 @@ class Relay:
         rcode, answers = 0, []
         if flags & 0x7800:  # an opcode other than QUERY
             rcode, questions = RCODE_NOTIMP, []
+        elif len(questions) != 1:  # what resolvers send; more would be work for nothing
+            rcode, questions = RCODE_FORMERR, []
         for question in questions:
             if question.type == QTYPE_A and question.klass == QCLASS_IN:  # others: no records, so clients ask A
                 code, addresses = await self._resolve(network, question.name)
@@ -306,8 +313,9 @@ class Relay:
         if not network.internet:
             return RCODE_NXDOMAIN, []
         try:
-            infos = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(
-                name, None, family=socket.AF_INET, type=socket.SOCK_STREAM), DNS_TIMEOUT_S)
+            async with self._resolving:
+                infos = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(
+                    name, None, family=socket.AF_INET, type=socket.SOCK_STREAM), DNS_TIMEOUT_S)
         except socket.gaierror as exc:
             return (RCODE_NXDOMAIN if exc.errno in _NOT_FOUND else RCODE_SERVFAIL), []
         except Exception:  # timed out, or a name the resolver will not take
@@ -354,7 +362,11 @@ class _WispSession:
         if kind == CONNECT:
             if stream is None and stream_id != 0:  # a live stream's id again is a client bug: ignored
                 stream = self.streams[stream_id] = _Stream(stream_id)
-                self._spawn(self._run_stream(stream, payload))
+                if len(self.streams) > MAX_STREAMS:
+                    self.relay._note_refusal("-", 0, f"more than {MAX_STREAMS} streams open at once")
+                    self._spawn(self._end_stream(stream, CLOSE_BLOCKED))
+                else:
+                    self._spawn(self._run_stream(stream, payload))
         elif stream is None or stream.guest_closed:
             return  # late frames for a stream that is over
         elif kind == DATA:
@@ -375,6 +387,12 @@ class _WispSession:
     async def _run_stream(self, stream: _Stream, connect: bytes) -> None:
         try:
             reason = await self._relay_stream(stream, connect)
+        except ConnectionClosed:
+            return  # the page went away; run() cleans up
+        await self._end_stream(stream, reason)
+
+    async def _end_stream(self, stream: _Stream, reason: int) -> None:
+        try:
             stream.closed = True
             self.streams.pop(stream.id, None)
             await self.ws.send(struct.pack("<BIB", CLOSE, stream.id, reason))
@@ -402,6 +420,14 @@ class _WispSession:
         except OSError as exc:
             log.debug("could not connect to %s:%s: %s", address, port, exc)
             return CLOSE_UNREACHABLE if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH) else CLOSE_NETWORK_ERROR
+        peer, local = writer.get_extra_info("peername"), writer.get_extra_info("sockname")
+        if target[0] != "127.0.0.1" and peer and local and peer[0] == local[0]:
+            # One of the host's own addresses (its LAN or public IP): its services are the
+            # host's, reached only through host_ports.
+            writer.close()
+            self.relay._note_refusal(address, port, f"{address} is this host; its ports are reached "
+                                     "through host.pyapptron.internal (host_ports) only")
+            return CLOSE_BLOCKED
         self.relay.streams_opened += 1
         upstream = asyncio.create_task(self._upstream(stream, writer))
         try:

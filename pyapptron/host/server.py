@@ -63,6 +63,9 @@ def refresh_wheel(assets_dir: Path) -> None:
         module.build_wheel(assets_dir, force=False)
 
 
+#: The names a page of this machine reaches the server by (the relay's secret goes to those only).
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
 # Content-addressed files of an image's 9p root (emulators/v86/build_agent.py).
 IMMUTABLE = re.compile(r"^/assets/images/[^/?#]+/fs/[0-9a-f]{16}(\.zst)?$")
 
@@ -98,15 +101,29 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         super().do_GET()
 
     def _send_relay_info(self) -> None:
-        relay = self._relay()
-        # The page's origin as its browser names it (127.0.0.1 or localhost): the relay
-        # accepts WebSockets from that page only.
-        host = self.headers.get("Host") or f"127.0.0.1:{self.server.server_address[1]}"
+        # Only a page of this server on the loopback gets the relay's secret: a Host of
+        # another name (a DNS-rebinding page) could otherwise read it same-origin.
+        port = self.server.server_address[1]
+        host = self.headers.get("Host") or f"127.0.0.1:{port}"
+        if host not in {f"{name}:{port}" for name in LOOPBACK_NAMES}:
+            self._send_json(403, {"error": f"the relay is offered to this machine's pages only, not to {host}"})
+            return
+        try:
+            relay = self._relay()
+        except ImportError as exc:
+            self._send_json(503, {"error": f"the relay needs pyapptron's host extra ({exc.name} is missing): "
+                                           "pip install 'pyapptron[host]'"})
+            return
+        # The page's origin as its browser names it: the relay accepts WebSockets from it.
         relay.allow_origin(f"http://{host}")
-        body = json.dumps({"wisp": relay.wisp_url, "dns": relay.dns_url}).encode()
-        self.send_response(200)
+        self._send_json(200, {"wisp": relay.wisp_url, "dns": relay.dns_url})
+
+    def _send_json(self, status: int, value: dict) -> None:
+        body = json.dumps(value).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
         self.end_headers()
         self.wfile.write(body)
 
@@ -121,7 +138,9 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         return str(self._roots["/web/"] / "__not_found__")
 
     def end_headers(self) -> None:
-        if IMMUTABLE.match(self.path) and getattr(self, "_response_code", 200) == 200:
+        if self.path.startswith(HOST_RELAY_INFO):
+            pass  # _send_json says no-store
+        elif IMMUTABLE.match(self.path) and getattr(self, "_response_code", 200) == 200:
             # Named by their content's hash: a reload takes them from the browser's cache.
             self.send_header("Cache-Control", "public, max-age=31536000, immutable")
         else:
