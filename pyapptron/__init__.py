@@ -168,12 +168,14 @@ async def _host_relay(network: Network) -> Network:
     """The network with the relay of the page's host filled in."""
     try:
         info = await _browser.fetch_json(HOST_RELAY_INFO)
-    except AssetsMissing:
+        relay = info["wisp"]
+    except (AssetsMissing, ValueError, KeyError, TypeError):
+        # (AssetsMissing: an HTTP error; ValueError: not JSON, a static host's HTML page.)
         raise NetworkUnavailable(
-            "boot(network=...) needs a Wisp relay, and this page's host runs none: serve the page "
-            "with `python -m pyapptron serve` (or run/mcp/the pytest plugin), or pass your own relay "
+            f"boot(network=...) needs a Wisp relay, and this page's host offers none at {HOST_RELAY_INFO}: serve the "
+            "page with `python -m pyapptron serve` (or run/mcp/the pytest plugin), or pass your own relay "
             "as network=\"wisp://host:port/path/\" or pyapptron.Network(relay=...)") from None
-    return dataclasses.replace(network, relay=info["wisp"])
+    return dataclasses.replace(network, relay=relay)
 
 
 def _keywords(cls) -> list[str]:

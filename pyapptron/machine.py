@@ -30,7 +30,7 @@ RESTORE_AGENT_TIMEOUT_S = 60.0
 #: What our images' init prints on the console when the machine cannot become the one
 #: asked for (a root that does not mount, say): boot() fails at once with the reason
 #: instead of waiting out its timeout for an agent that will not come.
-GUEST_BOOT_FAILED = rb"pyapptron: boot failed: ([^\r\n]*)"
+GUEST_BOOT_FAILED = rb"pyapptron: boot failed: ([^\r\n]*)\r?\n"  # the whole line
 
 
 class CompletedProcess(subprocess.CompletedProcess):
@@ -140,7 +140,9 @@ class Machine:
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 failed.cancel()
-            if not ready.done() and failed.done() and not failed.cancelled() and failed.exception() is None:
+            # exception() also marks a closed console's ConsoleEOF as seen (no "never retrieved").
+            guest_failed = failed.done() and not failed.cancelled() and failed.exception() is None
+            if guest_failed and not ready.done():
                 ready.cancel()
                 reason = failed.result().group(1).decode(errors="replace").strip()
                 raise BootError(f"the guest could not boot: {reason}")
@@ -207,7 +209,8 @@ class Machine:
         if shell:
             r = await self.run(shell, timeout=60)
             if r.returncode != 0:
-                raise BootError(f"after the resume, setting up the persisted directories failed: "
+                raise BootError(f"after the resume, the image's set-up for this boot's options (persisted "
+                                f"directories, the network) failed: "
                                 f"{r.stderr.decode(errors='replace').strip()}")
 
     async def _flush_guest(self, drop_caches: bool = False) -> None:

@@ -107,8 +107,12 @@ def test_host_only_refuses_every_other_address(vm, pyapptron_server):
     assert any(address == "192.0.2.1" and "host-only" in reason for address, _, reason in refusals), refusals
 
 
-def test_names_are_resolved_by_the_relay_and_host_only_resolves_only_the_host(vm):
-    found = vm.run("nslookup host.pyapptron.internal").stdout.decode()
-    assert "192.168.86.1" in found
-    missing = vm.run("nslookup example.com")
-    assert missing.returncode != 0 or "NXDOMAIN" in missing.stdout.decode() + missing.stderr.decode()
+def test_names_are_resolved_by_the_relay_and_host_only_resolves_only_the_host(vm, pyapptron_server):
+    relay = pyapptron_server.relay()
+    asked = relay.dns_queries
+    # nslookup asks the resolver (not /etc/hosts)
+    found = vm.run("nslookup host.pyapptron.internal 192.168.86.1")
+    assert found.returncode == 0 and "192.168.86.1" in found.stdout.decode().split("Name:")[-1]
+    missing = vm.run("nslookup example.com 192.168.86.1")
+    assert missing.returncode != 0 and "NXDOMAIN" in (missing.stdout + missing.stderr).decode()
+    assert relay.dns_queries >= asked + 2  # both reached the relay's resolver

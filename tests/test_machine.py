@@ -27,7 +27,10 @@ def test_a_guest_that_reports_a_failed_boot_fails_boot_at_once_with_its_reason()
     class FailingGuest(ScriptedBackend):
         async def start(self, on_console, on_agent, resume=None):
             await super().start(on_console, on_agent, resume)
-            on_console(b"\r\npyapptron: boot failed: cannot mount the root file system 'x'\r\n# ")
+            # in two chunks, as a console batches it: the reason is the whole line
+            on_console(b"\r\npyapptron: boot failed: cannot mount the ")
+            await asyncio.sleep(0)
+            on_console(b"root file system 'x'\r\n# ")
 
     backend = FailingGuest(hello=False)
 

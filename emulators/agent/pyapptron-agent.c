@@ -1264,11 +1264,16 @@ static int open_channel(const char *dev)
         unsigned long long phys = HOSTCHAN_PHYS, doorbell = 0;
         const char *tty = dev + 9;
         if (dev[8] == '@') {
-            char *end;
+            /* Both addresses: without its own doorbell a kick on v86 would not trap. */
+            char *end, *bell;
             phys = strtoull(dev + 9, &end, 0);
-            if (*end == ',')
-                doorbell = strtoull(end + 1, &end, 0);
-            if (*end != ':') {
+            bool ok = end != dev + 9 && *end == ',';
+            if (ok) {
+                doorbell = strtoull(end + 1, &bell, 0);
+                ok = bell != end + 1 && doorbell != 0 && *bell == ':';
+                end = bell;
+            }
+            if (!ok) {
                 fprintf(stderr, "pyapptron-agent: bad channel %s (hostchan@BASE,DOORBELL:TTY)\n", dev);
                 exit(1);
             }

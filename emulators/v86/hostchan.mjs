@@ -89,13 +89,18 @@ export class HostChan {
     const c = this.ctl();
     if (c[C.MAGIC] !== MAGIC || !c[C.ATTACHED]) return;
     const mem = this.cpu.mem8;
+    // The layout is ours (init), never re-read from guest RAM: a guest that scribbles on the
+    // control page must not make us read or write outside the rings.
+    const g2h = this.base + G2H_OFF, h2g = this.base + H2G_OFF, mask = RING_SIZE - 1;
     // guest -> host: everything the guest has written, copied out (the ring is reused)
-    const g2hSize = c[C.G2H_SIZE], g2h = this.base + c[C.G2H_OFF];
     const tail = c[C.G2H_TAIL];
     const used = (c[C.G2H_HEAD] - tail) >>> 0;
-    if (used > 0) {
-      const at = tail & (g2hSize - 1);
-      const first = Math.min(used, g2hSize - at);
+    if (used > RING_SIZE) {
+      this.corrupt("the guest-to-host ring claims more bytes than it holds");
+      c[C.G2H_TAIL] = c[C.G2H_HEAD];
+    } else if (used > 0) {
+      const at = tail & mask;
+      const first = Math.min(used, RING_SIZE - at);
       let out;
       if (first === used) {
         out = mem.slice(g2h + at, g2h + at + used);
@@ -109,14 +114,18 @@ export class HostChan {
     }
     // host -> guest: as much as the ring has room for
     if (this.pending.length === 0) return;
-    const h2gSize = c[C.H2G_SIZE], h2g = this.base + c[C.H2G_OFF];
     let head = c[C.H2G_HEAD];
-    let room = h2gSize - ((head - c[C.H2G_TAIL]) >>> 0);
+    const queued = (head - c[C.H2G_TAIL]) >>> 0;
+    if (queued > RING_SIZE) {
+      this.corrupt("the host-to-guest ring's tail is out of range");
+      return;
+    }
+    let room = RING_SIZE - queued;
     let moved = 0;
     while (room > 0 && this.pending.length > 0) {
       const chunk = this.pending[0];
-      const at = head & (h2gSize - 1);
-      const n = Math.min(room, chunk.length - this.pendingOffset, h2gSize - at);
+      const at = head & mask;
+      const n = Math.min(room, chunk.length - this.pendingOffset, RING_SIZE - at);
       mem.set(chunk.subarray(this.pendingOffset, this.pendingOffset + n), h2g + at);
       this.pendingOffset += n;
       if (this.pendingOffset === chunk.length) { this.pending.shift(); this.pendingOffset = 0; }
@@ -130,6 +139,11 @@ export class HostChan {
       c[C.SLEEPING] = 0;
       this.emulator.bus.send("virtio-console0-input-bytes", WAKE);
     }
+  }
+
+  corrupt(what) {
+    if (!this.warned) console.warn(`pyapptron hostchan: ${what}; the agent's next HELLO starts over`);
+    this.warned = true;
   }
 
   close() {

@@ -68,7 +68,7 @@ if [ -n "$network" ]; then
     # in the page answers at once); /etc/udhcpc/default.script puts them in place.
     ip link set lo up
     udhcpc -i eth0 -q -n -t 5 >/dev/null 2>&1 \
-        || echo "pyapptron: the network did not come up (no DHCP lease on eth0)" > /dev/console
+        || echo "pyapptron: boot failed: the network did not come up (no DHCP lease on eth0)" > /dev/console
 fi
 
 if [ -n "$root_tag" ]; then

@@ -202,8 +202,10 @@ class V86Backend(Backend):
     def resume_fixups(self) -> tuple[list[str], str | None]:
         flags, steps = self._persist_fixups()
         if self.network is not None:
-            # A new lease from this page's network stack (the state kept the old one's).
-            steps.append("udhcpc -i eth0 -q -n -t 5 >/dev/null 2>&1 || "
+            # A new lease from this page's network stack (the state kept the old one's). The
+            # agent image's Debian root has no DHCP client: its lease came from the
+            # initramfs, and v86 hands out the same address, for years, every time.
+            steps.append("! command -v udhcpc >/dev/null || udhcpc -i eth0 -q -n -t 5 >/dev/null 2>&1 || "
                          "{ echo 'no DHCP lease on eth0' >&2; exit 1; }")
         return flags, " && ".join(f"{{ {step}; }}" for step in steps) if steps else None
 

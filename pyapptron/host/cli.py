@@ -40,12 +40,10 @@ def _browser_args(parser: argparse.ArgumentParser) -> None:
 
 
 def network_option(args) -> dict | None:
-    """--network / --host-port as boot()'s network= (the dict form crosses to the page)."""
-    mode = getattr(args, "network", None)
-    ports = list(getattr(args, "host_port", None) or [])
-    if mode is None and not ports:
-        return None
-    return {"internet": mode == "on", "host_ports": ports}
+    """--network / --host-port as boot()'s network=."""
+    from ..network import from_flags
+
+    return from_flags(getattr(args, "network", None), getattr(args, "host_port", None))
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import pytest
 
+from ..network import from_flags
 from .browser import Browser, BrowserConfig, RemoteMachine, RemoteSession
 from .server import PageServer
 
@@ -105,9 +106,10 @@ def vm(request, pyapptron_session):
     image = options.pop("image", None) or request.config.getoption("--pyapptron-image")
     if request.config.getoption("--pyapptron-cold"):
         options.setdefault("cold", True)
-    mode, ports = request.config.getoption("--pyapptron-network"), request.config.getoption("--pyapptron-host-port")
-    if mode or ports:
-        options.setdefault("network", {"internet": mode == "on", "host_ports": list(ports)})
+    network = from_flags(request.config.getoption("--pyapptron-network"),
+                         request.config.getoption("--pyapptron-host-port"))
+    if network is not None:
+        options.setdefault("network", network)
     machine = pyapptron_session.boot(emulator, image, **options)
     yield machine
     try:
