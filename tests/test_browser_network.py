@@ -13,6 +13,8 @@ import threading
 
 import pytest
 
+import pyapptron
+
 pytestmark = pytest.mark.browser
 
 BIG = hashlib.sha256(b"net").digest() * (1 << 15)  # 1 MiB
@@ -116,3 +118,21 @@ def test_names_are_resolved_by_the_relay_and_host_only_resolves_only_the_host(vm
     missing = vm.run("nslookup example.com 192.168.86.1")
     assert missing.returncode != 0 and "NXDOMAIN" in (missing.stdout + missing.stderr).decode()
     assert relay.dns_queries >= asked + 2  # both reached the relay's resolver
+
+
+def test_a_snapshot_made_with_a_network_resumes_with_one_and_a_fresh_lease(vm, pyapptron_session, allowed):
+    vm.run("ip -4 addr flush dev eth0")  # a lease the resumed guest must not keep relying on
+    data = vm.snapshot(to_bytes=True)
+    vm.run("udhcpc -i eth0 -q -n -t 5 >/dev/null 2>&1")  # the module's machine gets its address back
+    resumed = pyapptron_session.boot("v86", "minimal", resume=data,
+                                     network={"internet": False, "host_ports": [allowed.port]})
+    try:
+        assert resumed.resumed_from == "the snapshot (bytes)"
+        assert "inet 192.168.86.100/24" in resumed.run("ip -4 addr show dev eth0").stdout.decode()
+        url = f"http://host.pyapptron.internal:{allowed.port}/hello"
+        assert resumed.run(f"wget -qO- {url}").stdout == b"hello from the host\n"
+    finally:
+        resumed.shutdown()
+    # Without a network the same snapshot is another machine: its binding says so.
+    with pytest.raises(pyapptron.SnapshotMismatch, match="pyapptron.net=dhcp"):
+        pyapptron_session.boot("v86", "minimal", resume=data)
