@@ -66,7 +66,6 @@ done < /lib/modules/pyapptron/order
 if [ -n "$network" ]; then
     # An address, a default route and a resolver by DHCP (the emulator's network stack
     # in the page answers at once); /etc/udhcpc/default.script puts them in place.
-    ip link set lo up
     udhcpc -i eth0 -q -n -t 5 >/dev/null 2>&1 \
         || echo "pyapptron: boot failed: the network did not come up (no DHCP lease on eth0)" > /dev/console
 fi

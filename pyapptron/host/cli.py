@@ -31,12 +31,18 @@ def _browser_args(parser: argparse.ArgumentParser) -> None:
                              "(store STORE, default 'default'); needs --profile")
     parser.add_argument("--cold", action="store_true",
                         help="boot the kernel instead of resuming the image's boot snapshot")
-    parser.add_argument("--network", nargs="?", const="on", default=None, choices=["on", "host-only"],
-                        help="give the guest a network through a relay on 127.0.0.1 (host-only: only the "
-                             "--host-port ports)")
-    parser.add_argument("--host-port", action="append", type=int, default=[], metavar="PORT",
-                        help="let the guest reach this port of the host's 127.0.0.1 as "
-                             "host.pyapptron.internal:PORT (repeatable; alone it means --network=host-only)")
+    add_network_flags(parser.add_argument)
+
+
+def add_network_flags(add, prefix: str = "") -> None:
+    """--{prefix}network and --{prefix}host-port, with add = an argparse parser's
+    add_argument or a pytest option group's addoption (the same signature)."""
+    add(f"--{prefix}network", nargs="?", const="on", default=None, choices=["on", "host-only"],
+        help=f"give the guest a network through a relay on 127.0.0.1 (host-only: only the "
+             f"--{prefix}host-port ports)")
+    add(f"--{prefix}host-port", action="append", type=int, default=[], metavar="PORT",
+        help=f"let the guest reach this port of the host's 127.0.0.1 as host.pyapptron.internal:PORT "
+             f"(repeatable; alone it means --{prefix}network=host-only)")
 
 
 def network_option(args) -> dict | None:

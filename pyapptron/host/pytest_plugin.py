@@ -30,6 +30,7 @@ import pytest
 
 from ..network import from_flags
 from .browser import Browser, BrowserConfig, RemoteMachine, RemoteSession
+from .cli import add_network_flags
 from .server import PageServer
 
 SCOPES = ("function", "module", "session")
@@ -44,12 +45,7 @@ def pytest_addoption(parser):
                     help="how long one vm lives: function (a fresh machine per test), module (default), session")
     group.addoption("--pyapptron-cold", action="store_true",
                     help="boot the kernel instead of resuming the image's boot snapshot")
-    group.addoption("--pyapptron-network", nargs="?", const="on", default=None, choices=["on", "host-only"],
-                    help="give the vm fixture's machine a network through the page server's relay "
-                         "(host-only: only the --pyapptron-host-port ports)")
-    group.addoption("--pyapptron-host-port", action="append", type=int, default=[], metavar="PORT",
-                    help="a port of this machine's 127.0.0.1 the guest may reach as host.pyapptron.internal:PORT "
-                         "(repeatable; alone it means --pyapptron-network=host-only)")
+    add_network_flags(group.addoption, prefix="pyapptron-")  # for the vm fixture's machine
     group.addoption("--pyapptron-browser-binary", default=None, help="Chromium executable")
     group.addoption("--pyapptron-remote", default=None, metavar="URL",
                     help="a remote WebDriver or Selenium Grid (e.g. http://127.0.0.1:4444) instead of a local Chromium")
