@@ -120,6 +120,23 @@ class Network:
         return f"{reach}; host ports: {ports}" + ("; private ranges allowed" if self.allow_private else "")
 
 
+def stack_options(network: Network) -> dict:
+    """What the page's network stack (emulators/v86/network.mjs, v86's own, on every
+    engine) is given: the relay URL carrying this network's policy, and its DNS: v86 asks
+    DNS-over-HTTPS of a name that is never resolved (DNS_SERVER_NAME); the page sends
+    those requests to the relay's own resolver (`dns_url`), so no public DNS service is
+    ever asked."""
+    query = network.to_query()
+    relay = network.relay
+    sep = "&" if "?" in relay else "?"
+    base = relay.split("?", 1)[0]
+    http = "https://" + base[len("wisps://"):] if base.startswith("wisps://") else "http://" + base[len("wisp://"):]
+    return {
+        "net_device": {"relay_url": relay + sep + query, "dns_method": "doh", "doh_server": DNS_SERVER_NAME},
+        "dns_url": http.rstrip("/") + "/dns-query?" + query,
+    }
+
+
 _THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")  # "this host" on some stacks
 
 

@@ -1,4 +1,6 @@
-"""In real headless Chromium: a guest's network through the host's Wisp relay (v86).
+"""In real headless Chromium: a guest's network through the host's Wisp relay, on every
+engine that has one (v86's own card; c2w's e1000 whose frames reach the same stack in the
+page).
 
 The guest here is host-only, as every guest in the tests is: nothing a guest program
 tries (an update check, a mistyped name) can leave this machine. It may reach one HTTP
@@ -18,6 +20,9 @@ import pyapptron
 pytestmark = pytest.mark.browser
 
 BIG = hashlib.sha256(b"net").digest() * (1 << 15)  # 1 MiB
+HUGE = hashlib.sha256(b"more").digest() * (1 << 17)  # 4 MiB
+#: (emulator, image) of each engine with a network.
+ENGINES = [("v86", "minimal"), ("c2w", "debian-x86_64")]
 
 
 class _Service:
@@ -30,7 +35,7 @@ class _Service:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 service.requests.append(self.path)
-                body = BIG if self.path == "/big" else b"hello from the host\n"
+                body = {"/big": BIG, "/huge": HUGE}.get(self.path, b"hello from the host\n")
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -71,10 +76,11 @@ def forbidden():
     service.close()
 
 
-@pytest.fixture(scope="module")
-def vm(pyapptron_session, allowed):
-    machine = pyapptron_session.boot("v86", "minimal", network={"internet": False, "host_ports": [allowed.port]},
-                                     timeout=120)
+@pytest.fixture(scope="module", params=ENGINES, ids=[e for e, _ in ENGINES])
+def vm(request, pyapptron_session, allowed):
+    emulator, image = request.param
+    machine = pyapptron_session.boot(emulator, image, network={"internet": False, "host_ports": [allowed.port]},
+                                     timeout=180)
     yield machine
     machine.shutdown()
 
@@ -89,7 +95,7 @@ def test_the_guest_gets_an_address_a_route_and_a_resolver_by_dhcp(vm):
 def test_an_allowed_host_port_answers_by_name_byte_for_byte_both_ways(vm, allowed):
     url = f"http://host.pyapptron.internal:{allowed.port}"
     assert vm.run(f"wget -qO- {url}/hello").stdout == b"hello from the host\n"
-    assert vm.run(f"wget -qO- {url}/big | sha256sum").stdout.split()[0].decode() == hashlib.sha256(BIG).hexdigest()
+    assert vm.run(f"wget -qO- {url}/huge | sha256sum").stdout.split()[0].decode() == hashlib.sha256(HUGE).hexdigest()
     vm.write_file("/tmp/upload", BIG)
     assert vm.run(f"wget -qO- --post-file=/tmp/upload {url}/upload").stdout.decode() == hashlib.sha256(BIG).hexdigest()
 
@@ -120,6 +126,7 @@ def test_names_are_resolved_by_the_relay_and_host_only_resolves_only_the_host(vm
     assert relay.dns_queries >= asked + 2  # both reached the relay's resolver
 
 
+@pytest.mark.parametrize("vm", [ENGINES[0]], indirect=True, ids=["v86"])  # c2w has no snapshots yet (issue 18)
 def test_a_snapshot_made_with_a_network_resumes_with_one_and_a_fresh_lease(vm, pyapptron_session, allowed):
     vm.run("ip -4 addr flush dev eth0")  # a lease the resumed guest must not keep relying on
     data = vm.snapshot(to_bytes=True)

@@ -56,6 +56,30 @@ def test_a_lazy_root_disk_and_the_shared_memory_channel_reach_the_worker():
     assert "hostchan" not in C2WBackend(ASSETS, IMAGE).options  # an image without the rings: the serial line
 
 
+def test_a_network_gives_the_image_an_e1000_on_the_page_network_stack():
+    assets = Assets("http://x/assets/", {"files": {f: {} for f in FILES + ["v86/libv86.mjs", "v86/v86.wasm"]}})
+    net = pyapptron.Network(internet=False, host_ports=[8000], relay="wisp://127.0.0.1:5000/s3cret/")
+    b = C2WBackend(assets, IMAGE, network=net)
+    bochsrc = b.options["files"]["/bochsrc.txt"].decode().splitlines()
+    assert bochsrc[-2:] == ["pci: enabled=1, chipset=i440fx, slot1=e1000",
+                            "e1000: enabled=1, mac=52:54:00:12:34:56, ethmod=pyapptron"]
+    assert b.options["network"] == {
+        "libv86_url": "http://x/assets/v86/libv86.mjs", "wasm_path": "http://x/assets/v86/v86.wasm",
+        "net_device": {"dns_method": "doh", "doh_server": "dns.pyapptron.internal",
+                       "relay_url": "wisp://127.0.0.1:5000/s3cret/?internet=0&private=0&ports=8000"},
+        "dns_url": "http://127.0.0.1:5000/s3cret/dns-query?internet=0&private=0&ports=8000"}
+    assert b.capabilities.network
+    plain = C2WBackend(assets, IMAGE)
+    assert "network" not in plain.options and not plain.capabilities.network
+    assert "e1000" not in plain.options["files"]["/bochsrc.txt"].decode()
+
+
+def test_a_users_module_takes_its_own_net_option_not_network():
+    net = pyapptron.Network(relay="wisp://127.0.0.1:5000/s3cret/")
+    with pytest.raises(pyapptron.InvalidOption, match="container2wasm module .* brings its own networking: pass its net="):
+        C2WBackend(ASSETS, None, wasm="/out.wasm", network=net)
+
+
 @pytest.mark.parametrize("memory", [64, 192, 4096])
 def test_memory_out_of_range_says_the_range(memory):
     with pytest.raises(pyapptron.InvalidOption, match="use 193 to 2048"):

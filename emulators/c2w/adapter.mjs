@@ -8,6 +8,8 @@
 // an error named "NotIsolated", which Python turns into pyapptron.NotIsolated.
 
 const RING_DATA = 16;
+// Frames for the guest not yet taken by its card: room for a TCP window's worth.
+const NET_RING_BYTES = 1 << 20;
 
 class Ring {
   constructor(size) {
@@ -41,7 +43,7 @@ function notIsolated() {  // the name is the pyapptron error class (pyapptron._b
 
 export async function start(options, sinks) {
   if (!globalThis.crossOriginIsolated || typeof SharedArrayBuffer === "undefined") throw notIsolated();
-  const { worker_url, shim_url, args, env, preopens, channels, stderr, ring_bytes, hostchan } = options;
+  const { worker_url, shim_url, args, env, preopens, channels, stderr, ring_bytes, hostchan, network } = options;
   // URLs are the page's: the worker would resolve them against its own script.
   const pageUrl = (u) => new URL(u, globalThis.location.href).href;
   // A module in chunks is put together here, in order (the page can read any of its
@@ -62,6 +64,21 @@ export async function start(options, sinks) {
   for (const [name, ch] of Object.entries(channels)) {
     const ring = ch.in === undefined ? null : (rings[name] = new Ring((ring_bytes && ring_bytes[name]) || 65536));
     spec.push({ name, in: ch.in, out: ch.out, blocking: !!ch.blocking, ring: ring ? ring.sab : undefined });
+  }
+  // The guest's network card (options.network): its frames go to the page's network
+  // stack, the one the v86 engine runs (../v86/network.mjs); frames for the guest go
+  // into a ring, each after its u16 length.
+  let net = null;
+  if (network) {
+    rings.net = new Ring(NET_RING_BYTES);
+    const { frameNetwork } = await import(new URL("../v86/network.mjs", import.meta.url));
+    net = await frameNetwork(network, (frame) => {
+      const record = new Uint8Array(2 + frame.length);
+      record[0] = frame.length & 0xff;
+      record[1] = frame.length >> 8;
+      record.set(frame, 2);
+      queue(rings.net, record);
+    });
   }
   const worker = new Worker(worker_url, { type: "module" });
   let stopped = false;
@@ -84,6 +101,10 @@ export async function start(options, sinks) {
       if (m.name === "console") sinks.console(m.data);
       else if (m.name === "agent") sinks.agent(m.data);
       else keepLog(m.data);
+    } else if (m.type === "net") {
+      if (net) net.send(m.data);
+    } else if (m.type === "net-mac") {
+      if (net) net.setMac(m.mac);
     } else if (m.type === "lazy") {
       // what the guest's reads of lazily loaded files fetched so far
       timings.lazy_chunks = m.chunks;
@@ -108,15 +129,9 @@ export async function start(options, sinks) {
   };
   worker.onerror = (e) => readyReject(new Error(`the c2w worker failed to load: ${e.message || e}`));
   worker.postMessage({ type: "start", shimUrl: shim_url, wasm, args, env, files, preopens, channels: spec,
-                       doorbell: doorbell.buffer, stderr: stderr || "log", hostchan: hostchan || null, lazy },
+                       doorbell: doorbell.buffer, stderr: stderr || "log", hostchan: hostchan || null, lazy,
+                       net: net ? { ring: rings.net.sab } : null },
                      Array.isArray(options.wasm) ? [wasm.buffer] : []);
-  try {
-    await ready;
-  } catch (e) {
-    worker.terminate();
-    stopped = true;
-    throw e;
-  }
   // Bytes the rings had no room for wait here, in order, until the worker reads.
   let retry = null;
   const pump = () => {
@@ -135,6 +150,23 @@ export async function start(options, sinks) {
     Atomics.notify(doorbell, 0);
     if (waiting && !stopped) retry = setTimeout(pump, 2);
   };
+  const queue = (ring, bytes) => {
+    if (stopped) return;
+    if (ring.pending.length) ring.pending.push(bytes);
+    else {
+      const n = ring.put(bytes);
+      if (n < bytes.length) ring.pending.push(bytes.subarray(n));
+    }
+    if (!retry) pump();
+  };
+  try {
+    await ready;
+  } catch (e) {
+    worker.terminate();
+    stopped = true;
+    if (net) await net.destroy();
+    throw e;
+  }
   return {
     timings,
     log() { return logText(); },
@@ -142,13 +174,7 @@ export async function start(options, sinks) {
       if (stopped) return;
       const ring = rings[channel];
       if (!ring) throw new Error(`unknown channel ${channel}`);
-      const bytes = new Uint8Array(data); // a copy: the caller's buffer may be reused
-      if (ring.pending.length) ring.pending.push(bytes);
-      else {
-        const n = ring.put(bytes);
-        if (n < bytes.length) ring.pending.push(bytes.subarray(n));
-      }
-      if (!retry) pump();
+      queue(ring, new Uint8Array(data)); // a copy: the caller's buffer may be reused
     },
     // End of input on a channel: the module's reads past what was sent return EOF.
     close(channel) {
@@ -159,6 +185,7 @@ export async function start(options, sinks) {
       if (retry) clearTimeout(retry);
       stopped = true;
       worker.terminate();
+      if (net) await net.destroy();
     },
   };
 }

@@ -64,7 +64,7 @@ SQUASHFS_BLOCK = 128 << 10
 # --version` 15.1 -> 9.2 s) for ~25% more bytes to fetch.
 COMPRESSION = os.environ.get("PYAPPTRON_AGENT64_COMP", "lz4 -Xhc").split()
 # The guest kernel's modules the initramfs loads (their dependencies come along).
-MODULES = ("ata_piix", "sd_mod", "squashfs", "overlay")
+MODULES = ("ata_piix", "sd_mod", "squashfs", "overlay", *build_guest64.NIC_MODULES)
 AGENT_DEVICE = "hostchan:/dev/ttyS1"
 CMDLINE_EXTRA = f"pyapptron.agent={AGENT_DEVICE}"
 ROOT_DISK = "/rootfs.img"
@@ -107,7 +107,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo 1 > /proc/sys/kernel/printk
 echo "{INIT_MARK}: uptime $(cut -d' ' -f1 /proc/uptime) s"
-while read -r m; do insmod "/lib/modules/pyapptron/$m" || echo "insmod $m failed"; done < /lib/modules/pyapptron/order
+{build_guest64.LOAD_MODULES}
 # The root disk: the one that starts with squashfs's magic, once the driver has found it.
 root=
 i=0
@@ -121,7 +121,7 @@ if [ -z "$root" ]; then
     echo "pyapptron: boot failed: no root disk found (ls /dev: $(ls /dev | tr '\\n' ' '))"
     exec sh
 fi
-mkdir -p /lower /rw /newroot
+{build_guest64.NETWORK_UP}mkdir -p /lower /rw /newroot
 mount -t squashfs -o ro "$root" /lower
 mount -t tmpfs -o mode=755 tmpfs /rw
 mkdir -p /rw/upper /rw/work

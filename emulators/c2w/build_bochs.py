@@ -125,7 +125,15 @@ CONFIGURE_ARGS = [
     "--disable-plugins", "--disable-smp", "--disable-debugger", "--disable-gdb-stub",
     "--enable-pci",  # i440FX is the core chipset; no PCI extras below
     "--disable-pcidev", "--disable-usb", "--disable-usb-ohci", "--disable-usb-ehci", "--disable-usb-xhci",
-    "--disable-ne2000", "--disable-pnic", "--disable-e1000",
+    # The guest's NIC when it boots with a network: an e1000 moving its frames
+    # through the WASI host (patch 0011, ethmod=pyapptron); DMA, so a frame costs
+    # no port I/O per byte as ne2k's would.
+    "--enable-e1000", "--disable-ne2000", "--disable-pnic",
+    # Networking on makes configure add the host packet movers whose headers it finds
+    # (builtin slirp for <netinet/in.h>, eth_linux for <netpacket/packet.h>); none can
+    # work without sockets, so the WASI build has only null, vnet and ours.
+    "ac_cv_header_netinet_in_h=no", "ac_cv_header_netpacket_packet_h=no", "ac_cv_header_net_bpf_h=no",
+    "ac_cv_header_net_if_h=no", "ac_cv_header_linux_netlink_h=no",
     "--disable-sb16", "--disable-es1370", "--disable-gameport",
     "--disable-voodoo", "--disable-clgd54xx", "--disable-busmouse",
     "--disable-cdrom",       # host CD-ROM passthrough (ioctl)

@@ -106,6 +106,19 @@ AGENT_FD = 4
 # through /dev/mem); the serial line above only wakes it.  Its device argument:
 AGENT_DEVICE = f"hostchan:{AGENT_TTY}"
 
+# The kernel modules every x86_64 guest loads: the network card boot(network=...) adds
+# (an e1000, Bochs patch 0011); without the card the driver finds nothing and waits.
+NIC_MODULES = ("e1000",)
+# The network, when boot(network=...) gave the machine its card: an address, a default
+# route and a resolver by DHCP from the page's stack, before the host's first exec.
+NETWORK_UP = """if [ -e /sys/class/net/eth0 ]; then
+    udhcpc -i eth0 -q -n -t 5 >/dev/null 2>&1 \\
+        || echo "pyapptron: boot failed: the network did not come up (no DHCP lease on eth0)"
+fi
+"""
+LOAD_MODULES = ('while read -r m; do insmod "/lib/modules/pyapptron/$m" || echo "insmod $m failed"; '
+                'done < /lib/modules/pyapptron/order')
+
 INIT_SCRIPT = f"""#!/bin/sh
 # /init of the pyapptron x86_64 guest (emulators/c2w/build_guest64.py).
 # Two serial lines, two owners: ttyS0 is the human's shell; {AGENT_TTY} belongs to
@@ -122,7 +135,8 @@ echo "{INIT_MARK}: uptime $(cut -d' ' -f1 /proc/uptime) s"
 echo 1 > /proc/sys/kernel/printk
 hostname pyapptron64
 chmod 1777 /tmp
-(
+{LOAD_MODULES}
+{NETWORK_UP}(
   cd /
   while :; do
     /sbin/pyapptron-agent {AGENT_DEVICE} </dev/null >/dev/null 2>>/tmp/pyapptron-agent.log
@@ -211,6 +225,7 @@ def make_initramfs(busybox: bytes, agent: bytes | None, init: str = INIT_SCRIPT,
     c.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
     c.file("etc/group", b"root:x:0:\ntty:x:5:\n")
     c.file("etc/hostname", b"pyapptron64\n")
+    build_minimal.add_network_files(c)
     if modules:
         c.dir("lib/modules/pyapptron")
         for name, data in modules:
@@ -375,7 +390,7 @@ def pinned(pins: dict | None, names) -> dict:
 
 def make_guest(out: Path, cache: Path, *, pins: dict | None = None, kernel: str | None = None,
                boot: str = "direct", com1: str = "wasi:stdio", init: str = INIT_SCRIPT,
-               agent_in_initramfs: bool = True, modules: tuple[str, ...] = (), cmdline_extra: str = "",
+               agent_in_initramfs: bool = True, modules: tuple[str, ...] = NIC_MODULES, cmdline_extra: str = "",
                bochsrc_extra: tuple[str, ...] = (), megs: int = MEGS, prompt: str = PROMPT,
                init_mark: str = INIT_MARK, force: bool = False) -> dict:
     """Build (or take from the cache) the guest into out; returns its guest.json.

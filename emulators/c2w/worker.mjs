@@ -24,11 +24,16 @@
 //   lazy      { '/abs/path': { size, chunk, base, chunks: [name | null, ...] } }: files
 //             of the tree read chunk by chunk on demand (LazyFile below): chunk i is
 //             base + chunks[i] (null: all zeros), fetched the first time it is read.
+//   net       { ring: SharedArrayBuffer }: the guest's network card, when the module is
+//             Bochs with our patch 0011 (ethmod=pyapptron): frames for the guest come
+//             through this ring, each as a u16 length (little-endian) and its bytes;
+//             the guest's frames leave as { type: 'net', data } (see NetPort below).
 //   hostchan  { channel, wake_fd }: when the module is Bochs with our patch 0008
 //             and the guest attaches to its shared-memory rings, that channel's
 //             bytes go over the rings instead of the serial line on wake_fd,
 //             which then only carries wake-up bytes (see HostChan below).
 // Out: { type: 'ready', compileMs, fetchMs }, { type: 'out', name, data },
+//      { type: 'net-mac', mac } (the card's address), { type: 'net', data } (a frame),
 //      { type: 'lazy', chunks, bytes, ms } (totals fetched on demand, after each fetch),
 //      { type: 'exit', code }, { type: 'error', text }.
 //
@@ -174,6 +179,31 @@ class HostChan {
   }
 }
 let hostchan = null;
+
+// ---- the guest's network card (Bochs patch 0011, iodev/network/eth_pyapptron.cc) ---------
+// Bochs hands each frame the guest sends to net_send, which posts it to the page at once
+// (a TCP ACK must not wait for a flush); its timer asks net_recv for the page's frames.
+class NetPort {
+  constructor(ring) { this.ring = ring; this.header = new Uint8Array(2); }
+  // The next whole frame into memory at ptr: its length, or 0 when none has fully arrived.
+  receive(memory, ptr, size) {
+    const ring = this.ring;
+    for (;;) {
+      const available = ring.available();
+      if (available < 2) return 0;
+      const r = Atomics.load(ring.ctl, 1);
+      const len = ring.data[r & ring.mask] | (ring.data[(r + 1) & ring.mask] << 8);
+      if (available < 2 + len) return 0;  // the page is still writing it
+      ring.takeInto(this.header, 0, 2);
+      if (len <= size) {
+        ring.takeInto(new Uint8Array(memory.buffer), ptr, len);
+        return len;
+      }
+      ring.takeInto(new Uint8Array(len), 0, len);  // larger than any ethernet frame: dropped
+    }
+  }
+}
+let netPort = null;
 const WAKE_BYTE = new Uint8Array([0x21]);
 
 function waitDoorbell(seen, ms) {
@@ -622,10 +652,22 @@ async function start(msg) {
     post({ type: 'exit', code });
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
   };
-  // Bochs's patch 0008 imports these; other modules ignore them.
+  if (msg.net) netPort = new NetPort(new InputRing(msg.net.ring));
+  // Bochs's patches 0008 and 0011 import these; other modules ignore them.
   const pyapptron = {
     hostchan_attach: (base, size) => (hostchan ? hostchan.attach(memory, base) : 0),
     hostchan_kick: () => { if (hostchan) { hostchan.service(); tick(); } },
+    net_attach: (macPtr) => {
+      if (!netPort) return 0;
+      const mac = [...new Uint8Array(memory.buffer, macPtr, 6)].map((b) => b.toString(16).padStart(2, '0')).join(':');
+      post({ type: 'net-mac', mac });
+      return 1;
+    },
+    net_send: (ptr, len) => {
+      const data = new Uint8Array(memory.buffer, ptr, len).slice();
+      post({ type: 'net', data }, [data.buffer]);
+    },
+    net_recv: (ptr, size) => (netPort ? netPort.receive(memory, ptr, size) : 0),
   };
   const instance = await WebAssembly.instantiate(module, { wasi_snapshot_preview1: imports, pyapptron });
   memory = instance.exports.memory;

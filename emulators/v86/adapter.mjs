@@ -95,39 +95,12 @@ async function stateOf(resume) {
   return gunzip(p);
 }
 
-// Names on the guest's network: v86 asks DNS-over-HTTPS, as
-// fetch("https://<doh_server>/dns-query", {method: "POST", body: <DNS message>}). The backend
-// names a server that does not exist (pyapptron.network.DNS_SERVER_NAME), which each
-// machine here makes its own (m1.dns.pyapptron.internal, ...); its requests go to the
-// relay's resolver for that machine's policy instead, as RFC 8484's GET ?dns=, so no DNS
-// service is asked from the page. fetch is the page's: only those names are rerouted.
-const dnsRoutes = new Map(); // "https://mN.<name>/dns-query" -> the relay's dns URL (with policy)
-let dnsMachines = 0;
-
-function routeDnsQueries(netDevice, dnsUrl) {
-  const server = `m${++dnsMachines}.${netDevice.doh_server}`;
-  const url = `https://${server}/dns-query`;
-  netDevice.doh_server = server;
-  dnsRoutes.set(url, dnsUrl);
-  if (dnsMachines === 1) {
-    const pageFetch = globalThis.fetch;
-    globalThis.fetch = function (resource, init) {
-      const route = typeof resource === "string" ? dnsRoutes.get(resource) : undefined;
-      if (!route || !init || !init.body) return pageFetch.call(this, resource, init);
-      const body = init.body instanceof Uint8Array ? init.body : new Uint8Array(init.body);
-      let text = "";
-      for (let i = 0; i < body.length; i++) text += String.fromCharCode(body[i]);
-      const dns = btoa(text).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-      return pageFetch.call(this, `${route}&dns=${dns}`);
-    };
-  }
-  return () => dnsRoutes.delete(url);
-}
-
 // options.resume: {payload: Uint8Array, compression: "gzip" | "zstd"} to start from a
 // snapshot instead of a cold boot. v86 inflates a zstd state itself, faster than gzip.
 export async function start(options, sinks) {
   const { libv86_url, persist, resume, hostchan: hostchanOptions, dns_url, ...v86options } = options;
+  // The network stack is v86's own, inside the emulator; network.mjs routes its DNS.
+  const { routeDnsQueries } = dns_url ? await import(new URL("./network.mjs", import.meta.url)) : {};
   const unrouteDns = dns_url ? routeDnsQueries(v86options.net_device = { ...v86options.net_device }, dns_url) : () => {};
   // Where a start spends its time (seconds), for bench/: inflate, load, restore, persist.
   const timings = {};

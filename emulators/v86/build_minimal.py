@@ -43,6 +43,14 @@ from buildlib import BuildError, Cpio, apt_install, sha256_file, warn_loudly  # 
 AGENT_SRC = REPO / "emulators" / "agent" / "pyapptron-agent.c"
 INIT_SCRIPT = HERE / "minimal-init.sh"
 DHCP_SCRIPT = HERE / "udhcpc.script"  # applies a DHCP lease (boot(network=...))
+
+
+def add_network_files(c) -> None:
+    """What a busybox guest needs for boot(network=...), into the cpio c: the host's own
+    services by name (pyapptron/network.py) and udhcpc's hook that applies a lease."""
+    c.file("etc/hosts", b"127.0.0.1\tlocalhost\n192.168.86.1\thost.pyapptron.internal\n")
+    c.dir("etc/udhcpc")
+    c.file("etc/udhcpc/default.script", DHCP_SCRIPT.read_bytes(), 0o755)
 MANIFEST = REPO / "emulators" / "manifest.json"
 
 # loglevel=1: the harmless firmware complaints v86 provokes (no RSDP, no MP table,
@@ -262,10 +270,7 @@ def build_initrd(busybox_root: pathlib.Path, kernel_root: pathlib.Path, release:
     c.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
     c.file("etc/group", b"root:x:0:\n")
     c.file("etc/hostname", b"pyapptron\n")
-    # The host's own services, as the guest reaches them (pyapptron/network.py).
-    c.file("etc/hosts", b"127.0.0.1\tlocalhost\n192.168.86.1\thost.pyapptron.internal\n")
-    c.dir("etc/udhcpc")
-    c.file("etc/udhcpc/default.script", DHCP_SCRIPT.read_bytes(), 0o755)
+    add_network_files(c)
     c.file("etc/profile", (
         b"# login shells on ttyS0 (the human console)\n"
         b"export HOME=/root TERM=xterm-256color\n"

@@ -23,6 +23,10 @@ Quirks this backend owns:
 - Bochs's own log goes to its stderr, kept by the adapter; a failed boot shows its tail.
 - No snapshots yet: a Bochs saved state (-r) is a directory of files written at
   shutdown, not a live capture.
+- A network (boot(network=...), images only): bochsrc gets an e1000 card whose frames
+  Bochs hands to the worker (patch 0011, ethmod=pyapptron); the page runs v86's network
+  stack for them (emulators/v86/network.mjs), so DHCP, DNS and the relay are the v86
+  engine's. The image's init brings eth0 up by DHCP when the card is there.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from .. import _browser
 from ..assets import Assets
 from ..errors import InvalidOption, NotSupported
+from ..network import Network, stack_options
 from . import Backend, Capabilities, Sink
 
 # Guest RAM lives in the module's wasm32 memory (Bochs allocates it block by block as the
@@ -43,6 +48,12 @@ MAX_MEMORY_MIB = 2048
 RING_BYTES = {"console": 1 << 16, "agent": 1 << 20}
 #: container2wasm's own flags, in the order its init reads them, before the command.
 C2W_FLAGS = ("entrypoint", "no_stdin", "net", "mac")
+#: The guest's network card with boot(network=...): an e1000 on the first PCI slot, its
+#: frames through the WASI host (Bochs patch 0011). One guest per page worker, so one
+#: fixed address does.
+NIC_MAC = "52:54:00:12:34:56"
+NIC_BOCHSRC = ("pci: enabled=1, chipset=i440fx, slot1=e1000",
+               f"e1000: enabled=1, mac={NIC_MAC}, ethmod=pyapptron")
 
 
 def c2w_argv(program: str = "c2w", *, entrypoint: str | None = None, no_stdin: bool = False,
@@ -92,6 +103,7 @@ class C2WBackend(Backend):
     }
     #: The guest device behind the interactive console (for telling it the terminal size).
     console_tty = "/dev/ttyS0"
+    network_supported = True
 
     @classmethod
     def needs_image(cls, options: dict) -> bool:
@@ -99,7 +111,7 @@ class C2WBackend(Backend):
 
     def __init__(self, assets: Assets, image: dict | None, memory_mib: int | None = None, persist=None, *,
                  wasm=None, args=(), env=None, files=None, preopens=None, entrypoint=None, no_stdin=False,
-                 net=None, mac=None, arch=None):
+                 net=None, mac=None, arch=None, network: Network | None = None):
         self.assets = assets
         self.image = image
         self._handle = None
@@ -111,6 +123,9 @@ class C2WBackend(Backend):
             raise InvalidOption(f"args must be a list of strings, not {list(args)!r}")
         self.user_files = check_files(files or {})
         if wasm is not None:
+            if network is not None:
+                raise InvalidOption("network= is for the c2w images; a container2wasm module (wasm=) brings its "
+                                    "own networking: pass its net= option instead")
             self._init_user_module(wasm, args, env, preopens, memory_mib, entrypoint, no_stdin, net, mac, arch)
         else:
             if image is None:
@@ -118,10 +133,10 @@ class C2WBackend(Backend):
             if args or entrypoint or no_stdin or net or mac:
                 raise InvalidOption("args=, entrypoint=, no_stdin=, net= and mac= are for a user's module (wasm=); "
                                     f"the image {image['name']!r} runs Bochs with its own arguments")
-            self._init_image(image, memory_mib, env, preopens)
+            self._init_image(image, memory_mib, env, preopens, network)
 
     # -- the two kinds of machine -------------------------------------------------------
-    def _init_image(self, image: dict, memory_mib, env, preopens) -> None:
+    def _init_image(self, image: dict, memory_mib, env, preopens, network: Network | None) -> None:
         if preopens:
             raise InvalidOption("preopens= is for a user's module (wasm=); the image shares files through vm.write_file")
         low = int(image.get("min_megs", 192))
@@ -139,7 +154,8 @@ class C2WBackend(Backend):
                 continue
             url = self.assets.require(posixpath.normpath(image_dir + rel))
             files[guest] = {"url": url, "inflate": True} if guest in inflate else url
-        files["/bochsrc.txt"] = f"megs: {memory}\n{image['bochsrc_body']}".encode()
+        nic = "".join(line + "\n" for line in NIC_BOCHSRC) if network is not None else ""
+        files["/bochsrc.txt"] = f"megs: {memory}\n{image['bochsrc_body']}{nic}".encode()
         # Disks read chunk by chunk as the guest touches them (the agent-x86_64 root).
         lazy = {guest: dict(spec, base=self.assets.url(posixpath.normpath(image_dir + spec["base"])) + "/")
                 for guest, spec in image.get("lazy", {}).items()}
@@ -158,9 +174,12 @@ class C2WBackend(Backend):
             # The agent's bytes go over Bochs's shared-memory rings (patch 0008); its
             # serial line only wakes the guest.
             self.options["hostchan"] = {"channel": "agent", "wake_fd": image["agent_fd"]}
+        if network is not None:
+            self.options["network"] = dict(stack_options(network), libv86_url=self.assets.require("v86/libv86.mjs"),
+                                           wasm_path=self.assets.require("v86/v86.wasm"))
         agent = bool(image.get("agent"))
         self.capabilities = Capabilities(arch=image.get("arch", "x86_64"), exec=agent, files=agent, console=True,
-                                         snapshot=False, network=False)
+                                         snapshot=False, network=network is not None)
 
     def _init_user_module(self, wasm, args, env, preopens, memory_mib, entrypoint, no_stdin, net, mac, arch) -> None:
         if memory_mib is not None:

@@ -36,7 +36,7 @@ from .. import _browser
 from ..assets import Assets
 from ..errors import InvalidOption
 from .. import snapshots
-from ..network import DNS_SERVER_NAME, Network
+from ..network import Network, stack_options
 from ..persist import DEFAULT_LAYERS, Persist
 from . import Backend, Capabilities, Sink
 
@@ -59,20 +59,10 @@ def hostchan_base(memory_mib: int) -> int:
 
 
 def network_options(network: Network) -> dict:
-    """A virtio network card whose TCP streams v86 carries over the Wisp relay, its own
-    stack in the page answering DHCP and ARP. Names: v86 asks DNS-over-HTTPS of a name
-    that is never resolved (DNS_SERVER_NAME); the adapter sends those requests to the
-    relay's own resolver (`dns_url`), so no public DNS service is ever asked."""
-    query = network.to_query()
-    relay = network.relay
-    sep = "&" if "?" in relay else "?"
-    base = relay.split("?", 1)[0]
-    http = "https://" + base[len("wisps://"):] if base.startswith("wisps://") else "http://" + base[len("wisp://"):]
-    return {
-        "net_device": {"type": "virtio", "relay_url": relay + sep + query,
-                       "dns_method": "doh", "doh_server": DNS_SERVER_NAME},
-        "dns_url": http.rstrip("/") + "/dns-query?" + query,
-    }
+    """A virtio network card on the page's network stack (v86's own, in the emulator)."""
+    options = stack_options(network)
+    options["net_device"]["type"] = "virtio"
+    return options
 
 
 class V86Backend(Backend):
