@@ -32,7 +32,10 @@ run("true") round trip, `cat` of a 1 MB file through the console, and shutdown. 
 echo (`--images keyecho`; images minimal, agent, debian-x86_64 and agent-x86_64, each in freshly booted
 pages of the terminal page): at a warm prompt, 20-key fresh words typed one key at a time
 by keydown events dispatched in the page, each key timed there (performance.now()) until
-xterm.js has parsed it and rendered its row, at two typing speeds.
+xterm.js has parsed it and rendered its row, at two typing speeds. For the network
+(`--images network`; v86 minimal and c2w debian-x86_64, host-only with one allowed port):
+50 MB of random bytes guest <- host and 10 MB guest -> host with busybox wget, a small
+request's round trip through the relay, and the host's own download for comparison.
 Nothing here is asserted: targets
 are in the README and the closing notes, measurements here.
 """
@@ -962,6 +965,105 @@ def bench_keyecho(server, pages: int = 2, words: int = 3) -> dict:
     return out
 
 
+class _NetworkService:
+    """HTTP on the host's 127.0.0.1 for the guests: GET /big (random bytes: the relay's
+    WebSocket compresses, so zeros would flatter it), GET /small, POST /sink (counts)."""
+
+    def __init__(self, big_bytes: int):
+        import http.server
+        import os
+        import threading
+        self.big = os.urandom(big_bytes)
+        self.received = 0
+        service = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def do_GET(self):
+                body = service.big if self.path == "/big" else b"ok\n"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                left = int(self.headers["Content-Length"])
+                while left:
+                    chunk = self.rfile.read(min(left, 1 << 20))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
+                    service.received += len(chunk)
+                self.send_response(200)
+                self.send_header("Content-Length", "3")
+                self.end_headers()
+                self.wfile.write(b"ok\n")
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def bench_network(server, download_mb: int = 50, upload_mb: int = 10, requests: int = 20) -> dict:
+    """The guest's network through the relay (host-only, one allowed port), on v86
+    (minimal) and c2w (debian-x86_64): a download of download_mb and an upload of upload_mb
+    of random bytes (busybox wget), and one small HTTP request's round trip (TCP connect
+    through the relay, GET, close), less the same wget failing at once on the guest's own
+    loopback (the cost of starting wget); the host's own download for comparison."""
+    import urllib.request
+    service = _NetworkService(download_mb << 20)
+    url = f"http://host.pyapptron.internal:{service.port}"
+    t = time.perf_counter()
+    with urllib.request.urlopen(f"http://127.0.0.1:{service.port}/big") as response:
+        assert len(response.read()) == download_mb << 20
+    figures = {"host_download_MBps": round(download_mb / (time.perf_counter() - t), 1)}
+    try:
+        with Browser() as browser:
+            for emulator, image in (("v86", "minimal"), ("c2w", C2W_IMAGE)):
+                session = RemoteSession(browser, server.url)  # a fresh page for each engine
+                vm = session.boot(emulator, image, network={"internet": False, "host_ports": [service.port]},
+                                  timeout=300)
+                assert vm.run(f"wget -qO /dev/null {url}/small").returncode == 0  # the path is warm
+                t = time.perf_counter()
+                r = vm.run(f"wget -qO- {url}/big | wc -c", timeout=1800)
+                down_s = time.perf_counter() - t
+                assert int(r.stdout) == download_mb << 20, r
+                # busybox wget posts its file as a C string: random bytes without NULs
+                made = vm.run(f"head -c {upload_mb << 20} /dev/urandom | tr '\\000' '\\001' > /tmp/up", timeout=600)
+                assert made.returncode == 0, made
+                before = service.received
+                t = time.perf_counter()
+                r = vm.run(f"wget -qO- --post-file=/tmp/up {url}/sink", timeout=1800)
+                up_s = time.perf_counter() - t
+                assert r.stdout == b"ok\n" and service.received - before == upload_mb << 20, (r, service.received - before)
+                loop = f"for i in $(seq {requests}); do wget -qO /dev/null %s 2>/dev/null; done"
+                t = time.perf_counter()
+                vm.run(loop % f"{url}/small", timeout=600)
+                request_s = (time.perf_counter() - t) / requests
+                t = time.perf_counter()
+                vm.run(loop % "http://127.0.0.1:1/", timeout=600)
+                spawn_s = (time.perf_counter() - t) / requests
+                figures[emulator] = {
+                    "image": image,
+                    f"download_{download_mb}MB_MBps": round(download_mb / down_s, 2),
+                    f"upload_{upload_mb}MB_MBps": round(upload_mb / up_s, 2),
+                    "small_request_round_trip_ms": round((request_s - spawn_s) * 1000, 1),
+                    "wget_start_ms": round(spawn_s * 1000, 1),
+                }
+                vm.shutdown()
+    finally:
+        service.close()
+    return figures
+
+
 def pct(values, q):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -978,7 +1080,8 @@ def main() -> int:
                          "agent64 (the agent-x86_64 image: cold boot, bytes fetched, the agent tools' first "
                          "and second start, the channel in the page), "
                          "qemu-wasm (the stand-in build: cold boot, exec and 1 MB out over the console), "
-                         "keyecho (per-key echo in the terminal page at a warm prompt: every image)")
+                         "keyecho (per-key echo in the terminal page at a warm prompt: every image), "
+                         "network (v86 and c2w: 50 MB down, 10 MB up and a small request through the relay)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     ap.add_argument("--latency-ms", type=float, default=0,
                     help="answer each content-addressed image file (fs/ID) this much later, as a far server would")
@@ -1011,6 +1114,7 @@ def main() -> int:
         ("agent64", "agent_x86_64", lambda: bench_agent64(server)),
         ("qemu-wasm", "qemu_wasm", lambda: bench_qemu_wasm(server, args.rounds)),
         ("keyecho", "keyecho", lambda: bench_keyecho(server)),
+        ("network", "network", lambda: bench_network(server)),
     ]
     with PageServer(extra_roots={"/bench/": HERE}, latency_ms=args.latency_ms) as server:
         for name, key, measure in sections:

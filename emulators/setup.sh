@@ -35,10 +35,10 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
 # in a debootstrap chroot that build_bochs.py makes), nasm/mtools/syslinux
 # the x86_64 guest's boot disk, squashfs-tools the agent-x86_64 root: emulators/c2w;
 # emscripten the QEMU-Wasm stand-in:
-# emulators/qemu_wasm).
+# emulators/qemu_wasm; git the network tests' git daemon on the host).
 APT_PACKAGES=(chromium chromium-driver gcc-multilib kmod cpio dpkg-dev zstd debootstrap default-jre-headless
               clang lld llvm wasi-libc libc++-14-dev-wasm32 libc++abi-14-dev-wasm32 libclang-rt-14-dev-wasm32
-              patch nasm mtools syslinux syslinux-common squashfs-tools emscripten)
+              patch nasm mtools syslinux syslinux-common squashfs-tools emscripten git)
 
 SUDO=()
 if [ "$(id -u)" -ne 0 ]; then

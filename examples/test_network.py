@@ -34,9 +34,9 @@ def web_app():
     server.shutdown()
 
 
-@pytest.fixture(scope="module")
-def networked_vm(pyapptron_session, web_app):
-    vm = pyapptron_session.boot("v86", network={"internet": False, "host_ports": [web_app]})
+@pytest.fixture(scope="module", params=["v86", "c2w"])  # i686 and x86_64 guests: the same network
+def networked_vm(request, pyapptron_session, web_app):
+    vm = pyapptron_session.boot(request.param, network={"internet": False, "host_ports": [web_app]})
     yield vm
     vm.shutdown()
 

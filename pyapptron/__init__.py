@@ -120,7 +120,7 @@ async def boot(
         raise NotSupported(f"{emulator} cannot keep files across reloads (persist=); use v86")
     network_spec = Network.from_option(_browser.from_page(network))
     if network_spec is not None and not cls.network_supported:
-        raise NotSupported(f"{emulator} has no network yet (network=); use v86")
+        raise NotSupported(f"{emulator} has no network yet (network=); use v86 or c2w")
     if memory_mib is not None and (isinstance(memory_mib, bool) or not isinstance(memory_mib, int)):
         raise InvalidOption(f"memory_mib must be an integer number of MiB, not {memory_mib!r}")
     if not isinstance(timeout, (int, float)) or timeout <= 0:

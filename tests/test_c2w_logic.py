@@ -1,11 +1,13 @@
 """The c2w backend's pure logic, in CPython: argv building, option checks, the image's
 bochsrc and file list (what reaches the worker)."""
 
+import time
+
 import pytest
 
 import pyapptron
 from pyapptron.assets import Assets
-from pyapptron.backends.c2w import C2WBackend, c2w_argv, check_files
+from pyapptron.backends.c2w import C2WBackend, c2w_argv, check_files, guest_clock_now
 
 IMAGE = {
     "name": "debian-x86_64", "emulator": "c2w", "arch": "x86_64", "agent": "/dev/ttyS1", "agent_fd": 4,
@@ -54,6 +56,16 @@ def test_a_lazy_root_disk_and_the_shared_memory_channel_reach_the_worker():
     assert "/rootfs.img" not in b.options["files"]  # never fetched whole
     assert b.options["hostchan"] == {"channel": "agent", "wake_fd": 4}
     assert "hostchan" not in C2WBackend(ASSETS, IMAGE).options  # an image without the rings: the serial line
+
+
+def test_the_guest_clock_starts_at_the_hosts_time_not_the_images():
+    body = "cpu: ips=150000000\nclock: sync=slowdown, time0=946684800\nboot: disk\n"
+    assert guest_clock_now(body, now=1796601600.7) == (
+        "cpu: ips=150000000\nclock: sync=slowdown, time0=1796601600\nboot: disk\n")
+    image = dict(IMAGE, bochsrc_body=body)
+    written = C2WBackend(ASSETS, image).options["files"]["/bochsrc.txt"].decode()
+    stamp = int(written.split("time0=")[1].split()[0])
+    assert abs(stamp - time.time()) < 60
 
 
 def test_a_network_gives_the_image_an_e1000_on_the_page_network_stack():

@@ -244,7 +244,7 @@ def stage_root(root: Path, stage: Path, agent: bytes, pkgs: dict[str, Path]) -> 
         dest.chmod(mode)
         os.utime(dest, (build_agent.OVERLAY_MTIME, build_agent.OVERLAY_MTIME))
     bins = install_tools(stage, pkgs)
-    (stage / "etc/environment").write_text("".join(f'{k}="{v}"\n' for k, v in ENVIRONMENT.items()))
+    (stage / "etc/environment").write_bytes(build_agent.environment_file({**build_agent.ENVIRONMENT, **ENVIRONMENT}))
     (stage / COMPILE_CACHE.lstrip("/")).mkdir(parents=True, exist_ok=True)
     return {"pruned_files": removed, "tools": bins}
 
@@ -309,7 +309,7 @@ def build(out_dir: Path, cache_dir: Path, manifest: dict, force: bool = False) -
         "init": sha256_file(build_agent.INIT_SCRIPT), "builder": sha256_file(Path(__file__)),
         "overlay_builder": sha256_file(Path(build_agent.__file__)), "chunk": CHUNK, "block": SQUASHFS_BLOCK,
         "compression": COMPRESSION, "mksquashfs": installed_version("squashfs-tools"),
-        "environment": ENVIRONMENT,
+        "environment": {**build_agent.ENVIRONMENT, **ENVIRONMENT},
     }, sort_keys=True).encode()).hexdigest()[:20]
     done = cache / f"disk-{key}.json"
     if force or not done.is_file():

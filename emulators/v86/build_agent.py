@@ -492,6 +492,25 @@ class _chroot_scratch:
         os.utime(self.root / "tmp", ns=(self.tmp.st_atime_ns, self.tmp.st_mtime_ns))
 
 
+# pip in the sandbox: the VM is the environment, so `pip install` puts packages in
+# /usr/local (the persistent "packages" layer) as it would in a container, instead of
+# refusing with PEP 668's externally-managed error; the host's own services
+# (boot(network=...) host_ports) are trusted by their plain-HTTP name.
+PIP_CONF = b"""# pyapptron (emulators/v86/build_agent.py)
+[global]
+break-system-packages = true
+root-user-action = ignore
+trusted-host = host.pyapptron.internal
+"""
+# /etc/environment of every agent image (the agent and the login shells read it): npm
+# does not phone home for updates or funding notices.
+ENVIRONMENT = {"NPM_CONFIG_UPDATE_NOTIFIER": "false", "NPM_CONFIG_FUND": "false"}
+
+
+def environment_file(env: dict[str, str]) -> bytes:
+    return "".join(f'{k}="{v}"\n' for k, v in env.items()).encode()
+
+
 def overlay_files(root: pathlib.Path, agent: bytes) -> dict[str, tuple[int, bytes]]:
     passwd = (root / "etc/passwd").read_text()
     passwd = re.sub(r"^(root:[^:]*:0:0:[^:]*:/root:).*$", r"\1/usr/bin/zsh", passwd, flags=re.M)
@@ -507,6 +526,8 @@ def overlay_files(root: pathlib.Path, agent: bytes) -> dict[str, tuple[int, byte
                              b"192.168.86.1\thost.pyapptron.internal\n"),
         "etc/resolv.conf": (0o644, b"nameserver 192.168.86.1\n"),
         "etc/default/locale": (0o644, b"LANG=C.UTF-8\n"),
+        "etc/pip.conf": (0o644, PIP_CONF),
+        "etc/environment": (0o644, environment_file(ENVIRONMENT)),
         "etc/machine-id": (0o444, b""),
         "root/.zshrc": (0o644, ZSHRC),
         ZSH_PLUGINS_PATH: (0o644, ZSH_PLUGINS.read_bytes()),

@@ -18,8 +18,10 @@ Quirks this backend owns:
 - On an image, the console is COM1 on WASI stdin/stdout and the agent's channel is COM2
   on WASI fd 4 (fd 3 is the one preopen "/"), both unpaced by the baud rate (patch
   0006). Bochs reads them without blocking; a user's module blocks on stdin.
-- The image's bochsrc is written here, at boot: `megs:` is memory_mib. The initrd sits
-  at 128 MiB (direct boot), so an image says its smallest memory (min_megs).
+- The image's bochsrc is written here, at boot: `megs:` is memory_mib, and the guest's
+  clock starts at the host's time (`time0`; the image's is a fixed date, for reproducible
+  builds). The initrd sits at 128 MiB (direct boot), so an image says its smallest
+  memory (min_megs).
 - Bochs's own log goes to its stderr, kept by the adapter; a failed boot shows its tail.
 - No snapshots yet: a Bochs saved state (-r) is a directory of files written at
   shutdown, not a live capture.
@@ -32,6 +34,8 @@ Quirks this backend owns:
 from __future__ import annotations
 
 import posixpath
+import re
+import time
 from collections.abc import Mapping, Sequence
 
 from .. import _browser
@@ -75,6 +79,14 @@ def c2w_argv(program: str = "c2w", *, entrypoint: str | None = None, no_stdin: b
     if args and args[0].startswith("-"):
         argv.append("--")
     return argv + args
+
+
+def guest_clock_now(bochsrc: str, now: float | None = None) -> str:
+    """The image's bochsrc with the guest's clock starting at the host's time: the image
+    is built with a fixed `time0` (reproducible), but a guest that believes it is 2000
+    rejects every TLS certificate and dates its files wrongly."""
+    seconds = int(time.time() if now is None else now)
+    return re.sub(r"^(clock:.*\btime0=)\w+", lambda m: f"{m.group(1)}{seconds}", bochsrc, flags=re.M)
 
 
 def check_files(files) -> dict[str, bytes | str]:
@@ -155,7 +167,7 @@ class C2WBackend(Backend):
             url = self.assets.require(posixpath.normpath(image_dir + rel))
             files[guest] = {"url": url, "inflate": True} if guest in inflate else url
         nic = "".join(line + "\n" for line in NIC_BOCHSRC) if network is not None else ""
-        files["/bochsrc.txt"] = f"megs: {memory}\n{image['bochsrc_body']}{nic}".encode()
+        files["/bochsrc.txt"] = f"megs: {memory}\n{guest_clock_now(image['bochsrc_body'])}{nic}".encode()
         # Disks read chunk by chunk as the guest touches them (the agent-x86_64 root).
         lazy = {guest: dict(spec, base=self.assets.url(posixpath.normpath(image_dir + spec["base"])) + "/")
                 for guest, spec in image.get("lazy", {}).items()}
