@@ -35,7 +35,9 @@ by keydown events dispatched in the page, each key timed there (performance.now(
 xterm.js has parsed it and rendered its row, at two typing speeds. For the network
 (`--images network`; v86 minimal and c2w debian-x86_64, host-only with one allowed port):
 50 MB of random bytes guest <- host and 10 MB guest -> host with busybox wget, a small
-request's round trip through the relay, and the host's own download for comparison.
+request's round trip through the relay, and the host's own download for comparison; with
+`--images npm`, `npm install` of four packages (5.4 MB) from a registry on the host, on the
+host and in both agent images.
 Nothing here is asserted: targets
 are in the README and the closing notes, measurements here.
 """
@@ -53,7 +55,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from pyapptron.host import Browser, BrowserConfig, PageServer, RemoteSession  # noqa: E402
+from pyapptron.host import Browser, BrowserConfig, PageServer, RemoteSession, http_service  # noqa: E402
 
 PY_BENCH = """
 import time, statistics
@@ -965,51 +967,39 @@ def bench_keyecho(server, pages: int = 2, words: int = 3) -> dict:
     return out
 
 
-class _NetworkService:
-    """HTTP on the host's 127.0.0.1 for the guests: GET /big (random bytes: the relay's
-    WebSocket compresses, so zeros would flatter it), GET /small, POST /sink (counts)."""
+def _network_handler(big: bytes):
+    """The guests' HTTP service in bench_network: GET /big (random bytes: the relay's
+    WebSocket compresses, so zeros would flatter it), GET /small, POST /sink (counted in
+    the server's `received`)."""
+    import http.server
 
-    def __init__(self, big_bytes: int):
-        import http.server
-        import os
-        import threading
-        self.big = os.urandom(big_bytes)
-        self.received = 0
-        service = self
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.0"
+        def do_GET(self):
+            body = big if self.path == "/big" else b"ok\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
-            def do_GET(self):
-                body = service.big if self.path == "/big" else b"ok\n"
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        def do_POST(self):
+            left = int(self.headers["Content-Length"])
+            while left:
+                chunk = self.rfile.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                left -= len(chunk)
+                self.server.received += len(chunk)
+            self.send_response(200)
+            self.send_header("Content-Length", "3")
+            self.end_headers()
+            self.wfile.write(b"ok\n")
 
-            def do_POST(self):
-                left = int(self.headers["Content-Length"])
-                while left:
-                    chunk = self.rfile.read(min(left, 1 << 20))
-                    if not chunk:
-                        break
-                    left -= len(chunk)
-                    service.received += len(chunk)
-                self.send_response(200)
-                self.send_header("Content-Length", "3")
-                self.end_headers()
-                self.wfile.write(b"ok\n")
+        def log_message(self, *args):
+            pass
 
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    return Handler
 
 
 def bench_network(server, download_mb: int = 50, upload_mb: int = 10, requests: int = 20) -> dict:
@@ -1018,19 +1008,21 @@ def bench_network(server, download_mb: int = 50, upload_mb: int = 10, requests: 
     of random bytes (busybox wget), and one small HTTP request's round trip (TCP connect
     through the relay, GET, close), less the same wget failing at once on the guest's own
     loopback (the cost of starting wget); the host's own download for comparison."""
+    import os
     import urllib.request
-    service = _NetworkService(download_mb << 20)
-    url = f"http://host.pyapptron.internal:{service.port}"
-    t = time.perf_counter()
-    with urllib.request.urlopen(f"http://127.0.0.1:{service.port}/big") as response:
-        assert len(response.read()) == download_mb << 20
-    figures = {"host_download_MBps": round(download_mb / (time.perf_counter() - t), 1)}
-    try:
+    figures = {}
+    with http_service(_network_handler(os.urandom(download_mb << 20))) as service:
+        service.received = 0
+        port = service.server_address[1]
+        url = f"http://host.pyapptron.internal:{port}"
+        t = time.perf_counter()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/big") as response:
+            assert len(response.read()) == download_mb << 20
+        figures["host_download_MBps"] = round(download_mb / (time.perf_counter() - t), 1)
         with Browser() as browser:
             for emulator, image in (("v86", "minimal"), ("c2w", C2W_IMAGE)):
                 session = RemoteSession(browser, server.url)  # a fresh page for each engine
-                vm = session.boot(emulator, image, network={"internet": False, "host_ports": [service.port]},
-                                  timeout=300)
+                vm = session.boot(emulator, image, network={"internet": False, "host_ports": [port]}, timeout=300)
                 assert vm.run(f"wget -qO /dev/null {url}/small").returncode == 0  # the path is warm
                 t = time.perf_counter()
                 r = vm.run(f"wget -qO- {url}/big | wc -c", timeout=1800)
@@ -1044,13 +1036,15 @@ def bench_network(server, download_mb: int = 50, upload_mb: int = 10, requests: 
                 r = vm.run(f"wget -qO- --post-file=/tmp/up {url}/sink", timeout=1800)
                 up_s = time.perf_counter() - t
                 assert r.stdout == b"ok\n" and service.received - before == upload_mb << 20, (r, service.received - before)
-                loop = f"for i in $(seq {requests}); do wget -qO /dev/null %s 2>/dev/null; done"
+                loop = f"n=0; for i in $(seq {requests}); do wget -qO /dev/null %s 2>/dev/null && n=$((n+1)); done; echo $n"
                 t = time.perf_counter()
-                vm.run(loop % f"{url}/small", timeout=600)
+                answered = vm.run(loop % f"{url}/small", timeout=600)
                 request_s = (time.perf_counter() - t) / requests
+                assert answered.stdout == f"{requests}\n".encode(), answered
                 t = time.perf_counter()
-                vm.run(loop % "http://127.0.0.1:1/", timeout=600)
+                refused = vm.run(loop % "http://127.0.0.1:1/", timeout=600)
                 spawn_s = (time.perf_counter() - t) / requests
+                assert refused.stdout == b"0\n", refused
                 figures[emulator] = {
                     "image": image,
                     f"download_{download_mb}MB_MBps": round(download_mb / down_s, 2),
@@ -1059,8 +1053,89 @@ def bench_network(server, download_mb: int = 50, upload_mb: int = 10, requests: 
                     "wget_start_ms": round(spawn_s * 1000, 1),
                 }
                 vm.shutdown()
-    finally:
-        service.close()
+    return figures
+
+
+#: The packages `npm install` fetches in bench_npm: the page's own pinned npm packages
+#: without dependencies (about 5.4 MB of tarballs).
+NPM_BENCH_PACKAGES = ("@xterm/xterm", "@xterm/addon-fit", "@bjorn3/browser_wasi_shim", "v86")
+
+
+def bench_npm(server) -> dict:
+    """`npm install` of NPM_BENCH_PACKAGES from a registry on the host's loopback: on the
+    host (its own node and npm, an empty cache) and in both agent images (v86 `agent`,
+    c2w `agent-x86_64`; host-only with the registry's port allowed), each into a new
+    project with an empty npm cache."""
+    import base64
+    import hashlib
+    import http.server
+    import subprocess
+    import tempfile
+    import urllib.parse
+    import importlib.util
+    path = HERE.parent / "emulators" / "build.py"  # by path: PyPI's `build` may be importable as `build`
+    spec = importlib.util.spec_from_file_location("pyapptron_emulators_build", path)
+    assets_build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(assets_build)
+    manifest = assets_build.load_manifest()
+    tarballs = {name: assets_build._npm_tarball(name, manifest["npm"][name], assets_build.DEFAULT_CACHE)[0].read_bytes()
+                for name in NPM_BENCH_PACKAGES}
+    host_name = "host.pyapptron.internal"
+
+    class Registry(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            path = urllib.parse.unquote(self.path)
+            name, _, rest = path.lstrip("/").partition("/-/")
+            if name in tarballs and not rest:
+                host = self.headers.get("Host", host_name)
+                data = tarballs[name]
+                version = manifest["npm"][name]["version"]
+                dist = {"tarball": f"http://{host}/{name}/-/{name.rsplit('/', 1)[-1]}-{version}.tgz",
+                        "integrity": "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode(),
+                        "shasum": hashlib.sha1(data).hexdigest()}
+                body = json.dumps({"name": name, "dist-tags": {"latest": version},
+                                   "versions": {version: {"name": name, "version": version, "dist": dist}}}).encode()
+            elif name in tarballs:
+                body = tarballs[name]
+            else:
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    names = " ".join(NPM_BENCH_PACKAGES)
+    flags = "--no-audit --no-fund --no-update-notifier"
+    figures = {"packages": list(NPM_BENCH_PACKAGES), "tarballs_MB": round(sum(map(len, tarballs.values())) / 1e6, 1)}
+    with http_service(Registry) as httpd:
+        port = httpd.server_address[1]
+        with tempfile.TemporaryDirectory() as work:
+            (Path(work) / "cache").mkdir()
+            t = time.perf_counter()
+            done = subprocess.run(f"npm install {flags} --cache {work}/cache --registry http://127.0.0.1:{port}/ "
+                                  f"{names}", shell=True, cwd=work, capture_output=True, text=True)
+            assert done.returncode == 0, f"npm install on the host failed:\n{done.stdout}{done.stderr}"
+            figures["host_s"] = round(time.perf_counter() - t, 2)
+            figures["host_npm"] = subprocess.run(["npm", "--version"], capture_output=True, text=True).stdout.strip()
+        with Browser() as browser:
+            for emulator, image in (("v86", "agent"), ("c2w", AGENT64_IMAGE)):
+                session = RemoteSession(browser, server.url)
+                vm = session.boot(emulator, image, network={"internet": False, "host_ports": [port]}, timeout=300)
+                vm.run("npm --version", timeout=600)  # npm's own first start is not the network's
+                t = time.perf_counter()
+                r = vm.run(f"rm -rf /tmp/bench-npm ~/.npm/_cacache && mkdir /tmp/bench-npm && cd /tmp/bench-npm && "
+                           f"npm install {flags} --registry http://{host_name}:{port}/ {names}", timeout=1800)
+                seconds = time.perf_counter() - t
+                assert r.returncode == 0, r
+                figures[emulator] = {"image": image, "s": round(seconds, 2),
+                                     "npm": vm.run("npm --version").stdout.decode().strip()}
+                vm.shutdown()
     return figures
 
 
@@ -1081,7 +1156,8 @@ def main() -> int:
                          "and second start, the channel in the page), "
                          "qemu-wasm (the stand-in build: cold boot, exec and 1 MB out over the console), "
                          "keyecho (per-key echo in the terminal page at a warm prompt: every image), "
-                         "network (v86 and c2w: 50 MB down, 10 MB up and a small request through the relay)")
+                         "network (v86 and c2w: 50 MB down, 10 MB up and a small request through the relay), "
+                         "npm (npm install of 4 packages from a registry on the host: host, agent, agent-x86_64)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     ap.add_argument("--latency-ms", type=float, default=0,
                     help="answer each content-addressed image file (fs/ID) this much later, as a far server would")
@@ -1115,6 +1191,7 @@ def main() -> int:
         ("qemu-wasm", "qemu_wasm", lambda: bench_qemu_wasm(server, args.rounds)),
         ("keyecho", "keyecho", lambda: bench_keyecho(server)),
         ("network", "network", lambda: bench_network(server)),
+        ("npm", "network_npm", lambda: bench_npm(server)),
     ]
     with PageServer(extra_roots={"/bench/": HERE}, latency_ms=args.latency_ms) as server:
         for name, key, measure in sections:

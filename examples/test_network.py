@@ -8,30 +8,30 @@ server runs. Run with `python -m pytest examples/test_network.py`.
 """
 
 import http.server
-import threading
 
 import pytest
+
+from pyapptron.host import http_service
+
+
+class Hello(http.server.BaseHTTPRequestHandler):
+    """The service under test: answers every GET with a greeting."""
+
+    def do_GET(self):
+        body = b"hello from the app under test\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
 
 
 @pytest.fixture(scope="module")
 def web_app():
-    """The service under test: answers every GET with a greeting."""
-
-    class Hello(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = b"hello from the app under test\n"
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
+    with http_service(Hello) as server:  # on a free port of the host's 127.0.0.1
+        yield server.server_address[1]
 
 
 @pytest.fixture(scope="module", params=["v86", "c2w"])  # i686 and x86_64 guests: the same network

@@ -22,11 +22,12 @@ import socket
 import ssl
 import subprocess
 import tarfile
-import threading
 import time
 import zipfile
 
 import pytest
+
+from pyapptron.host import http_service
 
 pytestmark = pytest.mark.browser
 
@@ -34,14 +35,6 @@ pytestmark = pytest.mark.browser
 ENGINES = [("v86", "agent"), ("c2w", "agent-x86_64")]
 HOST = "host.pyapptron.internal"
 PROBE_VALUE = "hello from a package served on the host"
-
-
-def _serve(handler_class, context: ssl.SSLContext | None = None):
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_class)
-    if context is not None:
-        httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd
 
 
 class _Quiet(http.server.BaseHTTPRequestHandler):
@@ -159,10 +152,8 @@ def packages():
             asked.append("POST " + self.path)
             self.reply(b"{}", "application/json", 404)
 
-    httpd = _serve(Handler)
-    yield {"port": httpd.server_address[1], "asked": asked}
-    httpd.shutdown()
-    httpd.server_close()
+    with http_service(Handler) as httpd:
+        yield {"port": httpd.server_address[1], "asked": asked}
 
 
 # -- HTTPS with a test CA -----------------------------------------------------------------
@@ -202,10 +193,8 @@ def tls_service(tmp_path_factory):
         def do_GET(self):
             self.reply(b"hello over TLS\n", "text/plain")
 
-    httpd = _serve(Handler, context)
-    yield {"port": httpd.server_address[1], "ca": ca.public_bytes(serialization.Encoding.PEM)}
-    httpd.shutdown()
-    httpd.server_close()
+    with http_service(Handler, tls=context) as httpd:
+        yield {"port": httpd.server_address[1], "ca": ca.public_bytes(serialization.Encoding.PEM)}
 
 
 # -- a stand-in of the Messages API ---------------------------------------------------------
@@ -257,10 +246,8 @@ def messages_api():
             requests.append({"path": self.path, "body": None, "api_key": None})
             self.reply(b"{}", "application/json", 404)
 
-    httpd = _serve(Handler)
-    yield {"port": httpd.server_address[1], "requests": requests}
-    httpd.shutdown()
-    httpd.server_close()
+    with http_service(Handler) as httpd:
+        yield {"port": httpd.server_address[1], "requests": requests}
 
 
 @pytest.fixture(scope="module", params=ENGINES, ids=[image for _, image in ENGINES])
@@ -289,19 +276,22 @@ def test_git_clones_a_repository_served_on_the_host(vm, git_repo):
 
 
 def test_pip_installs_a_package_from_an_index_on_the_host(vm, packages):
+    asked = len(packages["asked"])
     # The image's /etc/pip.conf: no PEP 668 refusal, the host's name trusted over HTTP.
     check(vm.run(f"pip install -q --no-cache-dir --index-url http://{HOST}:{packages['port']}/simple/ "
                  "pyapptron-probe", timeout=600))
     assert check(vm.run("cd / && python3 -c 'import pyapptron_probe; print(pyapptron_probe.VALUE)'",
                         timeout=300)) == PROBE_VALUE + "\n"
+    assert "/files/pyapptron_probe-1.0-py3-none-any.whl" in packages["asked"][asked:]
 
 
 def test_npm_installs_a_package_from_a_registry_on_the_host(vm, packages):
+    asked = len(packages["asked"])
     out = check(vm.run(f"rm -rf /tmp/npm-demo && mkdir /tmp/npm-demo && cd /tmp/npm-demo && "
                        f"npm install --no-audit --registry http://{HOST}:{packages['port']}/ pyapptron-probe "
                        ">/dev/null && node -e \"console.log(require('pyapptron-probe'))\"", timeout=900))
     assert out == PROBE_VALUE + "\n"
-    assert "/pyapptron-probe/-/pyapptron-probe-1.0.0.tgz" in packages["asked"]
+    assert "/pyapptron-probe/-/pyapptron-probe-1.0.0.tgz" in packages["asked"][asked:]
 
 
 def test_curl_speaks_tls_to_the_host_and_trusts_only_the_ca_it_was_given(vm, tls_service):

@@ -9,13 +9,14 @@ service of the host's 127.0.0.1 (`allowed`), and must not reach another (`forbid
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
-import threading
 
 import pytest
 
 import pyapptron
+from pyapptron.host import http_service
 
 pytestmark = pytest.mark.browser
 
@@ -25,55 +26,49 @@ HUGE = hashlib.sha256(b"more").digest() * (1 << 17)  # 4 MiB
 ENGINES = [("v86", "minimal"), ("c2w", "debian-x86_64")]
 
 
-class _Service:
-    """An HTTP server on the host's loopback that remembers what it was asked."""
+class _Service(http.server.BaseHTTPRequestHandler):
+    """An HTTP service on the host's loopback that remembers what it was asked (in
+    `requests` of its server)."""
 
-    def __init__(self):
-        self.requests: list[str] = []
-        service = self
+    def do_GET(self):
+        self.server.requests.append(self.path)
+        body = {"/big": BIG, "/huge": HUGE}.get(self.path, b"hello from the host\n")
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                service.requests.append(self.path)
-                body = {"/big": BIG, "/huge": HUGE}.get(self.path, b"hello from the host\n")
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.requests.append(self.path)
+        digest = hashlib.sha256(body).hexdigest().encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(digest)))
+        self.end_headers()
+        self.wfile.write(digest)
 
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                service.requests.append(self.path)
-                digest = hashlib.sha256(body).hexdigest().encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(digest)))
-                self.end_headers()
-                self.wfile.write(digest)
+    def log_message(self, *args):
+        pass
 
-            def log_message(self, *args):
-                pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+@contextlib.contextmanager
+def service():
+    with http_service(_Service) as server:
+        server.requests = []
+        server.port = server.server_address[1]
+        yield server
 
 
 @pytest.fixture(scope="module")
 def allowed():
-    service = _Service()
-    yield service
-    service.close()
+    with service() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def forbidden():
-    service = _Service()
-    yield service
-    service.close()
+    with service() as server:
+        yield server
 
 
 @pytest.fixture(scope="module", params=ENGINES, ids=[e for e, _ in ENGINES])
@@ -96,6 +91,7 @@ def test_an_allowed_host_port_answers_by_name_byte_for_byte_both_ways(vm, allowe
     url = f"http://host.pyapptron.internal:{allowed.port}"
     assert vm.run(f"wget -qO- {url}/hello").stdout == b"hello from the host\n"
     assert vm.run(f"wget -qO- {url}/huge | sha256sum").stdout.split()[0].decode() == hashlib.sha256(HUGE).hexdigest()
+    assert b"\0" not in BIG  # busybox wget posts its file as a C string
     vm.write_file("/tmp/upload", BIG)
     assert vm.run(f"wget -qO- --post-file=/tmp/upload {url}/upload").stdout.decode() == hashlib.sha256(BIG).hexdigest()
 

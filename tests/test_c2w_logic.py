@@ -1,13 +1,11 @@
 """The c2w backend's pure logic, in CPython: argv building, option checks, the image's
 bochsrc and file list (what reaches the worker)."""
 
-import time
-
 import pytest
 
 import pyapptron
 from pyapptron.assets import Assets
-from pyapptron.backends.c2w import C2WBackend, c2w_argv, check_files, guest_clock_now
+from pyapptron.backends.c2w import C2WBackend, c2w_argv, check_files
 
 IMAGE = {
     "name": "debian-x86_64", "emulator": "c2w", "arch": "x86_64", "agent": "/dev/ttyS1", "agent_fd": 4,
@@ -58,32 +56,31 @@ def test_a_lazy_root_disk_and_the_shared_memory_channel_reach_the_worker():
     assert "hostchan" not in C2WBackend(ASSETS, IMAGE).options  # an image without the rings: the serial line
 
 
-def test_the_guest_clock_starts_at_the_hosts_time_not_the_images():
-    body = "cpu: ips=150000000\nclock: sync=slowdown, time0=946684800\nboot: disk\n"
-    assert guest_clock_now(body, now=1796601600.7) == (
-        "cpu: ips=150000000\nclock: sync=slowdown, time0=1796601600\nboot: disk\n")
-    image = dict(IMAGE, bochsrc_body=body)
-    written = C2WBackend(ASSETS, image).options["files"]["/bochsrc.txt"].decode()
-    stamp = int(written.split("time0=")[1].split()[0])
-    assert abs(stamp - time.time()) < 60
-
-
 def test_a_network_gives_the_image_an_e1000_on_the_page_network_stack():
-    assets = Assets("http://x/assets/", {"files": {f: {} for f in FILES + ["v86/libv86.mjs", "v86/v86.wasm"]}})
+    assets = Assets("http://x/assets/", {"files": {f: {} for f in FILES + ["v86/libv86.mjs", "v86/v86.wasm",
+                                                                            "v86/network.mjs"]}})
     net = pyapptron.Network(internet=False, host_ports=[8000], relay="wisp://127.0.0.1:5000/s3cret/")
-    b = C2WBackend(assets, IMAGE, network=net)
+    image = dict(IMAGE, network=True)
+    b = C2WBackend(assets, image, network=net)
     bochsrc = b.options["files"]["/bochsrc.txt"].decode().splitlines()
     assert bochsrc[-2:] == ["pci: enabled=1, chipset=i440fx, slot1=e1000",
                             "e1000: enabled=1, mac=52:54:00:12:34:56, ethmod=pyapptron"]
     assert b.options["network"] == {
         "libv86_url": "http://x/assets/v86/libv86.mjs", "wasm_path": "http://x/assets/v86/v86.wasm",
+        "stack_url": "http://x/assets/v86/network.mjs",
         "net_device": {"dns_method": "doh", "doh_server": "dns.pyapptron.internal",
                        "relay_url": "wisp://127.0.0.1:5000/s3cret/?internet=0&private=0&ports=8000"},
         "dns_url": "http://127.0.0.1:5000/s3cret/dns-query?internet=0&private=0&ports=8000"}
     assert b.capabilities.network
-    plain = C2WBackend(assets, IMAGE)
+    plain = C2WBackend(assets, image)
     assert "network" not in plain.options and not plain.capabilities.network
     assert "e1000" not in plain.options["files"]["/bochsrc.txt"].decode()
+
+
+def test_an_image_built_without_the_cards_driver_refuses_a_network():
+    net = pyapptron.Network(relay="wisp://127.0.0.1:5000/s3cret/")
+    with pytest.raises(pyapptron.NotSupported, match="has no driver for the network card .* rebuild it"):
+        C2WBackend(ASSETS, IMAGE, network=net)
 
 
 def test_a_users_module_takes_its_own_net_option_not_network():

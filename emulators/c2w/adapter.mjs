@@ -8,7 +8,7 @@
 // an error named "NotIsolated", which Python turns into pyapptron.NotIsolated.
 
 const RING_DATA = 16;
-// Frames for the guest not yet taken by its card: room for a TCP window's worth.
+// Frames for the guest not yet taken by its card (beyond it they wait in `pending`).
 const NET_RING_BYTES = 1 << 20;
 
 class Ring {
@@ -65,75 +65,9 @@ export async function start(options, sinks) {
     const ring = ch.in === undefined ? null : (rings[name] = new Ring((ring_bytes && ring_bytes[name]) || 65536));
     spec.push({ name, in: ch.in, out: ch.out, blocking: !!ch.blocking, ring: ring ? ring.sab : undefined });
   }
-  // The guest's network card (options.network): its frames go to the page's network
-  // stack, the one the v86 engine runs (../v86/network.mjs); frames for the guest go
-  // into a ring, each after its u16 length.
-  let net = null;
-  if (network) {
-    rings.net = new Ring(NET_RING_BYTES);
-    const { frameNetwork } = await import(new URL("../v86/network.mjs", import.meta.url));
-    net = await frameNetwork(network, (frame) => {
-      const record = new Uint8Array(2 + frame.length);
-      record[0] = frame.length & 0xff;
-      record[1] = frame.length >> 8;
-      record.set(frame, 2);
-      queue(rings.net, record);
-    });
-  }
-  const worker = new Worker(worker_url, { type: "module" });
-  let stopped = false;
-  const logTail = [];
-  let logBytes = 0;
-  const keepLog = (data) => {
-    logTail.push(data);
-    logBytes += data.length;
-    while (logBytes > 65536 && logTail.length > 1) logBytes -= logTail.shift().length;
-  };
-  const logText = () => new TextDecoder().decode(concat(logTail));
-  let firstOutput = true;
-  let readyResolve, readyReject;
-  const ready = new Promise((res, rej) => { readyResolve = res; readyReject = rej; });
-  worker.onmessage = (ev) => {
-    const m = ev.data;
-    if (stopped) return;
-    if (m.type === "out") {
-      if (firstOutput) { timings.first_output = (performance.now() - t0) / 1000; firstOutput = false; }
-      if (m.name === "console") sinks.console(m.data);
-      else if (m.name === "agent") sinks.agent(m.data);
-      else keepLog(m.data);
-    } else if (m.type === "net") {
-      if (net) net.send(m.data);
-    } else if (m.type === "net-mac") {
-      if (net) net.setMac(m.mac);
-    } else if (m.type === "lazy") {
-      // what the guest's reads of lazily loaded files fetched so far
-      timings.lazy_chunks = m.chunks;
-      timings.lazy_bytes = m.bytes;
-      timings.lazy_fetch = m.ms / 1000;
-    } else if (m.type === "ready") {
-      timings.fetch = m.fetchMs / 1000;
-      timings.compile = m.compileMs / 1000;
-      timings.ready = (performance.now() - t0) / 1000;
-      readyResolve();
-    } else if (m.type === "exit") {
-      worker.terminate();
-      stopped = true;
-      if (sinks.exit) sinks.exit(m.code, logText());
-    } else if (m.type === "error") {
-      readyReject(new Error(m.text));
-      worker.terminate();
-      const wasRunning = !stopped;
-      stopped = true;
-      if (wasRunning && sinks.exit) sinks.exit(-1, logText() + "\n" + m.text);
-    }
-  };
-  worker.onerror = (e) => readyReject(new Error(`the c2w worker failed to load: ${e.message || e}`));
-  worker.postMessage({ type: "start", shimUrl: shim_url, wasm, args, env, files, preopens, channels: spec,
-                       doorbell: doorbell.buffer, stderr: stderr || "log", hostchan: hostchan || null, lazy,
-                       net: net ? { ring: rings.net.sab } : null },
-                     Array.isArray(options.wasm) ? [wasm.buffer] : []);
   // Bytes the rings had no room for wait here, in order, until the worker reads.
   let retry = null;
+  let stopped = false;
   const pump = () => {
     retry = null;
     let waiting = false;
@@ -159,12 +93,101 @@ export async function start(options, sinks) {
     }
     if (!retry) pump();
   };
+  // The guest's network card (options.network): its frames go to the page's network
+  // stack, the one the v86 engine runs (v86/network.mjs), started beside the worker;
+  // frames for the guest go into a ring, each after its u16 length.
+  let net = null;
+  let netStarting = null;
+  const early = [];  // the guest's frames and address from before the stack was up
+  if (network) {
+    rings.net = new Ring(NET_RING_BYTES);
+    const stackOptions = { ...network, libv86_url: pageUrl(network.libv86_url), wasm_path: pageUrl(network.wasm_path) };
+    netStarting = import(pageUrl(network.stack_url)).then(({ frameNetwork }) => frameNetwork(stackOptions, (frame) => {
+      if (frame.length > 0xffff) return;  // no ethernet frame is: the ring's length field could not say it
+      const record = new Uint8Array(2 + frame.length);
+      record[0] = frame.length & 0xff;
+      record[1] = frame.length >> 8;
+      record.set(frame, 2);
+      queue(rings.net, record);
+    }));
+    netStarting.catch(() => {});  // (awaited below; a failure before then is not unhandled)
+  }
+  const toStack = (m) => {
+    if (!net) early.push(m);
+    else if (m.type === "net") net.send(m.data);
+    else net.setMac(m.mac);
+  };
+  // Everything a stopped machine leaves behind: the worker, the relay's socket.
+  const teardown = () => {
+    stopped = true;
+    if (retry) clearTimeout(retry);
+    if (worker) worker.terminate();
+    const closing = net ? net.destroy() : netStarting ? netStarting.then((n) => n.destroy(), () => {}) : null;
+    net = null;
+    netStarting = null;
+    return closing;
+  };
+  let worker = null;
+  try {
+    worker = new Worker(worker_url, { type: "module" });
+  } catch (e) {
+    await teardown();
+    throw e;
+  }
+  const logTail = [];
+  let logBytes = 0;
+  const keepLog = (data) => {
+    logTail.push(data);
+    logBytes += data.length;
+    while (logBytes > 65536 && logTail.length > 1) logBytes -= logTail.shift().length;
+  };
+  const logText = () => new TextDecoder().decode(concat(logTail));
+  let firstOutput = true;
+  let readyResolve, readyReject;
+  const ready = new Promise((res, rej) => { readyResolve = res; readyReject = rej; });
+  worker.onmessage = (ev) => {
+    const m = ev.data;
+    if (stopped) return;
+    if (m.type === "out") {
+      if (firstOutput) { timings.first_output = (performance.now() - t0) / 1000; firstOutput = false; }
+      if (m.name === "console") sinks.console(m.data);
+      else if (m.name === "agent") sinks.agent(m.data);
+      else keepLog(m.data);
+    } else if (m.type === "net" || m.type === "net-mac") {
+      toStack(m);
+    } else if (m.type === "lazy") {
+      // what the guest's reads of lazily loaded files fetched so far
+      timings.lazy_chunks = m.chunks;
+      timings.lazy_bytes = m.bytes;
+      timings.lazy_fetch = m.ms / 1000;
+    } else if (m.type === "ready") {
+      timings.fetch = m.fetchMs / 1000;
+      timings.compile = m.compileMs / 1000;
+      timings.ready = (performance.now() - t0) / 1000;
+      readyResolve();
+    } else if (m.type === "exit") {
+      teardown();
+      if (sinks.exit) sinks.exit(m.code, logText());
+    } else if (m.type === "error") {
+      readyReject(new Error(m.text));
+      const wasRunning = !stopped;
+      teardown();
+      if (wasRunning && sinks.exit) sinks.exit(-1, logText() + "\n" + m.text);
+    }
+  };
+  worker.onerror = (e) => readyReject(new Error(`the c2w worker failed to load: ${e.message || e}`));
+  worker.postMessage({ type: "start", shimUrl: shim_url, wasm, args, env, files, preopens, channels: spec,
+                       doorbell: doorbell.buffer, stderr: stderr || "log", hostchan: hostchan || null, lazy,
+                       net: rings.net ? { ring: rings.net.sab } : null },
+                     Array.isArray(options.wasm) ? [wasm.buffer] : []);
   try {
     await ready;
+    if (netStarting) {
+      net = await netStarting;
+      for (const m of early.splice(0)) toStack(m);
+    }
   } catch (e) {
-    worker.terminate();
-    stopped = true;
-    if (net) await net.destroy();
+    await teardown();
     throw e;
   }
   return {
@@ -182,10 +205,7 @@ export async function start(options, sinks) {
       if (ring) { ring.closing = true; if (!retry) pump(); }
     },
     async stop() {
-      if (retry) clearTimeout(retry);
-      stopped = true;
-      worker.terminate();
-      if (net) await net.destroy();
+      await teardown();
     },
   };
 }

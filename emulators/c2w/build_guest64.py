@@ -85,7 +85,9 @@ INIT_MARK = "pyapptron-guest64: init"
 #                      replaying the log when ttyS0 registers (~2 s later).
 KERNEL_CMDLINE = ("console=ttyS0,115200 earlycon=uart8250,io,0x3f8,115200 "
                   "mitigations=off nokaslr cryptomgr.notests rodata=off clearcpuid=aperfmperf")
-TIME0 = 946684800  # 2000-01-01T00:00:00Z: guest `date +%s` - TIME0 = emulated seconds since power-on
+# The guest's clock starts at the host's time when Bochs powers on (the WASI clock): a
+# guest that believes it is 2000 rejects every TLS certificate.
+TIME0 = "utc"
 # Emulated instructions per emulated second.  With clock: sync=slowdown the
 # guest never runs more than ips instructions per real second, so ips must be
 # above what the host manages: in Chromium here Bochs runs ~75 M instructions/s
@@ -416,7 +418,9 @@ def make_guest(out: Path, cache: Path, *, pins: dict | None = None, kernel: str 
                 "init": hashlib.sha256(init.encode()).hexdigest(), "agent_in_initramfs": agent_in_initramfs,
                 "modules": list(modules), "cmdline": cmdline, "bochsrc_extra": list(bochsrc_extra), "megs": megs,
                 "boot": boot, "direct_boot_asm": sha256_file(DIRECT_ASM), "agent": sha256_file(AGENT_SRC),
-                "gcc": installed_version("gcc-12"), "libc6-dev": installed_version("libc6-dev"), "clock": CLOCK_SYNC}
+                "gcc": installed_version("gcc-12"), "libc6-dev": installed_version("libc6-dev"), "clock": CLOCK_SYNC,
+                # the initramfs's network files (build_minimal.add_network_files)
+                "network_files": [sha256_file(build_minimal.DHCP_SCRIPT), sha256_file(Path(build_minimal.__file__))]}
     key = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:20]
     result = cache / "guest64" / key
     if not force and (result / "guest.json").is_file():
@@ -478,6 +482,8 @@ def make_guest(out: Path, cache: Path, *, pins: dict | None = None, kernel: str 
             "hostchan": True,
             "boot": boot,
             "time0": TIME0,
+            # the guest's init brings up the card boot(network=...) adds (its driver is here)
+            "network": "e1000" in modules,
             "sha256": {rel: sha256_file(tmp / rel) for rel in files.values()},
             "inputs": manifest,
             "key": key,

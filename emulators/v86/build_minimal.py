@@ -44,13 +44,6 @@ AGENT_SRC = REPO / "emulators" / "agent" / "pyapptron-agent.c"
 INIT_SCRIPT = HERE / "minimal-init.sh"
 DHCP_SCRIPT = HERE / "udhcpc.script"  # applies a DHCP lease (boot(network=...))
 
-
-def add_network_files(c) -> None:
-    """What a busybox guest needs for boot(network=...), into the cpio c: the host's own
-    services by name (pyapptron/network.py) and udhcpc's hook that applies a lease."""
-    c.file("etc/hosts", b"127.0.0.1\tlocalhost\n192.168.86.1\thost.pyapptron.internal\n")
-    c.dir("etc/udhcpc")
-    c.file("etc/udhcpc/default.script", DHCP_SCRIPT.read_bytes(), 0o755)
 MANIFEST = REPO / "emulators" / "manifest.json"
 
 # loglevel=1: the harmless firmware complaints v86 provokes (no RSDP, no MP table,
@@ -80,6 +73,15 @@ BUILD_TOOLS = {  # command -> Debian package providing it
 
 
 log = buildlib.logger("build_minimal")
+
+
+
+def add_network_files(c) -> None:
+    """What a busybox guest needs for boot(network=...), into the cpio c: the host's own
+    services by name (pyapptron/network.py) and udhcpc's hook that applies a lease."""
+    c.file("etc/hosts", b"127.0.0.1\tlocalhost\n192.168.86.1\thost.pyapptron.internal\n")
+    c.dir("etc/udhcpc")
+    c.file("etc/udhcpc/default.script", DHCP_SCRIPT.read_bytes(), 0o755)
 
 
 def run(cmd, **kw) -> subprocess.CompletedProcess:

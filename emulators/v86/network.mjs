@@ -42,17 +42,25 @@ export function routeDnsQueries(netDevice, dnsUrl) {
 // ne2k, stopped since nothing boots) ignores what the stack sends.
 //
 // options: { libv86_url, wasm_path, net_device: {relay_url, dns_method, doh_server, ...},
-//            dns_url }
+//            dns_url }  (absolute URLs)
 // toGuest(frame): each frame for the guest, in order.
 // Returns { setMac(mac), send(frame), destroy() } (mac as "52:54:00:12:34:56").
 export async function frameNetwork(options, toGuest) {
   const netDevice = { ...options.net_device, type: "ne2k" };
+  // Fetched here, not by libv86: it reports no failure to load its wasm (it logs, or
+  // retries a 5xx for ever), and a network that never comes up must say why.
+  const response = await fetch(options.wasm_path);
+  if (!response.ok) {
+    throw new Error(`the network stack cannot load ${options.wasm_path}: HTTP ${response.status} ` +
+                    "(is v86 built? python emulators/build.py)");
+  }
+  const [module, { V86 }] = await Promise.all([WebAssembly.compile(await response.arrayBuffer()),
+                                               import(options.libv86_url)]);
   const unrouteDns = options.dns_url ? routeDnsQueries(netDevice, options.dns_url) : () => {};
   let carrier = null;
   try {
-    const { V86 } = await import(options.libv86_url);
     carrier = new V86({
-      wasm_path: options.wasm_path,
+      wasm_fn: async (imports) => (await WebAssembly.instantiate(module, imports)).exports,
       memory_size: 1 << 20,
       vga_memory_size: 1 << 18,
       net_device: netDevice,
@@ -61,14 +69,10 @@ export async function frameNetwork(options, toGuest) {
       disable_mouse: true,
       disable_speaker: true,
     });
-    await new Promise((resolve, reject) => {
-      carrier.add_listener("emulator-loaded", resolve);
-      carrier.add_listener("download-error", (e) => reject(new Error(
-        `the network stack could not load ${e.file_name || "v86"} (is v86 built? python emulators/build.py)`)));
-    });
+    await new Promise((resolve) => carrier.add_listener("emulator-loaded", resolve));
   } catch (e) {
     unrouteDns();
-    if (carrier) await carrier.destroy();
+    if (carrier && carrier.network_adapter) carrier.network_adapter.destroy(); // its relay socket
     throw e;
   }
   const bus = carrier.emulator_bus;  // the emulator's end: the stack listens on the other

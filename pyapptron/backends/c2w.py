@@ -18,10 +18,8 @@ Quirks this backend owns:
 - On an image, the console is COM1 on WASI stdin/stdout and the agent's channel is COM2
   on WASI fd 4 (fd 3 is the one preopen "/"), both unpaced by the baud rate (patch
   0006). Bochs reads them without blocking; a user's module blocks on stdin.
-- The image's bochsrc is written here, at boot: `megs:` is memory_mib, and the guest's
-  clock starts at the host's time (`time0`; the image's is a fixed date, for reproducible
-  builds). The initrd sits at 128 MiB (direct boot), so an image says its smallest
-  memory (min_megs).
+- The image's bochsrc is written here, at boot: `megs:` is memory_mib. The initrd sits
+  at 128 MiB (direct boot), so an image says its smallest memory (min_megs).
 - Bochs's own log goes to its stderr, kept by the adapter; a failed boot shows its tail.
 - No snapshots yet: a Bochs saved state (-r) is a directory of files written at
   shutdown, not a live capture.
@@ -34,8 +32,6 @@ Quirks this backend owns:
 from __future__ import annotations
 
 import posixpath
-import re
-import time
 from collections.abc import Mapping, Sequence
 
 from .. import _browser
@@ -79,14 +75,6 @@ def c2w_argv(program: str = "c2w", *, entrypoint: str | None = None, no_stdin: b
     if args and args[0].startswith("-"):
         argv.append("--")
     return argv + args
-
-
-def guest_clock_now(bochsrc: str, now: float | None = None) -> str:
-    """The image's bochsrc with the guest's clock starting at the host's time: the image
-    is built with a fixed `time0` (reproducible), but a guest that believes it is 2000
-    rejects every TLS certificate and dates its files wrongly."""
-    seconds = int(time.time() if now is None else now)
-    return re.sub(r"^(clock:.*\btime0=)\w+", lambda m: f"{m.group(1)}{seconds}", bochsrc, flags=re.M)
 
 
 def check_files(files) -> dict[str, bytes | str]:
@@ -149,6 +137,9 @@ class C2WBackend(Backend):
 
     # -- the two kinds of machine -------------------------------------------------------
     def _init_image(self, image: dict, memory_mib, env, preopens, network: Network | None) -> None:
+        if network is not None and not image.get("network"):
+            raise NotSupported(f"the c2w image {image['name']!r} has no driver for the network card (it was built "
+                               "before c2w had a network): rebuild it with `python emulators/build.py`")
         if preopens:
             raise InvalidOption("preopens= is for a user's module (wasm=); the image shares files through vm.write_file")
         low = int(image.get("min_megs", 192))
@@ -167,7 +158,7 @@ class C2WBackend(Backend):
             url = self.assets.require(posixpath.normpath(image_dir + rel))
             files[guest] = {"url": url, "inflate": True} if guest in inflate else url
         nic = "".join(line + "\n" for line in NIC_BOCHSRC) if network is not None else ""
-        files["/bochsrc.txt"] = f"megs: {memory}\n{guest_clock_now(image['bochsrc_body'])}{nic}".encode()
+        files["/bochsrc.txt"] = f"megs: {memory}\n{image['bochsrc_body']}{nic}".encode()
         # Disks read chunk by chunk as the guest touches them (the agent-x86_64 root).
         lazy = {guest: dict(spec, base=self.assets.url(posixpath.normpath(image_dir + spec["base"])) + "/")
                 for guest, spec in image.get("lazy", {}).items()}
@@ -188,7 +179,8 @@ class C2WBackend(Backend):
             self.options["hostchan"] = {"channel": "agent", "wake_fd": image["agent_fd"]}
         if network is not None:
             self.options["network"] = dict(stack_options(network), libv86_url=self.assets.require("v86/libv86.mjs"),
-                                           wasm_path=self.assets.require("v86/v86.wasm"))
+                                           wasm_path=self.assets.require("v86/v86.wasm"),
+                                           stack_url=self.assets.require("v86/network.mjs"))
         agent = bool(image.get("agent"))
         self.capabilities = Capabilities(arch=image.get("arch", "x86_64"), exec=agent, files=agent, console=True,
                                          snapshot=False, network=network is not None)

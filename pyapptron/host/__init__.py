@@ -2,5 +2,6 @@
 
 from .browser import Browser, BrowserConfig, RemoteMachine, RemoteSession
 from .server import PageServer
+from .services import http_service
 
-__all__ = ["Browser", "BrowserConfig", "PageServer", "RemoteMachine", "RemoteSession"]
+__all__ = ["Browser", "BrowserConfig", "PageServer", "RemoteMachine", "RemoteSession", "http_service"]
