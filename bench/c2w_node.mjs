@@ -71,8 +71,10 @@ imports.fd_write = (fd, iovs, n, nwritten) => {
   return 0;
 };
 const module = await WebAssembly.compile(fs.readFileSync(wasmPath));
-// Bochs's patch 0008 (the agent's shared-memory channel) imports these: no channel here.
-const pyapptron = { hostchan_attach: () => 0, hostchan_kick: () => {} };
+// Bochs's patches import these (0008 the agent's shared-memory channel, 0011 the network
+// card, 0012 the saved state): none of them is served here.
+const pyapptron = { hostchan_attach: () => 0, hostchan_kick: () => {}, net_attach: () => 0, net_send: () => {},
+                    net_recv: () => 0, state_request: () => 0, state_saved: () => {} };
 const instance = await WebAssembly.instantiate(module, { wasi_snapshot_preview1: imports, pyapptron });
 memory = instance.exports.memory;
 wasi.start(instance);

@@ -591,10 +591,11 @@ def step_adapters(out: Path, cache: Path, manifest: dict, force: bool) -> str:
     """Each emulator's JS adapter (emulators/NAME/adapter.mjs) ships beside its engine."""
     changed = 0
     adapters = sorted(HERE.glob("*/adapter.mjs"))
-    for src in adapters:
-        # The adapter and the modules it imports beside it (v86/persist.mjs).
-        for module in sorted(src.parent.glob("*.mjs")):
-            changed += copy_if_changed(module, out / src.parent.name / module.name, force)
+    # The adapter and the modules it imports beside it (v86/persist.mjs), and the ones
+    # every adapter shares (common/snapshot.mjs).
+    for folder in [src.parent for src in adapters] + [HERE / "common"]:
+        for module in sorted(folder.glob("*.mjs")):
+            changed += copy_if_changed(module, out / folder.name / module.name, force)
     return f"{len(adapters)} adapters, {changed} updated"
 
 

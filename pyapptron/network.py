@@ -185,3 +185,10 @@ def dns_answer_for(network: Network, name: str) -> str | None:
     if name.rstrip(".").lower() == HOST_NAME:
         return GATEWAY_IP
     return None
+
+
+#: After a resume with a network: a new lease from this page's network stack (the state
+#: kept the old one's). A Debian root without a DHCP client got its lease from the
+#: initramfs, and the page's stack hands out the same address every time.
+RENEW_LEASE = ("! command -v udhcpc >/dev/null || udhcpc -i eth0 -q -n -t 5 >/dev/null 2>&1 || "
+               "{ echo 'no DHCP lease on eth0' >&2; exit 1; }")

@@ -7,6 +7,7 @@ One browser profile (so one IndexedDB) and one origin for the module.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import pytest
 
@@ -19,29 +20,53 @@ pytestmark = pytest.mark.browser
 PROMPT = rb"root@pyapptron[^\r\n]*# "
 
 
+@dataclass(frozen=True)
+class Engine:
+    """What the shared snapshot tests need to know of one engine's small image."""
+
+    emulator: str
+    image: str
+    arch: bytes  # uname -m
+    memory_mib: int  # the image's default
+    other_image: str  # another image of the same engine
+    prompt: bytes
+
+    def __str__(self) -> str:
+        return f"{self.emulator}-{self.image}"
+
+
+ENGINES = [Engine("v86", "minimal", b"i686", 128, "agent", PROMPT),
+           Engine("c2w", "debian-x86_64", b"x86_64", 256, "agent-x86_64", rb"guest64:~# ")]
+
+
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
     with PageServer() as server, Browser(BrowserConfig(profile_dir=str(tmp_path_factory.mktemp("profile")))) as b:
         yield RemoteSession(b, server.url)
 
 
+@pytest.fixture(scope="module", params=ENGINES, ids=str)
+def engine(request) -> Engine:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def resumed(session):
-    """A minimal VM resumed from the image's boot snapshot (the default boot)."""
-    vm = session.boot("v86", "minimal")
+def resumed(session, engine):
+    """A VM of the engine's small image resumed from its boot snapshot (the default boot)."""
+    vm = session.boot(engine.emulator, engine.image)
     yield vm
     vm.shutdown()
 
 
-def test_default_boot_resumes_the_shipped_snapshot_and_answers_at_once(resumed):
-    assert resumed.resumed_from == "boot snapshot of image 'minimal'"
+def test_default_boot_resumes_the_shipped_snapshot_and_answers_at_once(engine, resumed):
+    assert resumed.resumed_from == f"boot snapshot of image {engine.image!r}"
     assert resumed.capabilities.snapshot is True
     r = resumed.run("uname -m")
-    assert (r.returncode, r.stdout) == (0, b"i686\n")
+    assert (r.returncode, r.stdout) == (0, engine.arch + b"\n")
     # The terminal shows the prompt the snapshot was taken at, and typing reaches the shell.
-    resumed.console.wait_for(PROMPT, timeout=5)
+    resumed.console.wait_for(engine.prompt, timeout=5)
     resumed.console.sendline("echo typed-$((6*7))")
-    resumed.console.wait_for(rb"typed-42", timeout=10)
+    resumed.console.wait_for(rb"typed-42", timeout=30)
 
 
 def test_resumed_guest_clock_is_the_hosts_not_the_snapshots(resumed):
@@ -50,8 +75,8 @@ def test_resumed_guest_clock_is_the_hosts_not_the_snapshots(resumed):
     assert abs(guest - time.time()) < 30
 
 
-def test_two_vms_resumed_from_one_snapshot_get_different_random_bytes(session, resumed):
-    other = session.boot("v86", "minimal")
+def test_two_vms_resumed_from_one_snapshot_get_different_random_bytes(session, engine, resumed):
+    other = session.boot(engine.emulator, engine.image)
     try:
         assert other.resumed_from == resumed.resumed_from
         cmd = "head -c 32 /dev/urandom | od -An -tx1"
@@ -61,60 +86,80 @@ def test_two_vms_resumed_from_one_snapshot_get_different_random_bytes(session, r
         other.shutdown()
 
 
-def test_snapshot_then_change_then_resume_brings_the_earlier_state_back(session, resumed):
-    resumed.run("echo before > /tmp/state; echo kept > /root/in-9p-tree; sleep 1000 & echo $! > /tmp/sleeper")
+def test_snapshot_then_change_then_resume_brings_the_earlier_state_back(session, engine, resumed):
+    resumed.run("echo before > /tmp/state; echo kept > /root/kept; sleep 1000 & echo $! > /tmp/sleeper")
     data = resumed.snapshot(to_bytes=True)
-    resumed.run("echo after > /tmp/state; rm /root/in-9p-tree")
-    vm = session.boot("v86", "minimal", resume=data)
+    resumed.run("echo after > /tmp/state; rm /root/kept")
+    vm = session.boot(engine.emulator, engine.image, resume=data)
     try:
         assert vm.resumed_from == "the snapshot (bytes)"
         assert vm.read_file("/tmp/state") == b"before\n"  # RAM
-        assert vm.read_file("/root/in-9p-tree") == b"kept\n"  # v86's 9p tree is in the state too
+        assert vm.read_file("/root/kept") == b"kept\n"  # its files (v86: the 9p tree, in the state too)
         assert vm.run("kill -0 $(cat /tmp/sleeper)").returncode == 0  # and its processes
     finally:
         vm.shutdown()
     assert resumed.read_file("/tmp/state") == b"after\n"  # the original machine is untouched
 
 
-def test_named_snapshots_are_kept_in_indexeddb_listed_resumed_and_deleted(session, resumed):
+def test_named_snapshots_are_kept_in_indexeddb_listed_resumed_and_deleted(session, engine, resumed):
+    name = f"t-named-{engine}"
     resumed.run("echo named > /tmp/which")
-    info = resumed.snapshot("t-named")
-    assert (info.name, info.image, info.memory_mib) == ("t-named", "minimal", 128)
+    info = resumed.snapshot(name)
+    assert (info.name, info.image, info.memory_mib) == (name, engine.image, engine.memory_mib)
     assert 0 < info.size < info.state_bytes  # compressed
     listed = session.python("result = [s.name for s in await pyapptron.snapshots.list()]")
-    assert "t-named" in listed
-    vm = session.boot("v86", "minimal", resume="t-named")
+    assert name in listed
+    vm = session.boot(engine.emulator, engine.image, resume=name)
     try:
         assert vm.read_file("/tmp/which") == b"named\n"
     finally:
         vm.shutdown()
-    session.python("await pyapptron.snapshots.delete('t-named')")
-    with pytest.raises(SnapshotNotFound, match="no snapshot 't-named'.*snapshots.list"):
-        session.boot("v86", "minimal", resume="t-named")
+    session.python(f"await pyapptron.snapshots.delete({name!r})")
+    with pytest.raises(SnapshotNotFound, match=f"no snapshot {name!r}.*snapshots.list"):
+        session.boot(engine.emulator, engine.image, resume=name)
 
 
-def test_a_snapshot_from_another_configuration_is_refused_with_the_reason(session, resumed):
+def test_a_snapshot_from_another_configuration_is_refused_with_the_reason(session, engine, resumed):
     data = resumed.snapshot(to_bytes=True)
-    with pytest.raises(SnapshotMismatch, match="memory_mib: snapshot 128, this boot 256"):
-        session.boot("v86", "minimal", memory_mib=256, resume=data)
-    with pytest.raises(SnapshotMismatch, match="image: snapshot 'minimal', this boot 'agent'"):
-        session.boot("v86", "agent", resume=data)
+    other_memory = engine.memory_mib * 2
+    with pytest.raises(SnapshotMismatch, match=f"memory_mib: snapshot {engine.memory_mib}, this boot {other_memory}"):
+        session.boot(engine.emulator, engine.image, memory_mib=other_memory, resume=data)
+    with pytest.raises(SnapshotMismatch, match=f"image: snapshot {engine.image!r}, this boot {engine.other_image!r}"):
+        session.boot(engine.emulator, engine.other_image, resume=data)
+    other = next(e for e in ENGINES if e.emulator != engine.emulator)
+    with pytest.raises(SnapshotMismatch, match=f"emulator: snapshot {engine.emulator!r}, this boot {other.emulator!r}"):
+        session.boot(other.emulator, other.image, resume=data)
 
 
-def test_a_corrupt_snapshot_is_refused_and_a_cold_boot_still_works(session, resumed):
+def test_a_corrupt_snapshot_is_refused_and_a_cold_boot_still_works(session, engine, resumed):
     data = bytearray(resumed.snapshot(to_bytes=True))
     middle = len(data) // 2
     data[middle : middle + 64] = bytes(64)
     with pytest.raises(SnapshotCorrupt, match="cannot be resumed: its state does not decompress"):
-        session.boot("v86", "minimal", resume=bytes(data))
+        session.boot(engine.emulator, engine.image, resume=bytes(data))
     with pytest.raises(SnapshotCorrupt, match="not a pyapptron snapshot"):
-        session.boot("v86", "minimal", resume=b"hello")
-    vm = session.boot("v86", "minimal", cold=True)
+        session.boot(engine.emulator, engine.image, resume=b"hello")
+    vm = session.boot(engine.emulator, engine.image, cold=True)
     try:
         assert vm.resumed_from is None
         assert vm.run("true").returncode == 0
     finally:
         vm.shutdown()
+
+
+def test_restore_in_place_goes_back_and_keeps_the_console(engine, resumed):
+    name = f"t-restore-{engine}"
+    resumed.run("echo one > /tmp/state")
+    resumed.snapshot(name)
+    resumed.run("echo two > /tmp/state")
+    try:
+        resumed.restore(name)
+        assert resumed.resumed_from == f"snapshot {name!r}"
+        assert resumed.run("cat /tmp/state").stdout == b"one\n"
+        resumed.console.sendline("echo after-restore-$((6*7))")
+        resumed.console.wait_for(rb"after-restore-42", timeout=30)
+    finally:
+        resumed.session.python(f"await pyapptron.snapshots.delete({name!r})")
 
 
 def test_persisted_files_after_a_resume_come_from_the_store_not_the_snapshot(session):

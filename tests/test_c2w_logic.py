@@ -152,3 +152,54 @@ def test_each_emulator_lists_only_its_own_images():
     assets = Assets("http://x/assets/", index)
     assert assets.images("v86") == ["minimal"]
     assert assets.images("c2w") == ["debian-x86_64"]
+
+
+STATE_IMAGE = dict(IMAGE, state=True, bochsrc_body=(
+    "romimage: file=/bios/BIOS-bochs-latest\n"
+    "ata0-master: type=disk, path=/disk.img, mode=flat, cylinders=1, heads=16, spt=63\n"
+    "ata0-slave: type=disk, path=/rootfs.img, mode=flat, heads=16, spt=63\n"
+    "optramimage1: file=/kernel.bin, address=0x1000000\n"),
+    lazy={"/rootfs.img": {"size": 1 << 20, "chunk": 1 << 18, "base": "fs/", "chunks": ["00ff", None, None, None]}})
+
+
+def test_an_image_with_the_agent_and_a_bochs_that_saves_can_snapshot():
+    b = C2WBackend(ASSETS, STATE_IMAGE)
+    assert b.capabilities.snapshot
+    # The small disk travels whole in a state, the lazy one as its written chunks; a
+    # restore does not load the kernel into RAM.
+    assert b.options["state"] == {"keep": ["/disk.img"], "skip_on_restore": ["/kernel.bin"]}
+    assert not C2WBackend(ASSETS, IMAGE).capabilities.snapshot  # built before Bochs could save
+    assert not C2WBackend(ASSETS, dict(STATE_IMAGE, agent=None)).capabilities.snapshot
+
+
+def test_a_snapshot_is_bound_to_the_module_the_files_the_memory_and_the_network_card():
+    def binding(assets=ASSETS, memory=None, network=None, image=STATE_IMAGE):
+        return C2WBackend(assets, image, memory, network=network).snapshot_binding()
+
+    made = binding()
+    assert made == binding()
+    assert made["emulator"] == "c2w" and made["image"] == "debian-x86_64" and made["memory_mib"] == 256
+    assert pyapptron.snapshots.mismatch(made, binding(memory=512)) == "memory_mib: snapshot 256, this boot 512"
+    rebuilt = Assets("http://x/assets/", {"files": {f: {"size": 1, "sha256": "1" if f.endswith(".wasm") else "0"}
+                                                    for f in FILES}})
+    assert "emulator version" in pyapptron.snapshots.mismatch(made, binding(assets=rebuilt))
+    other_disk = dict(STATE_IMAGE, lazy={"/rootfs.img": dict(STATE_IMAGE["lazy"]["/rootfs.img"], chunks=["0100"] * 4)})
+    assert "files and options" in pyapptron.snapshots.mismatch(made, binding(image=other_disk))
+    # The same guest at another URL is the same machine.
+    moved = Assets("https://elsewhere/a/", ASSETS.index)
+    assert binding(assets=moved) == made
+
+
+def test_a_module_without_the_agent_refuses_to_snapshot():
+    b = C2WBackend(ASSETS, None, wasm=b"\0asm\1\0\0\0")
+    with pytest.raises(pyapptron.NotSupported):
+        b.snapshot_binding()
+
+
+def test_a_snapshot_made_with_the_network_card_needs_one_and_any_relay_will_do():
+    assets = Assets("http://x/assets/", {"files": {f: {} for f in FILES + ["v86/libv86.mjs", "v86/v86.wasm",
+                                                                          "v86/network.mjs"]}})
+    image = dict(STATE_IMAGE, network=True)
+    with_card = C2WBackend(assets, image, network=pyapptron.Network(relay="wisp://127.0.0.1:5000/a/")).snapshot_binding()
+    assert C2WBackend(assets, image, network=pyapptron.Network(relay="wisp://127.0.0.1:6000/b/")).snapshot_binding() == with_card
+    assert pyapptron.snapshots.mismatch(with_card, C2WBackend(assets, image).snapshot_binding())

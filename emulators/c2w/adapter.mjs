@@ -7,6 +7,8 @@
 // cross-origin isolated (COOP + COEP headers): without them start() fails with
 // an error named "NotIsolated", which Python turns into pyapptron.NotIsolated.
 
+import { checkSha256, gunzip, gzip, snapshotError } from "../common/snapshot.mjs";
+
 const RING_DATA = 16;
 // Frames for the guest not yet taken by its card (beyond it they wait in `pending`).
 const NET_RING_BYTES = 1 << 20;
@@ -43,7 +45,7 @@ function notIsolated() {  // the name is the pyapptron error class (pyapptron._b
 
 export async function start(options, sinks) {
   if (!globalThis.crossOriginIsolated || typeof SharedArrayBuffer === "undefined") throw notIsolated();
-  const { worker_url, shim_url, args, env, preopens, channels, stderr, ring_bytes, hostchan, network } = options;
+  const { worker_url, shim_url, args, env, preopens, channels, stderr, ring_bytes, hostchan, network, state } = options;
   // URLs are the page's: the worker would resolve them against its own script.
   const pageUrl = (u) => new URL(u, globalThis.location.href).href;
   // A module in chunks is put together here, in order (the page can read any of its
@@ -60,11 +62,18 @@ export async function start(options, sinks) {
   const t0 = performance.now();
   const doorbell = new Int32Array(new SharedArrayBuffer(4));
   const rings = {};
-  const spec = [];
-  for (const [name, ch] of Object.entries(channels)) {
-    const ring = ch.in === undefined ? null : (rings[name] = new Ring((ring_bytes && ring_bytes[name]) || 65536));
-    spec.push({ name, in: ch.in, out: ch.out, blocking: !!ch.blocking, ring: ring ? ring.sab : undefined });
-  }
+  // Each run of the module gets fresh rings (a restore's worker must not see what the
+  // last one left half read).
+  const freshRings = () => {
+    const spec = [];
+    for (const [name, ch] of Object.entries(channels)) {
+      const ring = ch.in === undefined ? null : (rings[name] = new Ring((ring_bytes && ring_bytes[name]) || 65536));
+      spec.push({ name, in: ch.in, out: ch.out, blocking: !!ch.blocking, ring: ring ? ring.sab : undefined });
+    }
+    if (network) rings.net = new Ring(NET_RING_BYTES);
+    return spec;
+  };
+  let spec = freshRings();
   // Bytes the rings had no room for wait here, in order, until the worker reads.
   let retry = null;
   let stopped = false;
@@ -100,7 +109,6 @@ export async function start(options, sinks) {
   let netStarting = null;
   const early = [];  // the guest's frames and address from before the stack was up
   if (network) {
-    rings.net = new Ring(NET_RING_BYTES);
     const stackOptions = { ...network, libv86_url: pageUrl(network.libv86_url), wasm_path: pageUrl(network.wasm_path) };
     netStarting = import(pageUrl(network.stack_url)).then(({ frameNetwork }) => frameNetwork(stackOptions, (frame) => {
       if (frame.length > 0xffff) return;  // no ethernet frame is: the ring's length field could not say it
@@ -127,13 +135,10 @@ export async function start(options, sinks) {
     netStarting = null;
     return closing;
   };
-  let worker = null;
-  try {
-    worker = new Worker(worker_url, { type: "module" });
-  } catch (e) {
-    await teardown();
-    throw e;
-  }
+  // The machine's state (options.state, Bochs's patch 0012): the page asks through a
+  // shared word; the worker posts the files. A snapshot restores into a new worker.
+  const control = new Int32Array(new SharedArrayBuffer(4));
+  let saving = null;  // { resolve, reject } of the save in progress
   const logTail = [];
   let logBytes = 0;
   const keepLog = (data) => {
@@ -142,46 +147,72 @@ export async function start(options, sinks) {
     while (logBytes > 65536 && logTail.length > 1) logBytes -= logTail.shift().length;
   };
   const logText = () => new TextDecoder().decode(concat(logTail));
-  let firstOutput = true;
-  let readyResolve, readyReject;
-  const ready = new Promise((res, rej) => { readyResolve = res; readyReject = rej; });
-  worker.onmessage = (ev) => {
-    const m = ev.data;
-    if (stopped) return;
-    if (m.type === "out") {
-      if (firstOutput) { timings.first_output = (performance.now() - t0) / 1000; firstOutput = false; }
-      if (m.name === "console") sinks.console(m.data);
-      else if (m.name === "agent") sinks.agent(m.data);
-      else keepLog(m.data);
-    } else if (m.type === "net" || m.type === "net-mac") {
-      toStack(m);
-    } else if (m.type === "lazy") {
-      // what the guest's reads of lazily loaded files fetched so far
-      timings.lazy_chunks = m.chunks;
-      timings.lazy_bytes = m.bytes;
-      timings.lazy_fetch = m.ms / 1000;
-    } else if (m.type === "ready") {
-      timings.fetch = m.fetchMs / 1000;
-      timings.compile = m.compileMs / 1000;
-      timings.ready = (performance.now() - t0) / 1000;
-      readyResolve();
-    } else if (m.type === "exit") {
-      teardown();
-      if (sinks.exit) sinks.exit(m.code, logText());
-    } else if (m.type === "error") {
-      readyReject(new Error(m.text));
-      const wasRunning = !stopped;
-      teardown();
-      if (wasRunning && sinks.exit) sinks.exit(-1, logText() + "\n" + m.text);
-    }
-  };
-  worker.onerror = (e) => readyReject(new Error(`the c2w worker failed to load: ${e.message || e}`));
-  worker.postMessage({ type: "start", shimUrl: shim_url, wasm, args, env, files, preopens, channels: spec,
-                       doorbell: doorbell.buffer, stderr: stderr || "log", hostchan: hostchan || null, lazy,
-                       net: rings.net ? { ring: rings.net.sab } : null },
-                     Array.isArray(options.wasm) ? [wasm.buffer] : []);
-  try {
+  let worker = null;
+
+  // One run of the module: a new worker (from a saved state, with `restore`).
+  const launch = async (restore) => {
+    worker = new Worker(worker_url, { type: "module" });
+    const launched = performance.now();
+    let firstOutput = true;
+    let readyResolve, readyReject;
+    const ready = new Promise((res, rej) => { readyResolve = res; readyReject = rej; });
+    const ended = (why) => {
+      if (saving) { saving.reject(new Error(`the machine stopped while its state was saved: ${why}`)); saving = null; }
+    };
+    const mine = worker;
+    worker.onmessage = (ev) => {
+      const m = ev.data;
+      if (stopped || worker !== mine) return;
+      if (m.type === "out") {
+        if (firstOutput) { timings.first_output = (performance.now() - launched) / 1000; firstOutput = false; }
+        if (m.name === "console") sinks.console(m.data);
+        else if (m.name === "agent") sinks.agent(m.data);
+        else keepLog(m.data);
+      } else if (m.type === "net" || m.type === "net-mac") {
+        toStack(m);
+      } else if (m.type === "state") {
+        if (saving) { saving.resolve(m); saving = null; }
+      } else if (m.type === "lazy") {
+        // what the guest's reads of lazily loaded files fetched so far
+        timings.lazy_chunks = m.chunks;
+        timings.lazy_bytes = m.bytes;
+        timings.lazy_fetch = m.ms / 1000;
+      } else if (m.type === "ready") {
+        timings.fetch = m.fetchMs / 1000;
+        timings.compile = m.compileMs / 1000;
+        timings.ready = (performance.now() - t0) / 1000;
+        readyResolve();
+      } else if (m.type === "exit") {
+        ended(`exit status ${m.code}`);
+        teardown();
+        if (sinks.exit) sinks.exit(m.code, logText());
+      } else if (m.type === "error") {
+        readyReject(new Error(m.text));
+        ended(m.text);
+        const wasRunning = !stopped;
+        teardown();
+        if (wasRunning && sinks.exit) sinks.exit(-1, logText() + "\n" + m.text);
+      }
+    };
+    worker.onerror = (e) => readyReject(new Error(`the c2w worker failed to load: ${e.message || e}`));
+    const transfer = Array.isArray(options.wasm) && !restore ? [wasm.buffer] : [];
+    if (restore) transfer.push(restore.buffer);
+    // A restore does not read what only a cold boot loads (the kernel, the initrd).
+    const skip = new Set(restore && state ? state.skip_on_restore || [] : []);
+    const launchFiles = Object.fromEntries(Object.entries(files).filter(([p]) => !skip.has(p)));
+    worker.postMessage({ type: "start", shimUrl: shim_url, wasm, env, files: launchFiles, preopens, channels: spec,
+                         args: restore ? [...args, "-r", "/" + RESTORE_DIR] : args,
+                         doorbell: doorbell.buffer, stderr: stderr || "log", hostchan: hostchan || null, lazy,
+                         net: rings.net ? { ring: rings.net.sab } : null,
+                         state: state ? { control: control.buffer, keep: state.keep || [] } : null,
+                         restore: restore ? restore.state : null },
+                       transfer);
     await ready;
+  };
+
+  try {
+    const restore = options.resume ? await unpackState(options.resume) : null;
+    await launch(restore);
     if (netStarting) {
       net = await netStarting;
       for (const m of early.splice(0)) toStack(m);
@@ -204,10 +235,94 @@ export async function start(options, sinks) {
       const ring = rings[channel];
       if (ring) { ring.closing = true; if (!retry) pump(); }
     },
+    // The machine's state, packed and gzip'd: {payload: Uint8Array, stateBytes, seconds}.
+    async saveState() {
+      if (stopped) throw new Error("the emulator was stopped");
+      if (!state) throw new Error("this module cannot save its state");
+      if (saving) throw new Error("a save of this machine's state is already running");
+      const started = performance.now();
+      const saved = await new Promise((resolve, reject) => {
+        saving = { resolve, reject };
+        Atomics.store(control, 0, 1);
+        Atomics.add(doorbell, 0, 1);  // a guest asleep in poll_oneoff wakes to poll
+        Atomics.notify(doorbell, 0);
+      });
+      if (!saved.ok) throw new Error(`Bochs could not save the machine's state; its log: ${logText().slice(-800)}`);
+      const { parts, size } = packState(saved);
+      const payload = await gzip(parts);
+      return { payload, stateBytes: size, seconds: (performance.now() - started) / 1000 };
+    },
+    // Put the machine back to a snapshot: Bochs restores only at start, so a new worker
+    // starts from it (the console, the network stack and the rings' owners stay).
+    async restoreState(snapshot) {
+      if (stopped) throw new Error("the emulator was stopped");
+      const restore = await unpackState(snapshot);  // a damaged snapshot fails here, the machine untouched
+      const old = worker;
+      worker = null;
+      old.terminate();
+      if (saving) { saving.reject(new Error("the machine was restored while its state was saved")); saving = null; }
+      spec = freshRings();
+      await launch(restore);
+    },
     async stop() {
       await teardown();
     },
   };
+}
+
+// ---- a saved state as one payload ---------------------------------------------------
+// MAGIC, u32 little-endian length of the JSON index, the index, then the bytes it lists
+// in its order: Bochs's files, the lazily loaded disks' written chunks, the kept files.
+const STATE_MAGIC = new TextEncoder().encode("PYC2WST1");
+const RESTORE_DIR = "pyapptron-state";
+
+function packState(saved) {
+  const index = { files: [], lazy: {}, whole: {} };
+  const data = [];
+  for (const { name, data: bytes } of saved.files) { index.files.push([name, bytes.length]); data.push(bytes); }
+  for (const [path, chunks] of Object.entries(saved.lazy)) {
+    index.lazy[path] = chunks.map(([i, bytes]) => { data.push(bytes); return [i, bytes.length]; });
+  }
+  for (const [path, bytes] of Object.entries(saved.whole)) { index.whole[path] = bytes.length; data.push(bytes); }
+  const json = new TextEncoder().encode(JSON.stringify(index));
+  const head = new Uint8Array(STATE_MAGIC.length + 4);
+  head.set(STATE_MAGIC);
+  new DataView(head.buffer).setUint32(STATE_MAGIC.length, json.length, true);
+  const parts = [head, json, ...data];
+  return { parts, size: parts.reduce((n, p) => n + p.length, 0) };
+}
+
+// A snapshot ({payload, compression, sha256}) -> { state (the worker's `restore`), buffer }.
+async function unpackState(snapshot) {
+  if (snapshot.compression && snapshot.compression !== "gzip") {
+    throw snapshotError(`its state is ${snapshot.compression}-compressed; the c2w engine reads gzip only`);
+  }
+  await checkSha256(snapshot.payload, snapshot.sha256);
+  const buffer = await gunzip(snapshot.payload);
+  const bytes = new Uint8Array(buffer);
+  const magicOk = bytes.length >= STATE_MAGIC.length + 4 && STATE_MAGIC.every((b, i) => bytes[i] === b);
+  if (!magicOk) throw snapshotError("its state is not a c2w machine's (no c2w state header)");
+  const length = new DataView(buffer).getUint32(STATE_MAGIC.length, true);
+  let at = STATE_MAGIC.length + 4;
+  let index;
+  try {
+    index = JSON.parse(new TextDecoder().decode(bytes.subarray(at, at + length)));
+  } catch (e) {
+    throw snapshotError("its c2w state index is damaged");
+  }
+  at += length;
+  const take = (n) => {
+    if (!Number.isInteger(n) || n < 0 || at + n > bytes.length) throw snapshotError("its c2w state is cut short");
+    const view = bytes.subarray(at, at + n);
+    at += n;
+    return view;
+  };
+  const state = { files: {}, lazy: {}, whole: {} };
+  for (const [name, n] of index.files || []) state.files[name] = take(n);
+  for (const [path, chunks] of Object.entries(index.lazy || {})) state.lazy[path] = chunks.map(([i, n]) => [i, take(n)]);
+  for (const [path, n] of Object.entries(index.whole || {})) state.whole[path] = take(n);
+  if (!state.files.config || !state.files["pyapptron.ram"]) throw snapshotError("its c2w state lacks Bochs's files");
+  return { state, buffer };
 }
 
 async function joinChunks(urls) {

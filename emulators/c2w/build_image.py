@@ -84,6 +84,8 @@ def write_image_record(image_dir: Path, name: str, guest: dict, cache: Path, *, 
         "agent_fd": guest["agent_fd"],
         "hostchan": guest.get("hostchan", False),
         "network": guest.get("network", False),
+        # Bochs saves and restores a running machine (patch 0012): snapshots, a boot snapshot.
+        "state": True,
         "wasm": "../../c2w/bochs.wasm",
         "args": guest["args"],
         "env": guest["env"],

@@ -32,9 +32,19 @@
 //             and the guest attaches to its shared-memory rings, that channel's
 //             bytes go over the rings instead of the serial line on wake_fd,
 //             which then only carries wake-up bytes (see HostChan below).
+//   state     { control: SharedArrayBuffer (Int32 [1]), keep: ['/abs/path', ...] }: when
+//             the module is Bochs with our patch 0012, the page sets control[0] to 1 to
+//             have the machine's state saved (see "the machine's state" below); `keep`
+//             names the tree's files a state carries whole (small disks).
+//   restore   { files: { name: Uint8Array }, lazy: { '/abs/path': [[chunk, Uint8Array]] },
+//               whole: { '/abs/path': Uint8Array } }: a saved state to start from (the
+//             module's args say -r /pyapptron-state): Bochs's files go there, the
+//             disks' written blocks back into the tree.
 // Out: { type: 'ready', compileMs, fetchMs }, { type: 'out', name, data },
 //      { type: 'net-mac', mac } (the card's address), { type: 'net', data } (a frame),
 //      { type: 'lazy', chunks, bytes, ms } (totals fetched on demand, after each fetch),
+//      { type: 'state', ok, files: [{ name, data }], lazy, whole } (a saved state, in
+//      restore's shape),
 //      { type: 'exit', code }, { type: 'error', text }.
 //
 // An input ring: Int32 [0] bytes written (total, wrapping at 2^31), [1] bytes
@@ -128,6 +138,9 @@ class HostChan {
     this.memory = null;
     this.base = 0;
     this.wakePending = false;
+    // While Bochs restores a saved state the region is not yet the guest's (it says
+    // "not attached"): the page's bytes wait, else the serial line would eat them.
+    this.holding = false;
   }
   attach(memory, base) {
     this.memory = memory;
@@ -218,6 +231,7 @@ function channelFd(ring, output, blocking, hc = null) {
   return new (class extends Fd {
     constructor() { super(); this.flags = blocking ? 0 : FDFLAGS_NONBLOCK; this.ring = ring; }
     readable() {
+      if (hc && hc.holding) return false;
       if (hc && hc.attached) return hc.readable();
       return ring ? ring.available() > 0 || ring.closed() : false;
     }
@@ -231,6 +245,7 @@ function channelFd(ring, output, blocking, hc = null) {
     }
     fd_read(size) {
       if (!ring) return { ret: 0, data: new Uint8Array(0) };
+      if (hc && hc.holding) return { ret: ERRNO.AGAIN, data: new Uint8Array(0) };
       if (hc && hc.attached) {
         hc.service();
         tick();
@@ -488,6 +503,92 @@ function lazyFileInode(image) {
   return inode;
 }
 
+// ---- the machine's state (Bochs patch 0012, iodev/wasi_state.cc) ------------------
+// Bochs polls pyapptron.state_request every millisecond of emulated time; on a request
+// it returns from its CPU loop at an instruction boundary, writes its files into
+// SAVE_DIR and calls pyapptron.state_saved, where they are taken (with the disks'
+// written blocks) and posted to the page; then the guest runs on. A restore's files
+// wait in RESTORE_DIR until Bochs first polls, which is after it has read them.
+const SAVE_DIR = 'pyapptron-save';
+const RESTORE_DIR = 'pyapptron-state';
+
+class MachineState {
+  constructor(spec, root, images) {
+    this.control = new Int32Array(spec.control);
+    this.keep = spec.keep || [];
+    this.root = root;         // the tree's root Directory
+    this.images = images;     // path -> LazyImage
+    this.restoring = root.contents.has(RESTORE_DIR);
+    root.contents.set(SAVE_DIR, new shim.Directory(new Map()));
+  }
+  request() {
+    if (this.restoring) {  // Bochs has restored the state: its files can go, the channel runs
+      this.root.contents.delete(RESTORE_DIR);
+      this.restoring = false;
+      // A wake-up the old host had promised (wakePending) is not in the state: give
+      // the guest one now (a spare one only makes it look at the rings).
+      if (hostchan) { hostchan.holding = false; hostchan.wakePending = true; }
+    }
+    return Atomics.exchange(this.control, 0, 0);
+  }
+  saved(ok) {
+    const dir = this.root.contents.get(SAVE_DIR);
+    const files = [], transfer = [];
+    for (const [name, file] of dir.contents) {
+      files.push({ name, data: file.data });
+      transfer.push(file.data.buffer);
+    }
+    dir.contents.clear();
+    // Copies: the guest writes on into the blocks it wrote before.
+    const lazy = {};
+    for (const [path, image] of this.images) {
+      lazy[path] = [...image.dirty].map(([i, bytes]) => [i, bytes.slice()]);
+      transfer.push(...lazy[path].map(([, b]) => b.buffer));
+    }
+    const whole = {};
+    for (const path of this.keep) {
+      const file = lookup(this.root, path);
+      if (file && file.data) { whole[path] = file.data.slice(); transfer.push(whole[path].buffer); }
+    }
+    flushAll();  // what the guest printed before the save reaches the page first
+    post({ type: 'state', ok: ok !== 0, files, lazy, whole }, transfer);
+  }
+}
+let machineState = null;
+
+function lookup(root, path) {
+  let entry = root;
+  for (const part of path.split('/').filter(Boolean)) entry = entry && entry.contents && entry.contents.get(part);
+  return entry;
+}
+
+// The shim's File copies itself whole each time a write makes it longer: Bochs's saved
+// RAM, hundreds of MiB written a MiB at a time, would copy for minutes. Files grow into
+// spare room here instead (doubling, as a vector does).
+function growFilesInPlace() {
+  const { OpenFile } = shim;
+  const grow = (file, end) => {
+    const data = file.data;
+    if (file.readonly || end <= data.byteLength) return;
+    if (data.byteOffset === 0 && end <= data.buffer.byteLength) {
+      file.data = new Uint8Array(data.buffer, 0, end);
+      return;
+    }
+    const room = new Uint8Array(Math.max(end, Math.min(2 * data.byteLength, data.byteLength + (256 << 20))));
+    room.set(data);
+    file.data = room.subarray(0, end);
+  };
+  const write = OpenFile.prototype.fd_write, pwrite = OpenFile.prototype.fd_pwrite;
+  OpenFile.prototype.fd_write = function (data) {
+    grow(this.file, Number(this.file_pos) + data.byteLength);
+    return write.call(this, data);
+  };
+  OpenFile.prototype.fd_pwrite = function (data, offset) {
+    grow(this.file, Number(offset) + data.byteLength);
+    return pwrite.call(this, data, offset);
+  };
+}
+
 // ---- poll_oneoff: clocks and fds, several subscriptions -----------------------
 
 function pollOneoff(memory, fds, inPtr, outPtr, nsubs, neventsPtr) {
@@ -577,11 +678,11 @@ function buildTree(files, lazy = {}) {
     const parts = path.split('/').filter(Boolean);
     dirAt(parts.slice(0, -1)).contents.set(parts[parts.length - 1], new File(bytes));
   }
-  const images = [];
+  const images = new Map();
   for (const [path, spec] of Object.entries(lazy)) {
     const parts = path.split('/').filter(Boolean);
     const image = new LazyImage(spec);
-    images.push(image);
+    images.set(path, image);
     dirAt(parts.slice(0, -1)).contents.set(parts[parts.length - 1], lazyFileInode(image));
   }
   return { root, dirAt, images };
@@ -592,11 +693,14 @@ async function start(msg) {
   shim = await import(msg.shimUrl);
   doorbell = new Int32Array(msg.doorbell);
   const modP = compileModule(msg.wasm);
+  const restore = msg.restore;
   const files = {};
   await Promise.all(Object.entries(msg.files || {}).map(async ([p, v]) => {
-    files[p] = typeof v === 'string' ? await fetchBytes(v)
+    files[p] = restore && restore.whole[p] ? restore.whole[p].slice()  // as the state has it
+      : typeof v === 'string' ? await fetchBytes(v)
       : v instanceof Uint8Array ? v : await fetchBytes(v.url, !!v.inflate);
   }));
+  if (restore) for (const [name, data] of Object.entries(restore.files)) files[`/${RESTORE_DIR}/${name}`] = data;
   const tFetched = performance.now();
   const module = await modP;
   const tCompiled = performance.now();
@@ -607,8 +711,20 @@ async function start(msg) {
     if (!sinks.has(name)) sinks.set(name, new OutputSink(name));
     return sinks.get(name);
   };
-  const { dirAt, images } = buildTree(files, msg.lazy || {});
-  if (images.length) await startReadahead(images[0]);
+  const { root, dirAt, images } = buildTree(files, msg.lazy || {});
+  if (restore) {
+    for (const [path, chunks] of Object.entries(restore.lazy)) {
+      const image = images.get(path);
+      if (!image) throw new Error(`the saved state has written blocks of ${path}, which this machine does not have`);
+      // Copies: the state's one buffer is let go once Bochs has read its files.
+      for (const [i, bytes] of chunks) image.dirty.set(i, bytes.slice());
+    }
+  }
+  if (msg.state) {
+    growFilesInPlace();
+    machineState = new MachineState(msg.state, root, images);
+  }
+  if (images.size) await startReadahead(images.values().next().value);
   const fds = [];
   const byFd = new Map(); // fd number -> channel end
   for (const ch of msg.channels || []) {
@@ -619,6 +735,7 @@ async function start(msg) {
     if (ch.in !== undefined) byFd.set(ch.in, channelFd(ring, ch.in === ch.out ? out : null, ch.blocking, hc));
     if (ch.out !== undefined && ch.out !== ch.in) byFd.set(ch.out, channelFd(null, out, ch.blocking));
   }
+  if (restore && hostchan) hostchan.holding = true;
   for (const fd of [0, 1, 2]) {
     if (!byFd.has(fd)) {
       const out = fd === 0 ? null : sinkFor(fd === 2 ? (msg.stderr || 'stderr') : 'stdout');
@@ -653,7 +770,7 @@ async function start(msg) {
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
   };
   if (msg.net) netPort = new NetPort(new InputRing(msg.net.ring));
-  // Bochs's patches 0008 and 0011 import these; other modules ignore them.
+  // Bochs's patches 0008, 0011 and 0012 import these; other modules ignore them.
   const pyapptron = {
     hostchan_attach: (base, size) => (hostchan ? hostchan.attach(memory, base) : 0),
     hostchan_kick: () => { if (hostchan) { hostchan.service(); tick(); } },
@@ -668,6 +785,8 @@ async function start(msg) {
       post({ type: 'net', data }, [data.buffer]);
     },
     net_recv: (ptr, size) => (netPort ? netPort.receive(memory, ptr, size) : 0),
+    state_request: () => (machineState ? machineState.request() : 0),
+    state_saved: (ok) => { if (machineState) machineState.saved(ok); },
   };
   const instance = await WebAssembly.instantiate(module, { wasi_snapshot_preview1: imports, pyapptron });
   memory = instance.exports.memory;

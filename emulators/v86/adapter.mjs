@@ -3,6 +3,8 @@
 // pyapptron/_browser) is its only caller. Output reaches Python in batches, one per
 // emulator tick, never byte by byte.
 
+import { checkSha256, gunzip, gzip, snapshotError } from "../common/snapshot.mjs";
+
 function batcher(sink) {
   let parts = [];
   let size = 0;
@@ -43,28 +45,6 @@ async function inflatedUrl(url) {
   return URL.createObjectURL(await new Response(inflated).blob());
 }
 
-// A snapshot's payload is the emulator state, gzip'd (CompressionStream: the browser has
-// no zstd compressor). gzip's CRC catches a damaged payload before v86 sees it.
-async function gunzip(data) {
-  try {
-    const stream = new Blob([data]).stream().pipeThrough(new DecompressionStream("gzip"));
-    return await new Response(stream).arrayBuffer();
-  } catch (e) {
-    // The browser only says "Failed to fetch" (or the like) about a damaged stream.
-    throw snapshotError("its state does not decompress: the gzip data is damaged");
-  }
-}
-
-async function gzip(buffer) {
-  const stream = new Blob([buffer]).stream().pipeThrough(new CompressionStream("gzip"));
-  return new Uint8Array(await new Response(stream).arrayBuffer());
-}
-
-function snapshotError(why) {
-  // The name is the pyapptron error class (pyapptron._browser.JS_ERRORS).
-  return Object.assign(new Error(why), { name: "SnapshotCorrupt" });
-}
-
 // v86 zeroes all guest RAM before it unpacks a state's pages. In a V86 that was just made
 // and never ran, only the first MiB (the BIOS and VGA BIOS it copied in) can be non-zero:
 // zeroing the rest costs ~0.2 s per 512 MiB and commits every page of it, used or not.
@@ -83,12 +63,7 @@ function skipRedundantZeroing(emulator) {
 // inflated when gzip'd (v86 inflates zstd itself).
 async function stateOf(resume) {
   const p = resume.payload;
-  if (resume.sha256 && globalThis.crypto && crypto.subtle) {
-    // zstd's own checks do not cover every byte (stored blocks pass through as they are).
-    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", p));
-    const hex = Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
-    if (hex !== resume.sha256) throw snapshotError("its state's checksum does not match (damaged in transit or storage)");
-  }
+  await checkSha256(p, resume.sha256);
   if (resume.compression === "zstd") {
     return p.byteOffset === 0 && p.byteLength === p.buffer.byteLength ? p.buffer : p.slice().buffer;
   }

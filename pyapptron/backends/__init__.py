@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import NotSupported, UnknownEmulator
+from ..errors import InvalidOption, NotSupported, UnknownEmulator
 
 if TYPE_CHECKING:
     from ..agent import AgentClient
@@ -93,13 +93,36 @@ class Backend(abc.ABC):
         """What a snapshot of this machine is bound to (pyapptron.snapshots.mismatch)."""
         raise NotSupported(f"{self.name} cannot save or restore machine state")
 
+    #: Which compressions of a snapshot's payload the adapter reads ("zstd": v86 inflates
+    #: it itself, faster; every adapter reads the browser's gzip).
+    state_compressions: ClassVar[tuple[str, ...]] = ("gzip",)
+
     async def save_state(self) -> tuple[Any, int, float]:
-        """(payload, state bytes before compression, seconds taken) of the running machine."""
-        raise NotSupported(f"{self.name} cannot save or restore machine state")
+        """(payload, state bytes before compression, seconds taken) of the running machine:
+        the adapter's saveState()."""
+        self._require_state()
+        return await self._handle.save_state()
 
     async def restore_state(self, resume: Any) -> None:
-        """Put the running machine back to a snapshot (a Resume) in place."""
-        raise NotSupported(f"{self.name} cannot save or restore machine state")
+        """Put the running machine back to a snapshot (a Resume) in place: the adapter's
+        restoreState()."""
+        self._require_state()
+        await self._handle.restore_state(resume.payload, resume.meta.get("compression", "gzip"),
+                                         resume.meta.get("payload_sha256"))
+
+    def _require_state(self) -> None:
+        if not self.capabilities.snapshot:
+            raise NotSupported(f"{self.name} cannot save or restore machine state")
+        if self._handle is None:
+            raise InvalidOption("the emulator is not running")
+
+    @staticmethod
+    def _resume_arguments(resume: Any) -> dict:
+        """start_emulator()'s keywords for a start from `resume` (a Resume or None)."""
+        if resume is None:
+            return {}
+        return {"resume_payload": resume.payload, "resume_compression": resume.meta.get("compression", "gzip"),
+                "resume_sha256": resume.meta.get("payload_sha256")}
 
     def resume_fixups(self) -> tuple[list[str], str | None]:
         """After a resume: extra flags for `pyapptron-agent --resumed`, and a shell

@@ -21,8 +21,14 @@ Quirks this backend owns:
 - The image's bochsrc is written here, at boot: `megs:` is memory_mib. The initrd sits
   at 128 MiB (direct boot), so an image says its smallest memory (min_megs).
 - Bochs's own log goes to its stderr, kept by the adapter; a failed boot shows its tail.
-- No snapshots yet: a Bochs saved state (-r) is a directory of files written at
-  shutdown, not a live capture.
+- Snapshots (images with the agent): Bochs saves a running machine on the worker's
+  request (patch 0012: a timer polls the host; the CPU loop stops at an instruction
+  boundary) into a directory of the worker's in-memory files, RAM as its non-zero
+  pages; the adapter packs them with the disks' written blocks into one payload. Bochs
+  restores only at start (-r DIR), so a resume, and vm.restore(), start a new worker
+  from the state; it skips what only a cold boot loads (the kernel and initrd images).
+  The lazily loaded root's unchanged chunks are not in a snapshot: they are fetched
+  again on demand.
 - A network (boot(network=...), images only): bochsrc gets an e1000 card whose frames
   Bochs hands to the worker (patch 0011, ethmod=pyapptron); the page runs v86's network
   stack for them (emulators/v86/network.mjs), so DHCP, DNS and the relay are the v86
@@ -31,13 +37,16 @@ Quirks this backend owns:
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
+import re
 from collections.abc import Mapping, Sequence
 
 from .. import _browser
 from ..assets import Assets
 from ..errors import InvalidOption, NotSupported
-from ..network import Network, stack_options
+from .. import snapshots
+from ..network import RENEW_LEASE, Network, stack_options
 from . import Backend, Capabilities, Sink
 
 # Guest RAM lives in the module's wasm32 memory (Bochs allocates it block by block as the
@@ -54,6 +63,10 @@ C2W_FLAGS = ("entrypoint", "no_stdin", "net", "mac")
 NIC_MAC = "52:54:00:12:34:56"
 NIC_BOCHSRC = ("pci: enabled=1, chipset=i440fx, slot1=e1000",
                f"e1000: enabled=1, mac={NIC_MAC}, ethmod=pyapptron")
+#: bochsrc lines naming files: the disks (a state carries a small one whole) and the
+#: images loaded into RAM at a cold boot (a restore skips them).
+_DISK_PATH = re.compile(r"^ata\d-(?:master|slave):.*\btype=disk\b.*\bpath=([^,\s]+)", re.M)
+_OPTRAM_PATH = re.compile(r"^optramimage\d+:\s*file=([^,\s]+)", re.M)
 
 
 def c2w_argv(program: str = "c2w", *, entrypoint: str | None = None, no_stdin: bool = False,
@@ -104,6 +117,7 @@ class C2WBackend(Backend):
     #: The guest device behind the interactive console (for telling it the terminal size).
     console_tty = "/dev/ttyS0"
     network_supported = True
+    network: Network | None = None
 
     @classmethod
     def needs_image(cls, options: dict) -> bool:
@@ -181,9 +195,19 @@ class C2WBackend(Backend):
             self.options["network"] = dict(stack_options(network), libv86_url=self.assets.require("v86/libv86.mjs"),
                                            wasm_path=self.assets.require("v86/v86.wasm"),
                                            stack_url=self.assets.require("v86/network.mjs"))
+        self.network = network
         agent = bool(image.get("agent"))
+        # Snapshots need the agent (a resumed guest's clock and entropy are set through
+        # it) and a Bochs built with patch 0012 (image.json "state").
+        snapshot = agent and bool(image.get("state"))
+        if snapshot:
+            body = image["bochsrc_body"]
+            self.options["state"] = {
+                "keep": [p for p in _DISK_PATH.findall(body) if p not in lazy],
+                "skip_on_restore": _OPTRAM_PATH.findall(body),
+            }
         self.capabilities = Capabilities(arch=image.get("arch", "x86_64"), exec=agent, files=agent, console=True,
-                                         snapshot=False, network=network is not None)
+                                         snapshot=snapshot, network=network is not None)
 
     def _init_user_module(self, wasm, args, env, preopens, memory_mib, entrypoint, no_stdin, net, mac, arch) -> None:
         if memory_mib is not None:
@@ -218,11 +242,42 @@ class C2WBackend(Backend):
 
     # -- lifetime -------------------------------------------------------------------------
     async def start(self, on_console: Sink, on_agent: Sink, resume=None) -> None:
-        if resume is not None:
-            raise NotSupported("c2w cannot resume a snapshot")
+        if resume is not None and not self.capabilities.snapshot:
+            raise NotSupported("this c2w machine cannot resume a snapshot (capabilities.snapshot is false)")
         options = dict(self.options, worker_url=self.assets.require("c2w/worker.mjs"),
                        shim_url=self.assets.require("c2w/browser_wasi_shim/dist/index.js"),
                        ring_bytes=RING_BYTES)
         self._handle = await _browser.start_emulator(self.assets.require("c2w/adapter.mjs"), options,
-                                                     on_console, on_agent, on_exit=self._track_exit())
+                                                     on_console, on_agent, on_exit=self._track_exit(),
+                                                     **self._resume_arguments(resume))
+
+    # -- snapshots ---------------------------------------------------------------------
+    def snapshot_binding(self) -> dict:
+        if not self.capabilities.snapshot:
+            raise NotSupported("this c2w machine cannot save or restore its state (an image with the agent, "
+                               "built with `python emulators/build.py`, can)")
+        sha = lambda url: "sha256:" + self.assets.sha256(url[len(self.assets.base_url):])  # noqa: E731
+        files = {}
+        for guest, ref in self.options["files"].items():
+            if guest == "/bochsrc.txt":
+                continue  # its lines are below; its megs: is memory_mib
+            if isinstance(ref, bytes):  # boot(files=...) bytes
+                files[guest] = "sha256:" + hashlib.sha256(ref).hexdigest()
+            else:
+                url = ref["url"] if isinstance(ref, dict) else ref
+                files[guest] = sha(url) if url.startswith(self.assets.base_url) else url
+        # The lazy disks by their chunk list (content-addressed names), not their URL.
+        lazy = {guest: snapshots.digest({k: v for k, v in spec.items() if k != "base"})
+                for guest, spec in self.options["lazy"].items()}
+        config = {"wasm": sha(self.options["wasm"]), "args": self.options["args"], "env": self.options["env"],
+                  "files": files, "lazy": lazy, "channels": self.options["channels"],
+                  "hostchan": self.options.get("hostchan"), "state": self.options["state"],
+                  # A state holds the network card, not the relay: any relay will do.
+                  "bochsrc": self.image["bochsrc_body"], "network_card": self.network is not None}
+        return {"emulator": self.name, "emulator_version": "bochs.wasm " + config["wasm"][7:19],
+                "image": self.image["name"], "memory_mib": self.memory_mib,
+                "cmdline": self.image.get("kernel_cmdline", ""), "config": snapshots.digest(config)}
+
+    def resume_fixups(self) -> tuple[list[str], str | None]:
+        return [], RENEW_LEASE if self.network is not None else None
 

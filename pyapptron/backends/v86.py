@@ -36,7 +36,7 @@ from .. import _browser
 from ..assets import Assets
 from ..errors import InvalidOption
 from .. import snapshots
-from ..network import Network, stack_options
+from ..network import RENEW_LEASE, Network, stack_options
 from ..persist import DEFAULT_LAYERS, Persist
 from . import Backend, Capabilities, Sink
 
@@ -73,6 +73,7 @@ class V86Backend(Backend):
 
     persist_supported = True
     network_supported = True
+    state_compressions = ("gzip", "zstd")
 
     def __init__(self, assets: Assets, image: dict, memory_mib: int | None = None,
                  persist: Persist | None = None, cmdline_extra: str = "", network: Network | None = None):
@@ -159,9 +160,7 @@ class V86Backend(Backend):
         self._handle = await _browser.start_emulator(
             self.assets.require("v86/adapter.mjs"), self.emulator_options(), on_console, on_agent,
             on_persist_changed=self._persist_changed if self.persist else None,
-            resume_payload=None if resume is None else resume.payload,
-            resume_compression="gzip" if resume is None else resume.meta.get("compression", "gzip"),
-            resume_sha256=None if resume is None else resume.meta.get("payload_sha256"),
+            **self._resume_arguments(resume),
         )
         self.persist_store = self._handle.persist
 
@@ -178,25 +177,10 @@ class V86Backend(Backend):
                 "image": self.image["name"], "memory_mib": self.memory_mib,
                 "cmdline": self.base_cmdline, "config": snapshots.digest(options)}
 
-    async def save_state(self):
-        if self._handle is None:
-            raise InvalidOption("the emulator is not running")
-        return await self._handle.save_state()
-
-    async def restore_state(self, resume) -> None:
-        if self._handle is None:
-            raise InvalidOption("the emulator is not running")
-        await self._handle.restore_state(resume.payload, resume.meta.get("compression", "gzip"),
-                                         resume.meta.get("payload_sha256"))
-
     def resume_fixups(self) -> tuple[list[str], str | None]:
         flags, steps = self._persist_fixups()
         if self.network is not None:
-            # A new lease from this page's network stack (the state kept the old one's). The
-            # agent image's Debian root has no DHCP client: its lease came from the
-            # initramfs, and v86 hands out the same address, for years, every time.
-            steps.append("! command -v udhcpc >/dev/null || udhcpc -i eth0 -q -n -t 5 >/dev/null 2>&1 || "
-                         "{ echo 'no DHCP lease on eth0' >&2; exit 1; }")
+            steps.append(RENEW_LEASE)
         return flags, " && ".join(f"{{ {step}; }}" for step in steps) if steps else None
 
     def _persist_fixups(self) -> tuple[list[str], list[str]]:

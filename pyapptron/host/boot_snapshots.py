@@ -1,9 +1,12 @@
 """The boot snapshot each image ships (the `snapshot` step of emulators/build.py).
 
-For every built image with a guest agent: boot it cold in headless Chromium through the
-same page and `vm.snapshot()` a user would use, once its console shows the shell prompt
-and has gone quiet, and write the bytes to `images/NAME/boot.snapshot`; image.json then
-names it. boot() resumes from it by default.
+For every built image whose machines can be saved: boot it cold in headless Chromium
+through the same page and `vm.snapshot()` a user would use, once its console shows the
+shell prompt (image.json "prompt", else pyapptron's) and has gone quiet, after the
+image's warm-up commands (image.json "snapshot_warmup": a first run of a large program
+reads it from the lazily loaded disk; after a resume it is in the guest's page cache),
+and write the bytes to `images/NAME/boot.snapshot`; image.json then names it. boot()
+resumes from it by default.
 
 A snapshot is cached under the hash of what it is bound to (the emulator's files and
 options, the image's kernel, initrd and 9p index, memory and command line: the same
@@ -15,6 +18,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -96,9 +100,17 @@ def _make(out: Path, todo: list) -> None:
         for spec, cached in todo:
             started = time.monotonic()
             vm = session.boot(spec.get("emulator", "v86"), spec["name"], cold=True, timeout=BOOT_TIMEOUT_S)
-            vm.console.wait_for(PROMPT, timeout=BOOT_TIMEOUT_S)
+            prompt = re.escape(spec["prompt"].encode()) if spec.get("prompt") else PROMPT
+            vm.console.wait_for(prompt, timeout=BOOT_TIMEOUT_S)
+            for command in spec.get("snapshot_warmup", []):
+                r = vm.run(command, timeout=BOOT_TIMEOUT_S)
+                if r.returncode != 0:
+                    raise RuntimeError(f"{spec['name']}: the warm-up command {command!r} failed "
+                                       f"(exit {r.returncode}): {r.stderr[-500:]!r}")
             vm.console.wait_quiet(QUIET_S, timeout=BOOT_TIMEOUT_S)  # zsh draws its prompt in steps
-            data = recompress(session.python(f"result = await machines[{vm.id}].snapshot(to_bytes=True)"))
+            data = session.python(f"result = await machines[{vm.id}].snapshot(to_bytes=True)")
+            if "zstd" in backend_class(spec.get("emulator", "v86")).state_compressions:
+                data = recompress(data)
             vm.shutdown()
             tmp = cached.with_suffix(".tmp")
             tmp.write_bytes(data)

@@ -126,6 +126,8 @@ def cmd_run(args) -> int:
             stdin = f.read()
     try:
         with booted(args) as (_, vm):
+            if args.verbose:
+                print(f"pyapptron run: {booted_how(vm)}", file=sys.stderr, flush=True)
             try:
                 r = vm.run(command, timeout=args.timeout, input=stdin)
             except TimeoutExpired as exc:
@@ -147,15 +149,18 @@ def cmd_run(args) -> int:
     return r.returncode if r.returncode >= 0 else 128 - r.returncode
 
 
+def booted_how(vm) -> str:
+    how = (f"resumed from its {vm.resumed_from}; --cold boots the kernel" if vm.resumed_from
+           else "a cold boot of the kernel")
+    return f"booted {vm.emulator}/{vm.image} in {vm.boot_seconds:.1f} s ({how})"
+
+
 def cmd_demo(args) -> int:
     """Boot a VM in headless Chromium and show it working."""
     started = time.monotonic()
     try:
         with booted(args) as (_, vm):
-            how = (f"resumed from its {vm.resumed_from}; --cold boots the kernel" if vm.resumed_from
-                   else "a cold boot of the kernel")
-            print(f"booted {vm.emulator}/{vm.image} in {vm.boot_seconds:.1f} s ({how})\n"
-                  f"capabilities: {vm.capabilities.as_dict()}")
+            print(f"{booted_how(vm)}\ncapabilities: {vm.capabilities.as_dict()}")
             r = vm.run("uname -a")
             print(f"$ uname -a\n{r.stdout.decode()}", end="")
             vm.write_file("/root/hello.txt", b"hello from the host\n")
@@ -241,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("run", help="boot a VM in headless Chromium and run one command in it")
     _browser_args(p)
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="kill the command after S seconds (exit 124)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="say on stderr how the VM booted (resumed from a snapshot or cold) and how long it took")
     p.add_argument("--input-file", default=None, metavar="F", help="feed F to the command's stdin")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     p.set_defaults(func=cmd_run)
