@@ -16,7 +16,9 @@ WebSocket -> page) against a direct vm.run on the same VM, in alternating blocks
 `ping` (the same path without the VM) as the hop's cost. For snapshots (both images, each
 in a freshly loaded page): boot() call to the first run("true") answered, resumed from the
 shipped boot snapshot and cold, where the resume spends its time, and the size and save
-time of a snapshot and an in-place restore. For notebooks: opening the example notebook
+time of a snapshot and an in-place restore; `--images snapshot64` does the same for the
+c2w images (debian-x86_64, agent-x86_64), and times `claude --version` right after a
+resume against its second run. For notebooks: opening the example notebook
 in JupyterLite to its first vm.run answered. For the pytest plugin: the per-test setup
 of a fresh `vm`, resumed or cold, locally and through a Selenium Grid. For c2w (x86_64
 Bochs on WASI in a Web Worker, image debian-x86_64; not in the default run): cold boot to
@@ -163,12 +165,20 @@ window.pyapptronReady.then(p => done({load_s: p.pyapptronLoadSeconds, since_navi
 SNAPSHOT_BOOT = """
 import time
 t0 = time.perf_counter()
-vm = await pyapptron.boot("v86", IMAGE, cold=COLD)
+vm = await pyapptron.boot(EMULATOR, IMAGE, cold=COLD)
 boot_s = time.perf_counter() - t0
 await vm.run("true")
 first_run_s = time.perf_counter() - t0
 phases = vm.backend.timings()
 extra = {}
+for command in WARM:  # a large program's first start after the boot, then its second
+    t = time.perf_counter()
+    r = await vm.run(command)
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    await vm.run(command)
+    extra.setdefault("warm", {})[command] = {"first_s": first, "second_s": time.perf_counter() - t,
+                                             "exit": r.returncode}
 if SAVE:
     t = time.perf_counter()
     data = await vm.snapshot(to_bytes=True)
@@ -184,7 +194,7 @@ if SAVE:
     await vm.run("true")
     extra["restore_in_place_to_first_run_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    vm2 = await pyapptron.boot("v86", IMAGE, resume="bench")
+    vm2 = await pyapptron.boot(EMULATOR, IMAGE, resume="bench")
     await vm2.run("true")
     extra["resume_from_indexeddb_to_first_run_s"] = time.perf_counter() - t
     await vm2.shutdown()
@@ -194,17 +204,23 @@ result = dict(boot_s=boot_s, first_run_s=first_run_s, resumed=vm.resumed_from, p
 """
 
 
-def bench_snapshot(server, rounds: int = 5) -> dict:
+#: The programs whose first start after a resume is timed against their second (the c2w
+#: agent image's boot snapshot was taken after a warm-up run of them).
+WARM_COMMANDS = {"agent-x86_64": ["claude --version"]}
+
+
+def bench_snapshot(server, rounds: int = 5, engines=(("v86", "minimal"), ("v86", "agent"))) -> dict:
     out = {}
-    for image in ("minimal", "agent"):
+    for emulator, image in engines:
         resumed, cold = [], None
         for i in range(rounds + 1):
             with Browser() as browser:  # a fresh page each time: page load to exec-ready
                 session = RemoteSession(browser, server.url)
                 load = browser.driver.execute_async_script(LOAD)
                 is_cold = i == rounds
-                code = (SNAPSHOT_BOOT.replace("IMAGE", repr(image)).replace("COLD", str(is_cold))
-                        .replace("SAVE", str(i == 0)))
+                code = (SNAPSHOT_BOOT.replace("EMULATOR", repr(emulator)).replace("IMAGE", repr(image))
+                        .replace("COLD", str(is_cold)).replace("SAVE", str(i == 0))
+                        .replace("WARM", repr(WARM_COMMANDS.get(image, []))))
                 py = session.python(code)
                 py["load_s"] = load["load_s"]
                 if is_cold:
@@ -212,8 +228,9 @@ def bench_snapshot(server, rounds: int = 5) -> dict:
                 else:
                     resumed.append(py)
         snap_file = HERE.parent / "build" / "assets" / "images" / image / "boot.snapshot"
+        out.setdefault(image, {})["emulator"] = emulator
         first = [r["first_run_s"] for r in resumed]
-        out[image] = {
+        out[image] |= {
             "resumed_boot_call_to_first_run_s": {"median": round(statistics.median(first), 3),
                                                   "min": round(min(first), 3), "max": round(max(first), 3),
                                                   "n": len(first)},
@@ -232,6 +249,12 @@ def bench_snapshot(server, rounds: int = 5) -> dict:
             "restore_in_place_to_first_run_s": round(resumed[0]["restore_in_place_to_first_run_s"], 3),
             "resume_from_indexeddb_to_first_run_s": round(resumed[0]["resume_from_indexeddb_to_first_run_s"], 3),
         }
+        for command in WARM_COMMANDS.get(image, []):
+            out[image][f"after_resume: {command}"] = {
+                "first_s_median": round(statistics.median(r["warm"][command]["first_s"] for r in resumed), 3),
+                "second_s_median": round(statistics.median(r["warm"][command]["second_s"] for r in resumed), 3)}
+            out[image][f"after_cold_boot: {command}"] = {k: round(v, 3) for k, v in cold["warm"][command].items()
+                                                        if k != "exit"}
     return out
 
 
@@ -1149,7 +1172,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--images", default="minimal,agent,persist,snapshot",
                     help="what to measure (comma-separated): minimal, agent, persist (a 50 MB / 20,000-file store), "
-                         "mcp, snapshot (resume vs cold boot, both images), lab (JupyterLite notebook), "
+                         "mcp, snapshot (resume vs cold boot, both images), snapshot64 (the same for the c2w "
+                         "images, and claude --version after a resume), lab (JupyterLite notebook), "
                          "fixture (the pytest vm fixture per test: resumed, cold, through a Grid), "
                          "c2w (x86_64 Bochs on WASI: cold boot, exec, 10 MB each way in the page, real MIPS), "
                          "agent64 (the agent-x86_64 image: cold boot, bytes fetched, the agent tools' first "
@@ -1184,6 +1208,8 @@ def main() -> int:
         ("persist", "persist", lambda: bench_persist(server)),
         ("mcp", "mcp", lambda: bench_mcp(args.rounds)),
         ("snapshot", "snapshot", lambda: bench_snapshot(server)),
+        ("snapshot64", "snapshot_x86_64",
+         lambda: bench_snapshot(server, engines=(("c2w", "debian-x86_64"), ("c2w", "agent-x86_64")))),
         ("lab", "lab", bench_lab),
         ("fixture", "pytest_fixture", bench_fixture),
         ("c2w", "c2w", lambda: bench_c2w(server)),

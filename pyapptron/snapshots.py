@@ -15,7 +15,9 @@ Where snapshots live:
   `cold=True`, or cold-boots with a warning when it is missing, damaged or stale.
 
 Byte format (version 1): MAGIC (16 bytes), u32 little-endian length of the meta JSON,
-the meta JSON (UTF-8), then the payload: the emulator's state, gzip'd.
+the meta JSON (UTF-8), then the payload: the emulator's state, gzip'd (v86: one gzip
+stream, or zstd in the shipped boot snapshots; c2w: its state in segments gzip'd
+separately, emulators/common/snapshot.mjs).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
 // cross-origin isolated (COOP + COEP headers): without them start() fails with
 // an error named "NotIsolated", which Python turns into pyapptron.NotIsolated.
 
-import { checkSha256, gunzip, gzip, snapshotError } from "../common/snapshot.mjs";
+import { checkSha256, gunzipSegments, gzipSegments, snapshotError } from "../common/snapshot.mjs";
 
 const RING_DATA = 16;
 // Frames for the guest not yet taken by its card (beyond it they wait in `pending`).
@@ -130,6 +130,8 @@ export async function start(options, sinks) {
     stopped = true;
     if (retry) clearTimeout(retry);
     if (worker) worker.terminate();
+    if (launching) launching(new Error("the emulator was stopped while it started"));
+    if (saving) { saving.reject(new Error("the emulator was stopped while its state was saved")); saving = null; }
     const closing = net ? net.destroy() : netStarting ? netStarting.then((n) => n.destroy(), () => {}) : null;
     net = null;
     netStarting = null;
@@ -137,8 +139,9 @@ export async function start(options, sinks) {
   };
   // The machine's state (options.state, Bochs's patch 0012): the page asks through a
   // shared word; the worker posts the files. A snapshot restores into a new worker.
-  const control = new Int32Array(new SharedArrayBuffer(4));
-  let saving = null;  // { resolve, reject } of the save in progress
+  let control = null;   // Int32Array [1]: 1 = save now (one per run of the module)
+  let saving = null;    // { resolve, reject } of the save in progress
+  let launching = null; // rejects the start in progress (a stop or a failure ends it)
   const logTail = [];
   let logBytes = 0;
   const keepLog = (data) => {
@@ -148,14 +151,19 @@ export async function start(options, sinks) {
   };
   const logText = () => new TextDecoder().decode(concat(logTail));
   let worker = null;
+  let restoring = false;
 
   // One run of the module: a new worker (from a saved state, with `restore`).
   const launch = async (restore) => {
     worker = new Worker(worker_url, { type: "module" });
     const launched = performance.now();
+    control = new Int32Array(new SharedArrayBuffer(4));
     let firstOutput = true;
     let readyResolve, readyReject;
+    // Ready: the module runs; from a saved state, once Bochs has read it (a state it
+    // cannot use fails the start, not a later command).
     const ready = new Promise((res, rej) => { readyResolve = res; readyReject = rej; });
+    launching = readyReject;
     const ended = (why) => {
       if (saving) { saving.reject(new Error(`the machine stopped while its state was saved: ${why}`)); saving = null; }
     };
@@ -170,6 +178,9 @@ export async function start(options, sinks) {
         else keepLog(m.data);
       } else if (m.type === "net" || m.type === "net-mac") {
         toStack(m);
+      } else if (m.type === "restored") {
+        timings.restore = m.ms / 1000;  // Bochs's start from the state, to its first poll
+        readyResolve();
       } else if (m.type === "state") {
         if (saving) { saving.resolve(m); saving = null; }
       } else if (m.type === "lazy") {
@@ -180,9 +191,10 @@ export async function start(options, sinks) {
       } else if (m.type === "ready") {
         timings.fetch = m.fetchMs / 1000;
         timings.compile = m.compileMs / 1000;
-        timings.ready = (performance.now() - t0) / 1000;
-        readyResolve();
+        timings.ready = (performance.now() - launched) / 1000;
+        if (!restore) readyResolve();
       } else if (m.type === "exit") {
+        readyReject(new Error(`the emulator exited (status ${m.code}) as it started; its log: ${logText().slice(-1500)}`));
         ended(`exit status ${m.code}`);
         teardown();
         if (sinks.exit) sinks.exit(m.code, logText());
@@ -194,24 +206,35 @@ export async function start(options, sinks) {
         if (wasRunning && sinks.exit) sinks.exit(-1, logText() + "\n" + m.text);
       }
     };
-    worker.onerror = (e) => readyReject(new Error(`the c2w worker failed to load: ${e.message || e}`));
+    worker.onerror = (e) => {
+      const error = new Error(`the c2w worker failed: ${e.message || e}`);
+      readyReject(error);
+      ended(error.message);
+    };
     const transfer = Array.isArray(options.wasm) && !restore ? [wasm.buffer] : [];
     if (restore) transfer.push(restore.buffer);
     // A restore does not read what only a cold boot loads (the kernel, the initrd).
     const skip = new Set(restore && state ? state.skip_on_restore || [] : []);
     const launchFiles = Object.fromEntries(Object.entries(files).filter(([p]) => !skip.has(p)));
     worker.postMessage({ type: "start", shimUrl: shim_url, wasm, env, files: launchFiles, preopens, channels: spec,
-                         args: restore ? [...args, "-r", "/" + RESTORE_DIR] : args,
+                         args,
                          doorbell: doorbell.buffer, stderr: stderr || "log", hostchan: hostchan || null, lazy,
                          net: rings.net ? { ring: rings.net.sab } : null,
                          state: state ? { control: control.buffer, keep: state.keep || [] } : null,
                          restore: restore ? restore.state : null },
                        transfer);
-    await ready;
+    try {
+      await ready;
+    } finally {
+      launching = null;
+    }
   };
 
   try {
-    const restore = options.resume ? await unpackState(options.resume) : null;
+    const unpacking = performance.now();
+    const restore = options.resume ? await unpackState(options.resume, files, lazy, state) : null;
+    options.resume = null;  // its buffer is not needed any more
+    if (restore) timings.unpack = (performance.now() - unpacking) / 1000;
     await launch(restore);
     if (netStarting) {
       net = await netStarting;
@@ -249,20 +272,34 @@ export async function start(options, sinks) {
       });
       if (!saved.ok) throw new Error(`Bochs could not save the machine's state; its log: ${logText().slice(-800)}`);
       const { parts, size } = packState(saved);
-      const payload = await gzip(parts);
+      const payload = await gzipSegments(parts);  // hundreds of MB: in parallel
       return { payload, stateBytes: size, seconds: (performance.now() - started) / 1000 };
     },
     // Put the machine back to a snapshot: Bochs restores only at start, so a new worker
     // starts from it (the console, the network stack and the rings' owners stay).
     async restoreState(snapshot) {
       if (stopped) throw new Error("the emulator was stopped");
-      const restore = await unpackState(snapshot);  // a damaged snapshot fails here, the machine untouched
-      const old = worker;
-      worker = null;
-      old.terminate();
-      if (saving) { saving.reject(new Error("the machine was restored while its state was saved")); saving = null; }
-      spec = freshRings();
-      await launch(restore);
+      if (restoring) throw new Error("a restore of this machine is already running");
+      restoring = true;
+      try {
+        // A damaged snapshot, or one of other disks, fails here, the machine untouched.
+        const restore = await unpackState(snapshot, files, lazy, state);
+        const old = worker;
+        worker = null;
+        old.terminate();
+        if (saving) { saving.reject(new Error("the machine was restored while its state was saved")); saving = null; }
+        spec = freshRings();
+        try {
+          await launch(restore);
+        } catch (e) {  // the old machine is gone and the new one did not start: stopped
+          const wasRunning = !stopped;
+          await teardown();
+          if (wasRunning && sinks.exit) sinks.exit(-1, `${logText()}\n${e.message || e}`);
+          throw e;
+        }
+      } finally {
+        restoring = false;
+      }
     },
     async stop() {
       await teardown();
@@ -274,7 +311,6 @@ export async function start(options, sinks) {
 // MAGIC, u32 little-endian length of the JSON index, the index, then the bytes it lists
 // in its order: Bochs's files, the lazily loaded disks' written chunks, the kept files.
 const STATE_MAGIC = new TextEncoder().encode("PYC2WST1");
-const RESTORE_DIR = "pyapptron-state";
 
 function packState(saved) {
   const index = { files: [], lazy: {}, whole: {} };
@@ -292,13 +328,14 @@ function packState(saved) {
   return { parts, size: parts.reduce((n, p) => n + p.length, 0) };
 }
 
-// A snapshot ({payload, compression, sha256}) -> { state (the worker's `restore`), buffer }.
-async function unpackState(snapshot) {
+// A snapshot ({payload, compression, sha256}) -> { state (the worker's `restore`), buffer },
+// checked against this machine's files and lazy disks.
+async function unpackState(snapshot, files, lazy, stateOptions) {
   if (snapshot.compression && snapshot.compression !== "gzip") {
     throw snapshotError(`its state is ${snapshot.compression}-compressed; the c2w engine reads gzip only`);
   }
   await checkSha256(snapshot.payload, snapshot.sha256);
-  const buffer = await gunzip(snapshot.payload);
+  const buffer = await gunzipSegments(snapshot.payload);
   const bytes = new Uint8Array(buffer);
   const magicOk = bytes.length >= STATE_MAGIC.length + 4 && STATE_MAGIC.every((b, i) => bytes[i] === b);
   if (!magicOk) throw snapshotError("its state is not a c2w machine's (no c2w state header)");
@@ -322,6 +359,12 @@ async function unpackState(snapshot) {
   for (const [path, chunks] of Object.entries(index.lazy || {})) state.lazy[path] = chunks.map(([i, n]) => [i, take(n)]);
   for (const [path, n] of Object.entries(index.whole || {})) state.whole[path] = take(n);
   if (!state.files.config || !state.files["pyapptron.ram"]) throw snapshotError("its c2w state lacks Bochs's files");
+  const badName = Object.keys(state.files).find((name) => !/^[A-Za-z0-9._-]+$/.test(name) || name.startsWith(".."));
+  if (badName !== undefined) throw snapshotError(`its c2w state names a file ${JSON.stringify(badName)}`);
+  const keep = new Set((stateOptions && stateOptions.keep) || []);
+  const stranger = Object.keys(state.lazy).find((p) => !(p in lazy))
+    || Object.keys(state.whole).find((p) => !keep.has(p) || !(p in files));
+  if (stranger !== undefined) throw snapshotError(`its c2w state has a disk this machine does not: ${stranger}`);
   return { state, buffer };
 }
 

@@ -37,14 +37,14 @@
 //             have the machine's state saved (see "the machine's state" below); `keep`
 //             names the tree's files a state carries whole (small disks).
 //   restore   { files: { name: Uint8Array }, lazy: { '/abs/path': [[chunk, Uint8Array]] },
-//               whole: { '/abs/path': Uint8Array } }: a saved state to start from (the
-//             module's args say -r /pyapptron-state): Bochs's files go there, the
+//               whole: { '/abs/path': Uint8Array } }: a saved state to start from: Bochs's
+//             files go into /pyapptron-state (and its args get -r /pyapptron-state), the
 //             disks' written blocks back into the tree.
 // Out: { type: 'ready', compileMs, fetchMs }, { type: 'out', name, data },
 //      { type: 'net-mac', mac } (the card's address), { type: 'net', data } (a frame),
 //      { type: 'lazy', chunks, bytes, ms } (totals fetched on demand, after each fetch),
 //      { type: 'state', ok, files: [{ name, data }], lazy, whole } (a saved state, in
-//      restore's shape),
+//      restore's shape), { type: 'restored', ms } (Bochs has read a restore's state),
 //      { type: 'exit', code }, { type: 'error', text }.
 //
 // An input ring: Int32 [0] bytes written (total, wrapping at 2^31), [1] bytes
@@ -519,10 +519,12 @@ class MachineState {
     this.root = root;         // the tree's root Directory
     this.images = images;     // path -> LazyImage
     this.restoring = root.contents.has(RESTORE_DIR);
+    this.started = 0;         // when the module started (for the page's timings)
     root.contents.set(SAVE_DIR, new shim.Directory(new Map()));
   }
   request() {
     if (this.restoring) {  // Bochs has restored the state: its files can go, the channel runs
+      post({ type: 'restored', ms: performance.now() - this.started });
       this.root.contents.delete(RESTORE_DIR);
       this.restoring = false;
       // A wake-up the old host had promised (wakePending) is not in the state: give
@@ -563,7 +565,7 @@ function lookup(root, path) {
 }
 
 // The shim's File copies itself whole each time a write makes it longer: Bochs's saved
-// RAM, hundreds of MiB written a MiB at a time, would copy for minutes. Files grow into
+// RAM, hundreds of MiB written a MiB at a time (patch 0012's buffer), would copy for minutes. Files grow into
 // spare room here instead (doubling, as a vector does).
 function growFilesInPlace() {
   const { OpenFile } = shim;
@@ -693,14 +695,15 @@ async function start(msg) {
   shim = await import(msg.shimUrl);
   doorbell = new Int32Array(msg.doorbell);
   const modP = compileModule(msg.wasm);
-  const restore = msg.restore;
+  let restore = msg.restore;
+  msg.restore = null;  // below, only `restore` holds the state (and lets it go)
+  const restoring = !!restore;
   const files = {};
   await Promise.all(Object.entries(msg.files || {}).map(async ([p, v]) => {
     files[p] = restore && restore.whole[p] ? restore.whole[p].slice()  // as the state has it
       : typeof v === 'string' ? await fetchBytes(v)
       : v instanceof Uint8Array ? v : await fetchBytes(v.url, !!v.inflate);
   }));
-  if (restore) for (const [name, data] of Object.entries(restore.files)) files[`/${RESTORE_DIR}/${name}`] = data;
   const tFetched = performance.now();
   const module = await modP;
   const tCompiled = performance.now();
@@ -713,6 +716,14 @@ async function start(msg) {
   };
   const { root, dirAt, images } = buildTree(files, msg.lazy || {});
   if (restore) {
+    // Bochs's files, as views of the state's one buffer (the shim's File would copy):
+    // they go, and the buffer with them, once Bochs has read them (MachineState).
+    const dir = dirAt([RESTORE_DIR]);
+    for (const [name, data] of Object.entries(restore.files)) {
+      const file = new shim.File(new ArrayBuffer(0));
+      file.data = data;
+      dir.contents.set(name, file);
+    }
     for (const [path, chunks] of Object.entries(restore.lazy)) {
       const image = images.get(path);
       if (!image) throw new Error(`the saved state has written blocks of ${path}, which this machine does not have`);
@@ -720,6 +731,8 @@ async function start(msg) {
       for (const [i, bytes] of chunks) image.dirty.set(i, bytes.slice());
     }
   }
+  const args = restore ? [...(msg.args || []), '-r', `/${RESTORE_DIR}`] : msg.args;  // Bochs restores at start
+  restore = null;
   if (msg.state) {
     growFilesInPlace();
     machineState = new MachineState(msg.state, root, images);
@@ -735,7 +748,7 @@ async function start(msg) {
     if (ch.in !== undefined) byFd.set(ch.in, channelFd(ring, ch.in === ch.out ? out : null, ch.blocking, hc));
     if (ch.out !== undefined && ch.out !== ch.in) byFd.set(ch.out, channelFd(null, out, ch.blocking));
   }
-  if (restore && hostchan) hostchan.holding = true;
+  if (restoring && hostchan) hostchan.holding = true;
   for (const fd of [0, 1, 2]) {
     if (!byFd.has(fd)) {
       const out = fd === 0 ? null : sinkFor(fd === 2 ? (msg.stderr || 'stderr') : 'stdout');
@@ -754,7 +767,7 @@ async function start(msg) {
     fds.push(end);
   }
 
-  const wasi = new shim.WASI(msg.args || ['wasm'], msg.env || [], fds, { debug: false });
+  const wasi = new shim.WASI(args || ['wasm'], msg.env || [], fds, { debug: false });
   // Every import is our own JS function that calls the shim's: importing some
   // host functions directly crashed Node's V8, and several are ours anyway.
   const imports = {};
@@ -792,6 +805,7 @@ async function start(msg) {
   memory = instance.exports.memory;
   wasi.inst = instance;
   post({ type: 'ready', fetchMs: tFetched - t0, compileMs: tCompiled - tFetched });
+  if (machineState) machineState.started = performance.now();
   instance.exports._start();
   imports.proc_exit(0); // returned from main with 0
 }

@@ -33,7 +33,8 @@ SNAPSHOT_FILE = "boot.snapshot"
 #: The recipe below (what "booted" means, how it is stored); bump it to make every boot
 #: snapshot again.
 RECIPE = 2
-#: Both images' prompts: "root@pyapptron:~# " (busybox sh), "root@pyapptron ~ # " (zsh).
+#: The v86 images' prompts: "root@pyapptron:~# " (busybox sh), "root@pyapptron ~ # " (zsh);
+#: an image.json "prompt" names its own.
 PROMPT = rb"root@pyapptron[^\r\n]*# "
 QUIET_S = 2.0
 BOOT_TIMEOUT_S = 300.0
@@ -60,7 +61,11 @@ def _backend(spec: dict, assets: Assets) -> Backend:
 
 def cache_key(spec: dict, assets: Assets) -> str:
     backend = _backend(spec, assets)
-    return snapshots.digest({"binding": backend.snapshot_binding(), "format": snapshots.FORMAT, "recipe": RECIPE})
+    # What is done before the save is part of the snapshot too (the key of an image
+    # without a prompt or warm-up of its own is as it was).
+    recipe = {k: spec[k] for k in ("prompt", "snapshot_warmup") if spec.get(k)}
+    return snapshots.digest({"binding": backend.snapshot_binding(), "format": snapshots.FORMAT, "recipe": RECIPE,
+                             **({"image_recipe": recipe} if recipe else {})})
 
 
 def build(out: Path, cache: Path, force: bool = False) -> str:
