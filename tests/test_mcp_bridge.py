@@ -263,17 +263,25 @@ def test_malformed_input_is_answered_and_an_agents_setup_survives_a_restart(tmp_
 
 
 @pytest.mark.browser
-def test_an_agent_gets_the_x86_64_agent_sandbox_with_exec_and_files_but_no_snapshot_tools():
+def test_an_agent_gets_the_x86_64_agent_sandbox_with_exec_files_and_snapshots():
     mcp = McpProcess("--headless", "--emulator", "c2w", "--image", "agent-x86_64")
     try:
         mcp.request("initialize", INIT, timeout=120)
         mcp.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         tools = {t["name"] for t in mcp.request("tools/list")["result"]["tools"]}
-        assert tools == {"exec", "read_file", "write_file", "list_dir"}  # c2w cannot snapshot: not offered
+        assert tools == {"exec", "read_file", "write_file", "list_dir", "snapshot", "restore", "list_snapshots"}
         result = mcp.call("exec", {"command": "uname -m; node -p 'process.arch + \" \" + process.version.split(\".\")[0]'; "
                                               "echo err >&2; exit 3", "timeout": 300})
         assert result["structuredContent"]["stdout"] == "x86_64\nx64 v22\n", result
         assert (result["structuredContent"]["stderr"], result["structuredContent"]["exit_code"]) == ("err\n", 3)
+        # An agent saves the sandbox, breaks it, and goes back.
+        mcp.call("exec", {"command": "echo kept > /root/work.txt"})
+        saved = mcp.call("snapshot", {"name": "mcp-x86_64"})["structuredContent"]
+        assert (saved["name"], saved["image"]) == ("mcp-x86_64", "agent-x86_64")
+        mcp.call("exec", {"command": "rm /root/work.txt"})
+        mcp.call("restore", {"name": "mcp-x86_64"})
+        back = mcp.call("exec", {"command": "cat /root/work.txt"})["structuredContent"]
+        assert back["stdout"] == "kept\n", back
     finally:
         assert mcp.close() == 0
 
