@@ -50,7 +50,7 @@ class Engine:
 
 V86_CAPS = {"arch": "i686", "exec": True, "files": True, "console": True, "snapshot": True,
             "network": False, "persist": False}
-C2W_CAPS = {"arch": "x86_64", "exec": True, "files": True, "console": True, "snapshot": False,
+C2W_CAPS = {"arch": "x86_64", "exec": True, "files": True, "console": True, "snapshot": True,
             "network": False, "persist": False}
 ENGINES = {
     "v86-minimal": Engine("v86", "minimal", V86_CAPS, b"i686\n", b"\x01", b"\x03\x00", r".*-686",
