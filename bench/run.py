@@ -327,7 +327,8 @@ def bench_fixture(tests: int = 6) -> dict:
     return out
 
 
-# c2w: x86_64 Bochs compiled to WASI, in a Web Worker. No snapshots, so every boot is cold.
+# c2w: x86_64 Bochs compiled to WASI, in a Web Worker; every boot here is cold (snapshot64
+# measures its resumes).
 C2W_IMAGE = "debian-x86_64"
 # Guest seconds (/proc/uptime) across a CPU-bound shell loop, inside ONE run() call.
 # `read` is a builtin: no fork inside the timed part.

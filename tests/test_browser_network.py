@@ -122,12 +122,15 @@ def test_names_are_resolved_by_the_relay_and_host_only_resolves_only_the_host(vm
     assert relay.dns_queries >= asked + 2  # both reached the relay's resolver
 
 
-@pytest.mark.parametrize("vm", [ENGINES[0]], indirect=True, ids=["v86"])  # c2w has no snapshots yet (issue 18)
+#: What a snapshot made with a network says when it is resumed without one, per engine.
+WITHOUT_NETWORK = {"v86": "pyapptron.net=dhcp", "c2w": "emulator files and options differ"}
+
+
 def test_a_snapshot_made_with_a_network_resumes_with_one_and_a_fresh_lease(vm, pyapptron_session, allowed):
     vm.run("ip -4 addr flush dev eth0")  # a lease the resumed guest must not keep relying on
     data = vm.snapshot(to_bytes=True)
     vm.run("udhcpc -i eth0 -q -n -t 5 >/dev/null 2>&1")  # the module's machine gets its address back
-    resumed = pyapptron_session.boot("v86", "minimal", resume=data,
+    resumed = pyapptron_session.boot(vm.emulator, vm.image, resume=data,
                                      network={"internet": False, "host_ports": [allowed.port]})
     try:
         assert resumed.resumed_from == "the snapshot (bytes)"
@@ -137,5 +140,5 @@ def test_a_snapshot_made_with_a_network_resumes_with_one_and_a_fresh_lease(vm, p
     finally:
         resumed.shutdown()
     # Without a network the same snapshot is another machine: its binding says so.
-    with pytest.raises(pyapptron.SnapshotMismatch, match="pyapptron.net=dhcp"):
-        pyapptron_session.boot("v86", "minimal", resume=data)
+    with pytest.raises(pyapptron.SnapshotMismatch, match=WITHOUT_NETWORK[vm.emulator]):
+        pyapptron_session.boot(vm.emulator, vm.image, resume=data)
