@@ -12,6 +12,14 @@
  *                                        set the clock, mix the entropy on stdin
  *                                        into the kernel's pool and reseed it,
  *                                        optionally drop the page cache)
+ *        pyapptron-agent --tree-list [--upper DIR [--merged DIR]] ROOT...
+ *        pyapptron-agent --tree-read
+ *        pyapptron-agent --tree-apply [--lower DIR [--merged DIR]]
+ *                                      (the persistent layers on engines whose
+ *                                        guest keeps its own files: list, read
+ *                                        and rebuild directory trees exactly;
+ *                                        the formats are below, the host side is
+ *                                        pyapptron/persist_guest.py)
  *
  * Design: one thread, one poll() loop.  Everything the agent waits on -- the
  * channel, every child's stdout/stderr/stdin pipe, child exits (through a
@@ -28,6 +36,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -41,6 +50,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
@@ -1455,10 +1465,550 @@ static int resumed(int argc, char **argv)
     return status;
 }
 
+/* ---- persistent layers: exact trees through stdin/stdout ------------------ */
+/*
+ * The host keeps parts of the guest's tree in the browser (the persist layers).
+ * On an engine without a shared file system it reaches them through these three
+ * commands, run over the agent's own exec.  All integers are little-endian.
+ *
+ * --tree-list [--upper DIR [--merged MNT]] ROOT...: every entry under each
+ *   ROOT, pre-order, names sorted bytewise; a ROOT met inside another is left for
+ *   its own walk.  With --upper, the walk is of DIR+ROOT, an overlayfs upper
+ *   directory: only what differs from the image, with its whiteouts (kind 'w')
+ *   and opaque directories (kind 'o').  MNT is where the overlay is mounted
+ *   (default /: the guest's root), taken off ROOT before DIR goes in front.
+ *   One record per entry:
+ *     u8 kind ('d' 'o' 'f' 'l' 'w'), u32 mode, u32 uid, u32 gid, i64 mtime,
+ *     u64 size, u64 inode, i64 ctime in ns, u32 + path (as the guest sees it),
+ *     u32 + symlink target.
+ * --tree-read: NUL-terminated paths on stdin; for each, i64 size (-1: not a
+ *   regular file any more) then that many bytes (a file that shrank meanwhile
+ *   is padded with zeros; its changed ctime makes the host read it again).
+ * --tree-apply [--lower DIR [--merged MNT]]: operations on stdin, each
+ *     u8 op, u32 mode, u32 uid, u32 gid, i64 mtime, u64 size, u32 + path,
+ *     u32 + symlink target, then `size` bytes for 'F';
+ *   'R' remove (recursively; no error if absent), 'V' revert to the image
+ *   (remove, then copy DIR+path back if the image has it), 'D' directory
+ *   (kept if one is there), 'F' regular file, 'L' symlink.  Missing parents are
+ *   made.  Directory times are set last, deepest first, so that creating their
+ *   entries does not change them.  A failed operation prints "path<TAB>reason"
+ *   on stdout and the rest goes on; the exit status is then 1.
+ */
+
+#define TREE_IO (256u * 1024u)
+
+static char **tree_roots;
+static int n_tree_roots;
+static const char *tree_upper; /* NULL: the tree itself */
+static const char *tree_merged = "/";
+
+/* A path under the overlay's mount point, as seen from inside its layer DIR. */
+static char *in_layer(const char *layer, const char *path)
+{
+    size_t skip = strcmp(tree_merged, "/") == 0 ? 0 : strlen(tree_merged);
+    if (skip && (strncmp(path, tree_merged, skip) != 0 || (path[skip] != '/' && path[skip] != '\0')))
+        return NULL;
+    char *out;
+    return asprintf(&out, "%s%s", layer, path + skip) < 0 ? NULL : out;
+}
+
+/* [--upper|--lower DIR [--merged MNT]] at argv[i]: the DIR, and i moved past them. */
+static const char *layer_option(int argc, char **argv, int *i, const char *name)
+{
+    const char *dir = NULL;
+    if (*i + 1 < argc && strcmp(argv[*i], name) == 0) {
+        dir = argv[*i + 1];
+        *i += 2;
+        if (*i + 1 < argc && strcmp(argv[*i], "--merged") == 0) {
+            tree_merged = argv[*i + 1];
+            *i += 2;
+        }
+    }
+    return dir;
+}
+static FILE *tree_out;
+
+static void tree_put(const void *p, size_t n)
+{
+    if (n && fwrite(p, 1, n, tree_out) != n) {
+        perror("pyapptron-agent: stdout");
+        exit(1);
+    }
+}
+
+static void tree_put_u32(uint32_t v) { uint8_t b[4]; put_u32(b, v); tree_put(b, 4); }
+static void tree_put_u64(uint64_t v) { uint8_t b[8]; put_u64(b, v); tree_put(b, 8); }
+
+static void tree_put_str(const char *s)
+{
+    size_t n = strlen(s);
+    tree_put_u32((uint32_t)n);
+    tree_put(s, n);
+}
+
+static int tree_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static bool tree_other_root(const char *path, const char *root)
+{
+    for (int i = 0; i < n_tree_roots; i++)
+        if (strcmp(tree_roots[i], path) == 0 && strcmp(tree_roots[i], root) != 0)
+            return true;
+    return false;
+}
+
+static void tree_walk(const char *real, const char *path, const char *root)
+{
+    struct stat st;
+    if (lstat(real, &st) != 0)
+        return; /* gone meanwhile */
+    char kind;
+    char target[4097] = "";
+    if (S_ISDIR(st.st_mode)) {
+        char v[2];
+        kind = tree_upper && lgetxattr(real, "trusted.overlay.opaque", v, sizeof v) == 1 && v[0] == 'y' ? 'o' : 'd';
+    } else if (S_ISREG(st.st_mode)) {
+        kind = 'f';
+    } else if (S_ISLNK(st.st_mode)) {
+        ssize_t n = readlink(real, target, sizeof target - 1);
+        if (n < 0)
+            return;
+        target[n] = '\0';
+        kind = 'l';
+    } else if (tree_upper && S_ISCHR(st.st_mode) && st.st_rdev == 0) {
+        kind = 'w';
+    } else {
+        return; /* sockets, fifos, devices: not kept */
+    }
+    uint8_t k = (uint8_t)kind;
+    tree_put(&k, 1);
+    tree_put_u32((uint32_t)st.st_mode);
+    tree_put_u32((uint32_t)st.st_uid);
+    tree_put_u32((uint32_t)st.st_gid);
+    tree_put_u64((uint64_t)(int64_t)st.st_mtim.tv_sec);
+    tree_put_u64(kind == 'f' ? (uint64_t)st.st_size : 0);
+    tree_put_u64((uint64_t)st.st_ino);
+    tree_put_u64((uint64_t)((int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec));
+    tree_put_str(path);
+    tree_put_str(target);
+    if (kind != 'd' && kind != 'o')
+        return;
+    DIR *dir = opendir(real);
+    if (dir == NULL)
+        return;
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *de;
+    while ((de = readdir(dir)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 64;
+            names = realloc(names, cap * sizeof *names);
+            if (names == NULL) {
+                perror("pyapptron-agent");
+                exit(1);
+            }
+        }
+        names[n++] = strdup(de->d_name);
+    }
+    closedir(dir);
+    qsort(names, n, sizeof *names, tree_cmp);
+    for (size_t i = 0; i < n; i++) {
+        char *child_real, *child_path;
+        if (asprintf(&child_real, "%s/%s", real, names[i]) < 0
+            || asprintf(&child_path, "%s/%s", strcmp(path, "/") == 0 ? "" : path, names[i]) < 0) {
+            perror("pyapptron-agent");
+            exit(1);
+        }
+        if (!tree_other_root(child_path, root))
+            tree_walk(child_real, child_path, root);
+        free(child_real);
+        free(child_path);
+        free(names[i]);
+    }
+    free(names);
+}
+
+static int tree_list(int argc, char **argv)
+{
+    int i = 2;
+    tree_upper = layer_option(argc, argv, &i, "--upper");
+    tree_roots = argv + i;
+    n_tree_roots = argc - i;
+    for (int r = 0; r < n_tree_roots; r++) {
+        if (tree_roots[r][0] != '/') {
+            fprintf(stderr, "pyapptron-agent: %s is not an absolute path\n", tree_roots[r]);
+            return 2;
+        }
+        char *real = tree_upper ? in_layer(tree_upper, tree_roots[r]) : strdup(tree_roots[r]);
+        if (real == NULL) {
+            fprintf(stderr, "pyapptron-agent: %s is not under the overlay's mount point %s\n", tree_roots[r], tree_merged);
+            return 2;
+        }
+        tree_walk(real, tree_roots[r], tree_roots[r]);
+        free(real);
+    }
+    return fflush(tree_out) == 0 ? 0 : 1;
+}
+
+static int tree_read(void)
+{
+    static uint8_t buf[TREE_IO];
+    char *path = NULL;
+    size_t cap = 0;
+    while (getdelim(&path, &cap, '\0', stdin) > 0) {
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+        struct stat st;
+        if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+            tree_put_u64((uint64_t)(int64_t)-1);
+            if (fd >= 0)
+                close(fd);
+            continue;
+        }
+        uint64_t left = (uint64_t)st.st_size;
+        tree_put_u64(left);
+        while (left > 0) {
+            size_t want = left < sizeof buf ? (size_t)left : sizeof buf;
+            ssize_t got = read(fd, buf, want);
+            if (got < 0 && errno == EINTR)
+                continue;
+            if (got <= 0) { /* shrank (or failed) meanwhile: pad */
+                memset(buf, 0, want);
+                got = (ssize_t)want;
+            }
+            tree_put(buf, (size_t)got);
+            left -= (uint64_t)got;
+        }
+        close(fd);
+    }
+    free(path);
+    return fflush(tree_out) == 0 ? 0 : 1;
+}
+
+/* -- apply -- */
+
+struct dir_time {
+    char *path;
+    int64_t mtime;
+};
+static struct dir_time *dir_times;
+static size_t n_dir_times, dir_times_cap;
+static int tree_failures;
+
+static void defer_dir_time(const char *path, int64_t mtime)
+{
+    if (n_dir_times == dir_times_cap) {
+        dir_times_cap = dir_times_cap ? dir_times_cap * 2 : 256;
+        dir_times = realloc(dir_times, dir_times_cap * sizeof *dir_times);
+        if (dir_times == NULL) {
+            perror("pyapptron-agent");
+            exit(1);
+        }
+    }
+    dir_times[n_dir_times++] = (struct dir_time){strdup(path), mtime};
+}
+
+static void tree_fail(const char *path, const char *what, int err)
+{
+    fprintf(tree_out, "%s\t%s: %s\n", path, what, strerror(err));
+    tree_failures++;
+}
+
+static int remove_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st; (void)ftw;
+    if (flag == FTW_DP ? rmdir(path) : unlink(path))
+        return errno == ENOENT ? 0 : -1;
+    return 0;
+}
+
+/* rm -rf: 0 or an errno value. */
+static int remove_tree(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0)
+        return errno == ENOENT ? 0 : errno;
+    if (!S_ISDIR(st.st_mode))
+        return unlink(path) == 0 || errno == ENOENT ? 0 : errno;
+    return nftw(path, remove_one, 32, FTW_DEPTH | FTW_PHYS) == 0 ? 0 : errno;
+}
+
+static void make_parents(const char *path)
+{
+    char *copy = strdup(path);
+    for (char *p = copy + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        mkdir(copy, 0755);
+        *p = '/';
+    }
+    free(copy);
+}
+
+static void set_link_times(const char *path, int64_t mtime)
+{
+    struct timespec t[2] = {{(time_t)mtime, 0}, {(time_t)mtime, 0}};
+    utimensat(AT_FDCWD, path, t, AT_SYMLINK_NOFOLLOW);
+}
+
+/* Copies data between descriptors: 0 or an errno value. */
+static int copy_fd(int in, int out, uint64_t size, bool pad)
+{
+    static uint8_t buf[TREE_IO];
+    while (size > 0) {
+        size_t want = size < sizeof buf ? (size_t)size : sizeof buf;
+        ssize_t got = read(in, buf, want);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            return errno;
+        if (got == 0) {
+            if (!pad)
+                return EIO;
+            memset(buf, 0, want);
+            got = (ssize_t)want;
+        }
+        int err = out >= 0 ? write_all(out, buf, (size_t)got) : 0;
+        if (err)
+            return err;
+        size -= (uint64_t)got;
+    }
+    return 0;
+}
+
+static int put_file(const char *path, uint32_t mode, uint32_t uid, uint32_t gid, int64_t mtime,
+                    int in, uint64_t size, bool pad)
+{
+    struct stat st;
+    if (lstat(path, &st) == 0 && remove_tree(path) != 0)
+        return errno;
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        int err = errno;
+        copy_fd(in, -1, size, pad); /* keep the stream in step */
+        return err;
+    }
+    int err = copy_fd(in, fd, size, pad);
+    if (!err && fchown(fd, uid, gid) != 0)
+        err = errno;
+    if (!err && fchmod(fd, mode & 07777) != 0)
+        err = errno;
+    struct timespec t[2] = {{(time_t)mtime, 0}, {(time_t)mtime, 0}};
+    if (!err && futimens(fd, t) != 0)
+        err = errno;
+    close(fd);
+    return err;
+}
+
+static int put_dir(const char *path, uint32_t mode, uint32_t uid, uint32_t gid, int64_t mtime)
+{
+    struct stat st;
+    if (lstat(path, &st) == 0 && !S_ISDIR(st.st_mode) && remove_tree(path) != 0)
+        return errno;
+    if (mkdir(path, 0700) != 0 && errno != EEXIST)
+        return errno;
+    if (lchown(path, uid, gid) != 0 || chmod(path, mode & 07777) != 0)
+        return errno;
+    defer_dir_time(path, mtime);
+    return 0;
+}
+
+static int put_link(const char *path, const char *target, uint32_t uid, uint32_t gid, int64_t mtime)
+{
+    int err = remove_tree(path);
+    if (err)
+        return err;
+    if (symlink(target, path) != 0 || lchown(path, uid, gid) != 0)
+        return errno;
+    set_link_times(path, mtime);
+    return 0;
+}
+
+static const char *revert_from, *revert_to;
+
+static int revert_one(const char *from, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)flag; (void)ftw;
+    char *to;
+    if (asprintf(&to, "%s%s", revert_to, from + strlen(revert_from)) < 0)
+        return -1;
+    int err = 0;
+    if (S_ISDIR(st->st_mode)) {
+        err = put_dir(to, st->st_mode, st->st_uid, st->st_gid, st->st_mtim.tv_sec);
+    } else if (S_ISREG(st->st_mode)) {
+        int in = open(from, O_RDONLY | O_CLOEXEC);
+        err = in < 0 ? errno : put_file(to, st->st_mode, st->st_uid, st->st_gid, st->st_mtim.tv_sec,
+                                        in, (uint64_t)st->st_size, true);
+        if (in >= 0)
+            close(in);
+    } else if (S_ISLNK(st->st_mode)) {
+        char target[4097];
+        ssize_t n = readlink(from, target, sizeof target - 1);
+        if (n < 0) {
+            err = errno;
+        } else {
+            target[n] = '\0';
+            err = put_link(to, target, st->st_uid, st->st_gid, st->st_mtim.tv_sec);
+        }
+    }
+    if (err)
+        tree_fail(to, "reverting to the image", err);
+    free(to);
+    return 0;
+}
+
+/* Reads past `size` bytes of stdin (the data of an operation not carried out). */
+static bool skip_input(uint64_t size)
+{
+    static uint8_t buf[TREE_IO];
+    while (size > 0) {
+        size_t got = fread(buf, 1, size < sizeof buf ? (size_t)size : sizeof buf, stdin);
+        if (got == 0) {
+            fprintf(stderr, "pyapptron-agent: --tree-apply: the data ends early\n");
+            return false;
+        }
+        size -= got;
+    }
+    return true;
+}
+
+static int tree_apply(int argc, char **argv)
+{
+    int i = 2;
+    const char *lower = layer_option(argc, argv, &i, "--lower");
+    uint8_t h[33];
+    while (fread(h, 1, sizeof h, stdin) == sizeof h) {
+        uint8_t op = h[0];
+        uint32_t mode = get_u32(h + 1), uid = get_u32(h + 5), gid = get_u32(h + 9);
+        int64_t mtime = (int64_t)((uint64_t)get_u32(h + 13) | (uint64_t)get_u32(h + 17) << 32);
+        uint64_t size = (uint64_t)get_u32(h + 21) | (uint64_t)get_u32(h + 25) << 32;
+        uint32_t path_len = get_u32(h + 29);
+        char *path = malloc((size_t)path_len + 1);
+        uint8_t lb[4];
+        if (path == NULL || fread(path, 1, path_len, stdin) != path_len || fread(lb, 1, 4, stdin) != 4) {
+            fprintf(stderr, "pyapptron-agent: --tree-apply: the operations end mid-record\n");
+            return 2;
+        }
+        path[path_len] = '\0';
+        uint32_t link_len = get_u32(lb);
+        char *target = malloc((size_t)link_len + 1);
+        if (target == NULL || fread(target, 1, link_len, stdin) != link_len) {
+            fprintf(stderr, "pyapptron-agent: --tree-apply: the operations end mid-record\n");
+            return 2;
+        }
+        target[link_len] = '\0';
+        int err = 0;
+        const char *what = "";
+        if (path[0] != '/' || strstr(path, "/../") != NULL) {
+            err = EINVAL;
+            what = "not an absolute path";
+            if (op == 'F' && !skip_input(size))
+                return 2;
+        } else if (op == 'R') {
+            what = "removing";
+            err = remove_tree(path);
+        } else if (op == 'V') {
+            what = "reverting to the image";
+            err = remove_tree(path);
+            char *from;
+            struct stat st;
+            if (!err && lower != NULL && (from = in_layer(lower, path)) != NULL) {
+                if (lstat(from, &st) == 0) {
+                    revert_from = from;
+                    revert_to = path;
+                    if (nftw(from, revert_one, 32, FTW_PHYS) != 0)
+                        err = errno;
+                }
+                free(from);
+            }
+        } else {
+            make_parents(path);
+            if (op == 'D') {
+                what = "making the directory";
+                err = put_dir(path, mode, uid, gid, mtime);
+            } else if (op == 'L') {
+                what = "making the symlink";
+                err = put_link(path, target, uid, gid, mtime);
+            } else if (op == 'F') {
+                what = "writing the file";
+                /* The data follows in stdin's buffer: read it through stdio. */
+                int fd = -1;
+                struct stat st;
+                if (lstat(path, &st) == 0 && (err = remove_tree(path)) != 0) {
+                } else if ((fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600)) < 0) {
+                    err = errno;
+                }
+                static uint8_t buf[TREE_IO];
+                uint64_t left = size;
+                while (left > 0) {
+                    size_t want = left < sizeof buf ? (size_t)left : sizeof buf;
+                    size_t got = fread(buf, 1, want, stdin);
+                    if (got == 0) {
+                        fprintf(stderr, "pyapptron-agent: --tree-apply: %s: its data ends early\n", path);
+                        return 2;
+                    }
+                    if (fd >= 0 && !err)
+                        err = write_all(fd, buf, got);
+                    left -= got;
+                }
+                struct timespec t[2] = {{(time_t)mtime, 0}, {(time_t)mtime, 0}};
+                if (fd >= 0) {
+                    if (!err && fchown(fd, uid, gid) != 0)
+                        err = errno;
+                    if (!err && fchmod(fd, mode & 07777) != 0)
+                        err = errno;
+                    if (!err && futimens(fd, t) != 0)
+                        err = errno;
+                    close(fd);
+                }
+            } else {
+                err = EINVAL;
+                what = "unknown operation";
+            }
+        }
+        if (err)
+            tree_fail(path, what, err);
+        free(path);
+        free(target);
+    }
+    if (!feof(stdin)) {
+        fprintf(stderr, "pyapptron-agent: --tree-apply: the operations end mid-record\n");
+        return 2;
+    }
+    for (size_t i = n_dir_times; i-- > 0;) {
+        set_link_times(dir_times[i].path, dir_times[i].mtime);
+        free(dir_times[i].path);
+    }
+    fflush(tree_out);
+    return tree_failures ? 1 : 0;
+}
+
+static int tree_command(int argc, char **argv)
+{
+    tree_out = stdout;
+    setvbuf(stdout, NULL, _IOFBF, TREE_IO);
+    if (strcmp(argv[1], "--tree-list") == 0)
+        return tree_list(argc, argv);
+    if (strcmp(argv[1], "--tree-read") == 0)
+        return tree_read();
+    return tree_apply(argc, argv);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "--resumed") == 0)
         return resumed(argc, argv);
+    if (argc > 1 && strncmp(argv[1], "--tree-", 7) == 0) {
+        if (strcmp(argv[1], "--tree-list") && strcmp(argv[1], "--tree-read") && strcmp(argv[1], "--tree-apply")) {
+            fprintf(stderr, "pyapptron-agent: unknown option %s\n", argv[1]);
+            return 2;
+        }
+        return tree_command(argc, argv);
+    }
     const char *dev = argc > 1 ? argv[1] : "/dev/hvc0";
     ensure_std_fds();
     setup_signals();
