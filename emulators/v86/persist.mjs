@@ -1,68 +1,14 @@
 // Persistent layers for v86: parts of the guest's 9p tree kept in IndexedDB.
 //
-// A layer is a set of guest paths (directories). Its committed version is one record
-// in the store's "layers" object store: the entries of those trees, in walk order,
-// [path, mode, uid, gid, mtime, size, ref], where ref names a record in "blobs" (a
-// regular file's bytes) or is a symlink's target. A sync writes the new files' blobs
-// first, then swaps the layer records and drops the blobs no record names, in ONE
-// transaction: a tab killed at any point leaves either the old version or the new
-// one, never a mix. The data never passes through Python; pyapptron.persist (plain
-// Python) owns the policy, this file the bytes.
+// A layer is a set of guest paths (directories). The store, its record format and its
+// atomic versions are every engine's (emulators/common/persist_store.mjs); this file is
+// v86's byte path: the 9p tree lives in the page, so a sync walks it here and a restore
+// rebuilds it before the CPU starts. The data never passes through Python;
+// pyapptron.persist (plain Python) owns the policy.
 
-const S_IFMT = 0o170000, S_IFDIR = 0o040000, S_IFREG = 0o100000, S_IFLNK = 0o120000;
-const FORMAT = 1;
-// Blobs are written in transactions of about this many bytes (one huge transaction
-// holds all of its data in memory until it commits).
-const BLOB_BATCH_BYTES = 32 << 20;
+import { LayerStore, S_IFMT, S_IFDIR, S_IFREG, S_IFLNK, FORMAT, fileRefs, newRef, validRecord }
+  from "../common/persist_store.mjs";
 
-const request = (req) => new Promise((resolve, reject) => {
-  req.onsuccess = () => resolve(req.result);
-  req.onerror = () => reject(req.error);
-});
-const finished = (tx) => new Promise((resolve, reject) => {
-  tx.oncomplete = () => resolve();
-  tx.onerror = () => reject(tx.error);
-  tx.onabort = () => reject(tx.error || new DOMException("the transaction was aborted", "AbortError"));
-});
-
-function typedError(err) {
-  // A JS error's name is the pyapptron error class it becomes (pyapptron._browser.JS_ERRORS).
-  if (err && err.name === "QuotaExceededError") {
-    return Object.assign(new Error(err.message), { name: "PersistQuotaExceeded" });
-  }
-  return err;
-}
-
-export function dbName(store) { return `pyapptron-persist:${store}`; }
-
-async function openDb(store) {
-  const req = indexedDB.open(dbName(store), 1);
-  req.onupgradeneeded = () => {
-    req.result.createObjectStore("blobs");
-    req.result.createObjectStore("layers");
-  };
-  return await request(req);
-}
-
-// One tab (or machine) at a time per store: a second writer would drop the first's blobs.
-async function holdLock(store) {
-  if (!globalThis.navigator || !navigator.locks) return () => {};
-  let release;
-  const held = new Promise((resolve) => { release = resolve; });
-  const got = await new Promise((resolve) => {
-    navigator.locks.request(dbName(store), { ifAvailable: true }, (lock) => {
-      resolve(lock !== null);
-      return lock ? held : undefined;
-    });
-  });
-  if (!got) {
-    throw Object.assign(new Error(`the persist store '${store}' is in use by another machine (in this page or ` +
-      "another tab): shut that one down, or boot with another store name"), { name: "PersistLocked" });
-  }
-  return release;
-}
-
-const uid = () => (crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`);
 const dirname = (p) => p.slice(0, p.lastIndexOf("/")) || "/";
 const basename = (p) => p.slice(p.lastIndexOf("/") + 1);
 
@@ -81,22 +27,19 @@ export class PersistSession {
     this.detached = new Set(); // layers reset in this session: no longer synced
     this.quiet = false;
     this.dirty = false;
-    this.phase = "idle";
+    this.walking = false;
     this.chain = Promise.resolve();
   }
 
   static async open(fs, store, layers, notify) {
     const session = new PersistSession(fs, store, layers, notify);
-    session.release = await holdLock(store);
-    try {
-      session.db = await openDb(store);
-    } catch (e) {
-      session.release();
-      throw e;
-    }
+    session.db = await LayerStore.open(store);
     session.watch();
     return session;
   }
+
+  // "idle", "walk", "blobs", "commit": for tests that kill a sync halfway.
+  get phase() { return this.walking ? "walk" : this.db ? this.db.phase : "idle"; }
 
   close() {
     if (this.onLeave) {
@@ -105,8 +48,6 @@ export class PersistSession {
     }
     if (this.db) this.db.close();
     this.db = null;
-    if (this.release) this.release();
-    this.release = null;
   }
 
   // Every guest write through 9p ends in one of these: wrap them on this instance.
@@ -146,28 +87,9 @@ export class PersistSession {
   }
 
   // ---- reading the store -------------------------------------------------------
-  async records() {
-    const tx = this.db.transaction("layers", "readonly");
-    const os = tx.objectStore("layers");
-    const [keys, values] = await Promise.all([request(os.getAllKeys()), request(os.getAll())]);
-    const out = {};
-    keys.forEach((k, i) => { out[k] = values[i]; });
-    return out;
-  }
-
-  async blobs(refs) {
-    const out = new Map();
-    if (!refs.length) return out;
-    const tx = this.db.transaction("blobs", "readonly");
-    const os = tx.objectStore("blobs");
-    await Promise.all(refs.map(async (ref) => { out.set(ref, await request(os.get(ref))); }));
-    return out;
-  }
-
-  async readBlob(ref) {
-    const found = (await this.blobs([ref])).get(ref);
-    return found instanceof Uint8Array ? found : null;
-  }
+  records() { return this.db.records(); }
+  blobs(refs) { return this.db.blobs(refs); }
+  readBlob(ref) { return this.db.readBlob(ref); }
 
   // After the emulator's 9p tree was replaced (a snapshot restored in place): what this
   // session knew of inodes is about another tree.
@@ -299,57 +221,27 @@ export class PersistSession {
   async syncNow() {
     const started = performance.now();
     this.dirty = false;
-    this.phase = "walk"; // then "blobs", "commit", "idle": for tests that kill a sync halfway
-    try {
-      return await this.syncSteps(started);
-    } finally {
-      this.phase = "idle";
-    }
-  }
-
-  async syncSteps(started) {
-    const fs = this.fs;
+    this.walking = true;
     const pending = new Map(); // ref -> Uint8Array
     const fresh = new Map(); // inode id -> {ref, size, generation}: known once committed
     const records = {};
-    let files = 0, bytes = 0, written = 0;
-    for (const layer of this.layers) {
-      if (this.detached.has(layer.name)) continue;
-      const entries = [];
-      for (const root of layer.paths) {
-        const id = this.lookup(root);
-        if (id === -1) continue;
-        await this.walk(root, id, entries, pending, fresh, root);
-      }
-      for (const e of entries) if ((e[1] & S_IFMT) === S_IFREG) { files += 1; bytes += e[5]; }
-      records[layer.name] = { format: FORMAT, paths: layer.paths, entries, committed: Date.now() };
-    }
-    // The bytes first, in batches; nothing names them until the commit below.
-    let batch = [], batchBytes = 0;
-    const flush = async () => {
-      if (!batch.length) return;
-      const tx = this.db.transaction("blobs", "readwrite");
-      const os = tx.objectStore("blobs");
-      for (const [ref, data] of batch) os.put(data, ref);
-      await finished(tx);
-      batch = [];
-      batchBytes = 0;
-    };
-    this.phase = "blobs";
+    let files = 0, bytes = 0;
     try {
-      for (const [ref, data] of pending) {
-        batch.push([ref, data]);
-        batchBytes += data.length;
-        written += data.length;
-        if (batchBytes >= BLOB_BATCH_BYTES) await flush();
+      for (const layer of this.layers) {
+        if (this.detached.has(layer.name)) continue;
+        const entries = [];
+        for (const root of layer.paths) {
+          const id = this.lookup(root);
+          if (id === -1) continue;
+          await this.walk(root, id, entries, pending, fresh, root);
+        }
+        for (const e of entries) if ((e[1] & S_IFMT) === S_IFREG) { files += 1; bytes += e[5]; }
+        records[layer.name] = { format: FORMAT, paths: layer.paths, entries, committed: Date.now() };
       }
-      await flush();
-      this.phase = "commit";
-      await this.commit(records, []);
-    } catch (e) {
-      // What the store had committed before stays; the blobs written here are dropped by the next commit.
-      throw typedError(e);
+    } finally {
+      this.walking = false;
     }
+    const written = await this.db.writeVersion(records, pending);
     for (const [id, info] of fresh) {
       if ((this.generation.get(id) || 0) === info.generation) this.known.set(id, { ref: info.ref, size: info.size });
     }
@@ -370,7 +262,7 @@ export class PersistSession {
         else {
           const generation = this.generation.get(id) || 0;
           const data = await fs.get_data(id, 0, size);
-          ref = uid();
+          ref = newRef();
           pending.set(ref, data ? data.slice(0, size) : new Uint8Array(size));
           fresh.set(id, { ref, size, generation });
         }
@@ -391,24 +283,11 @@ export class PersistSession {
     }
   }
 
-  // Swap layer records (a null record deletes the layer) and drop unnamed blobs, atomically.
-  async commit(records, deleted) {
-    const tx = this.db.transaction(["layers", "blobs"], "readwrite");
-    const layersOs = tx.objectStore("layers");
-    const blobsOs = tx.objectStore("blobs");
-    for (const [name, record] of Object.entries(records)) layersOs.put(record, name);
-    for (const name of deleted) layersOs.delete(name);
-    const [values, blobKeys] = await Promise.all([request(layersOs.getAll()), request(blobsOs.getAllKeys())]);
-    const named = new Set(values.filter(validRecord).flatMap((record) => fileRefs(record.entries)));
-    for (const key of blobKeys) if (!named.has(key)) blobsOs.delete(key);
-    await finished(tx);
-  }
-
   // ---- management ------------------------------------------------------------------
   reset(name) {
     return this.serial(async () => {
       this.detached.add(name);
-      await this.commit({}, [name]);
+      await this.db.reset(name);
     });
   }
 
@@ -451,18 +330,5 @@ export class PersistSession {
     return true;
   }
 
-  async estimate() {
-    if (!globalThis.navigator || !navigator.storage || !navigator.storage.estimate) return null;
-    const { usage, quota } = await navigator.storage.estimate();
-    return { usage, quota };
-  }
-}
-
-// The blobs a record's entries name (regular files with bytes).
-const fileRefs = (entries) => entries.filter((e) => (e[1] & S_IFMT) === S_IFREG && e[5] > 0).map((e) => e[6]);
-
-function validRecord(record) {
-  return record && typeof record === "object" && record.format === FORMAT && Array.isArray(record.entries)
-    && Array.isArray(record.paths) && record.entries.every((e) => Array.isArray(e) && e.length === 7
-      && typeof e[0] === "string" && Number.isInteger(e[1]) && Number.isInteger(e[5]));
+  estimate() { return this.db.estimate(); }
 }
