@@ -564,7 +564,7 @@ def bench_qemu_wasm(server, rounds: int = 200, boots: int = 5, repeats: int = 3)
 # Persistence: a store of 50 MB in 20,000 files (made once, by import), then the figures.
 PERSIST_MAKE = """
 import io, random, tarfile, time
-vm = await pyapptron.boot("v86", "minimal", persist="bench", memory_mib=256)
+vm = await pyapptron.boot(EMULATOR, IMAGE, persist="bench", memory_mib=MEMORY)
 buf = io.BytesIO()
 rng = random.Random(7)
 with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -594,7 +594,7 @@ result = {"import_and_first_sync_s": first_sync_s, "sync_64MB_s": sync_64mb_s, "
 PERSIST_MEASURE = """
 import asyncio, statistics, time
 t = time.perf_counter()
-vm = await pyapptron.boot("v86", "minimal", persist="bench", memory_mib=256)
+vm = await pyapptron.boot(EMULATOR, IMAGE, persist="bench", memory_mib=MEMORY)
 boot_s = time.perf_counter() - t
 restored = vm.persist.restored["persist"]
 async def latencies(n):
@@ -620,24 +620,31 @@ result = {"boot_s": boot_s, "restored": restored, "quiet_ms": quiet, "during_ms"
 PLAIN_BOOT = """
 import time
 t = time.perf_counter()
-vm = await pyapptron.boot("v86", "minimal", memory_mib=256)
+vm = await pyapptron.boot(EMULATOR, IMAGE, memory_mib=MEMORY)
 result = time.perf_counter() - t
 await vm.shutdown()
 """
 
 
-def bench_persist(server) -> dict:
+def bench_persist(server, emulator: str = "v86", image: str = "minimal", memory_mib: int = 256) -> dict:
+    """A store of 20,000 files: import, syncs, boot with it, exec latency during a sync.
+    On c2w the guest keeps the files in its RAM (memory_mib must hold them)."""
     import tempfile
+
+    def code(template):
+        return (template.replace("EMULATOR", repr(emulator)).replace("IMAGE", repr(image))
+                .replace("MEMORY", str(memory_mib)))
 
     with tempfile.TemporaryDirectory() as profile:
         with Browser(BrowserConfig(profile_dir=profile)) as browser:
-            made = RemoteSession(browser, server.url, autoboot=False).python(PERSIST_MAKE)
+            made = RemoteSession(browser, server.url, autoboot=False).python(code(PERSIST_MAKE))
         with Browser(BrowserConfig(profile_dir=profile)) as browser:  # a browser restart
             session = RemoteSession(browser, server.url, autoboot=False)
-            plain = session.python(PLAIN_BOOT)
-            py = session.python(PERSIST_MEASURE)
+            plain = session.python(code(PLAIN_BOOT))
+            py = session.python(code(PERSIST_MEASURE))
     q, d = py["quiet_ms"], py["during_ms"]
     return {
+        "machine": f"{emulator}/{image}, {memory_mib} MiB",
         "store": {"files": py["restored"]["files"], "MB": round(py["restored"]["bytes"] / 1e6, 1)},
         "boot_with_store_s": round(py["boot_s"], 3),
         "boot_without_store_s": round(plain, 3),
@@ -1207,6 +1214,7 @@ def main() -> int:
         ("minimal", None, lambda: bench_minimal(server, args.rounds)),
         ("agent", "agent", lambda: bench_agent(server)),
         ("persist", "persist", lambda: bench_persist(server)),
+        ("persist64", "persist_x86_64", lambda: bench_persist(server, "c2w", "agent-x86_64", 1024)),
         ("mcp", "mcp", lambda: bench_mcp(args.rounds)),
         ("snapshot", "snapshot", lambda: bench_snapshot(server)),
         ("snapshot64", "snapshot_x86_64",

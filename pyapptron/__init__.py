@@ -117,7 +117,7 @@ async def boot(
     options = {key: _browser.from_page(value) for key, value in options.items()}
     persist_spec = Persist.from_option(persist)
     if persist_spec is not None and not cls.persist_supported:
-        raise NotSupported(f"{emulator} cannot keep files across reloads (persist=); use v86")
+        raise NotSupported(f"{emulator} cannot keep files across reloads (persist=); use v86 or c2w")
     network_spec = Network.from_option(_browser.from_page(network))
     if network_spec is not None and not cls.network_supported:
         raise NotSupported(f"{emulator} has no network yet (network=); use v86 or c2w")

@@ -104,6 +104,11 @@ class Machine:
         self._booted = True
 
     async def _start_and_wait(self) -> None:
+        await self._start_guest()
+        if self._persist is not None and self.capabilities.exec:
+            await self._persist.start(self._agent)  # the layers are in place before boot() returns
+
+    async def _start_guest(self) -> None:
         resume = self._resume
         try:
             await self.backend.start(self.console.feed, self._agent.feed, resume=resume)
@@ -120,7 +125,8 @@ class Machine:
             exit_future.add_done_callback(self._program_exited)
         store = self.backend.persist_store
         if store is not None:
-            flush = self._flush_guest if self.capabilities.exec else None
+            # A store that sees the guest's files from outside must have the guest's caches flushed.
+            flush = self._flush_guest if self.capabilities.exec and not getattr(store, "through_agent", False) else None
             self._persist = PersistedFiles(self.backend.persist, store, guest_sync=flush)
         if resume is not None:
             # The terminal shows what it showed when the snapshot was made (the guest will
@@ -223,6 +229,13 @@ class Machine:
         if self._persist is not None and not self._closed:
             self._persist.changed()
 
+    def _guest_may_write(self) -> None:
+        # Where the store cannot see the guest's writes (c2w), a command or a file may
+        # have changed the layers: the automatic sync follows a quiet spell. At the start
+        # too, so that a long command's early writes are kept while it runs.
+        if self._persist is not None and self._persist.through_agent:
+            self._persist_changed()
+
     @property
     def persist(self) -> PersistedFiles:
         """The persistent layers (boot(..., persist=True)): sync(), usage(), export(), import_(), reset()."""
@@ -280,6 +293,8 @@ class Machine:
                 raise BootError(f"the guest agent did not answer within {RESTORE_AGENT_TIMEOUT_S} s of "
                                 f"restoring {resume.label}; shut the machine down and boot a new one") from None
             await self._after_resume()
+            if self._persist is not None:
+                await self._persist.start(self._agent)  # the layers come from the store, as on a resume
         self.resumed_from = resume.label
 
     async def shutdown(self) -> None:
@@ -350,8 +365,12 @@ class Machine:
             input = input.encode(enc)
         elif input is not None and not isinstance(input, (bytes, bytearray, memoryview)):
             raise InvalidOption(f"input must be bytes or str, not {type(input).__name__}")
-        outcome = await self._exec.run(args, argv, timeout=timeout, input=None if input is None else bytes(input),
-                                       cwd=cwd, env=env)
+        self._guest_may_write()
+        try:
+            outcome = await self._exec.run(args, argv, timeout=timeout, input=None if input is None else bytes(input),
+                                           cwd=cwd, env=env)
+        finally:
+            self._guest_may_write()
         if outcome.timed_out:
             raise TimeoutExpired(args, timeout, _maybe_decode(outcome.stdout, decode, enc, "replace"),
                                  _maybe_decode(outcome.stderr, decode, enc, "replace"))
@@ -377,6 +396,7 @@ class Machine:
         if isinstance(mode, bool) or not isinstance(mode, int) or not 0 < mode <= 0o7777:
             raise InvalidOption(f"mode must be a permission number like 0o644 (1 to 0o7777), not {mode!r}")
         await self._agent.write_file(_path(path), bytes(data), mode)
+        self._guest_may_write()
 
     async def list_dir(self, path: str = "/") -> list[DirEntry]:
         """The directory's entries (name, type, size, mode, mtime), sorted by name."""

@@ -12,9 +12,11 @@ plus any layer you name (`Persist(paths={"work": "/srv/work"})`). The store keep
 committed version of each layer; `await vm.persist.sync()` makes a new one, atomically.
 
 This module is plain Python (unit-tested in CPython): the option, the layers, the
-auto-sync policy, usage, and tar export/import. The bytes live in the emulator's
-adapter (emulators/v86/persist.mjs) and never cross into Python except for
-export/import.
+auto-sync policy, usage, and tar export/import. Every engine keeps the layers in the
+same store (emulators/common/persist_store.mjs); how they reach it is the engine's:
+v86's adapter walks its 9p tree in the page (emulators/v86/persist.mjs: the bytes never
+cross into Python except for export/import); on c2w the guest keeps its own files and
+the guest agent carries them (pyapptron.persist_guest).
 """
 
 from __future__ import annotations
@@ -151,9 +153,19 @@ class LayerUsage:
 
 
 class PersistStore(Protocol):
-    """What the emulator's adapter offers (see pyapptron._browser.PersistHandle)."""
+    """What a backend offers for the layers: pyapptron._browser.PersistHandle (v86: the
+    adapter's own) or pyapptron.persist_guest.GuestTree (c2w: through the guest agent)."""
 
+    #: What start() restored: {"layers": {...}, "damaged": [...]}.
     restored: dict
+    #: True where the guest's writes cannot be seen from the page (the files live in the
+    #: guest): Machine says when the guest may have written. False where the store sees
+    #: every write and the guest's own caches must be flushed before a sync.
+    through_agent: bool
+
+    async def start(self, agent) -> None:
+        """Once the guest agent answers: put the layers into the guest where the adapter
+        has not already (after a boot, a resume, and a restore in place)."""
 
     async def sync(self) -> dict: ...
     async def records(self) -> dict: ...
@@ -193,14 +205,28 @@ class PersistedFiles:
         self._first_change: float | None = None
         self._auto_task: asyncio.Task | None = None
         self.auto_sync_errors: list[BaseException] = []
-        self.damaged = damage_errors(store.restored or {})
+        self.damaged: list[PersistDamaged] = []
+        self.restored: dict = {}
+
+    async def start(self, agent) -> None:
+        """The guest is ready: the store puts the layers back where its adapter has not
+        (c2w), then what came back, and what was damaged, is known."""
+        async with self._lock:
+            await self._store.start(agent)
+        seen = {str(err) for err in self.damaged}
+        self.damaged = damage_errors(self._store.restored or {})
         for err in self.damaged:
-            warnings.warn(str(err), RuntimeWarning, stacklevel=2)
-        self.restored = dict((store.restored or {}).get("layers", {}))
+            if str(err) not in seen:  # a restore in place reports the same damage again
+                warnings.warn(str(err), RuntimeWarning, stacklevel=2)
+        self.restored = dict((self._store.restored or {}).get("layers", {}))
 
     @property
     def store(self) -> str:
         return self.spec.store
+
+    @property
+    def through_agent(self) -> bool:
+        return bool(getattr(self._store, "through_agent", False))
 
     # -- sync -----------------------------------------------------------------------
     async def sync(self) -> SyncResult:
@@ -278,6 +304,8 @@ class PersistedFiles:
                 if not isinstance(record, Mapping):
                     continue
                 for path, mode, uid, gid, mtime, size, ref in record.get("entries", []):
+                    if not (stat.S_ISDIR(mode) or stat.S_ISLNK(mode) or stat.S_ISREG(mode)):
+                        continue  # an overlay's whiteout (c2w): an image file deleted, not a file
                     data = None
                     if stat.S_ISREG(mode) and size:
                         data = await self._store.blob(ref)

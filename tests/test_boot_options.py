@@ -72,7 +72,7 @@ def test_a_pages_byte_array_is_checked_as_bytes(monkeypatch):
         boot("qemu-wasm", build="/q/", kernel=object())  # any other JS (or Python) value is refused
 
 
-@pytest.mark.parametrize("emulator, persist, network", [("v86", True, True), ("c2w", False, True),
+@pytest.mark.parametrize("emulator, persist, network", [("v86", True, True), ("c2w", True, True),
                                                        ("qemu-wasm", False, False)])
 def test_unknown_option_lists_every_keyword_boot_takes_for_that_emulator(emulator, persist, network):
     with pytest.raises(pyapptron.InvalidOption) as info:

@@ -203,3 +203,19 @@ def test_a_snapshot_made_with_the_network_card_needs_one_and_any_relay_will_do()
     with_card = C2WBackend(assets, image, network=pyapptron.Network(relay="wisp://127.0.0.1:5000/a/")).snapshot_binding()
     assert C2WBackend(assets, image, network=pyapptron.Network(relay="wisp://127.0.0.1:6000/b/")).snapshot_binding() == with_card
     assert pyapptron.snapshots.mismatch(with_card, C2WBackend(assets, image).snapshot_binding())
+
+
+def test_persist_holds_the_store_in_the_page_and_leaves_the_snapshot_binding_alone():
+    kept = pyapptron.Persist("proj")
+    b = C2WBackend(ASSETS, STATE_IMAGE, persist=kept)
+    assert b.capabilities.persist and b.options["persist"] == {"store": "proj"}
+    # The layers come from the store after a resume: a snapshot made without persist fits.
+    assert b.snapshot_binding() == C2WBackend(ASSETS, STATE_IMAGE).snapshot_binding()
+    assert not C2WBackend(ASSETS, STATE_IMAGE).capabilities.persist
+
+
+def test_persist_needs_the_guest_agent():
+    with pytest.raises(pyapptron.NotSupported, match="no guest agent"):
+        C2WBackend(ASSETS, dict(STATE_IMAGE, agent=None), persist=pyapptron.Persist())
+    with pytest.raises(pyapptron.NotSupported, match="container2wasm module"):
+        C2WBackend(ASSETS, None, wasm="/out.wasm", persist=pyapptron.Persist())

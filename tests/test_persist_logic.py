@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import stat
+import warnings
 import tarfile
 
 import pytest
@@ -26,6 +27,12 @@ class FakeStore:
         self.fail = fail
         self.syncs = 0
         self.imported = None
+        self.started_with = None
+
+    through_agent = False
+
+    async def start(self, agent):
+        self.started_with = agent
 
     async def sync(self):
         if self.fail:
@@ -176,10 +183,17 @@ def test_a_full_quota_becomes_a_typed_error_that_says_nothing_was_lost():
 
 def test_damage_found_at_boot_is_kept_as_typed_errors():
     store = FakeStore(restored={"layers": {}, "damaged": [{"layer": "home", "path": "/root/x", "reason": "its data is damaged"}]})
+    files = P.PersistedFiles(P.Persist(), store)
     with pytest.warns(RuntimeWarning, match="/root/x"):
-        files = P.PersistedFiles(P.Persist(), store)
+        run(files.start(agent="the guest agent"))  # once the guest is ready
     (err,) = files.damaged
     assert isinstance(err, PersistDamaged) and (err.layer, err.path) == ("home", "/root/x")
+    assert store.started_with == "the guest agent"
+    # A restore in place finds the same damage again: it is kept, not warned of twice.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run(files.start(agent="the guest agent"))
+    assert len(files.damaged) == 1
 
 
 def test_sync_flushes_the_guest_first():

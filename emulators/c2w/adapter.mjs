@@ -8,6 +8,7 @@
 // an error named "NotIsolated", which Python turns into pyapptron.NotIsolated.
 
 import { checkSha256, gunzipSegments, gzipSegments, snapshotError } from "../common/snapshot.mjs";
+import { LayerStore } from "../common/persist_store.mjs";
 
 const RING_DATA = 16;
 // Frames for the guest not yet taken by its card (beyond it they wait in `pending`).
@@ -58,6 +59,10 @@ export async function start(options, sinks) {
   }
   const lazy = {};
   for (const [path, spec] of Object.entries(options.lazy || {})) lazy[path] = { ...spec, base: pageUrl(spec.base) };
+  // The persistent layers' store (boot(persist=...)): held from the start, so that a
+  // second machine on it fails at once (PersistLocked). Python fills it through the
+  // guest agent (pyapptron/persist_guest.py): the guest keeps its own files.
+  const layerStore = options.persist ? await LayerStore.open(options.persist.store) : null;
   const timings = {};
   const t0 = performance.now();
   const doorbell = new Int32Array(new SharedArrayBuffer(4));
@@ -128,6 +133,7 @@ export async function start(options, sinks) {
   // Everything a stopped machine leaves behind: the worker, the relay's socket.
   const teardown = () => {
     stopped = true;
+    if (layerStore) layerStore.close();
     if (retry) clearTimeout(retry);
     if (worker) worker.terminate();
     if (launching) launching(new Error("the emulator was stopped while it started"));
@@ -246,12 +252,18 @@ export async function start(options, sinks) {
   }
   return {
     timings,
+    // undefined, not null, when absent: Pyodide turns undefined into None, null into JsNull.
+    layerStore: layerStore ?? undefined,
     log() { return logText(); },
     send(channel, data) {
       if (stopped) return;
       const ring = rings[channel];
       if (!ring) throw new Error(`unknown channel ${channel}`);
-      queue(ring, new Uint8Array(data)); // a copy: the caller's buffer may be reused
+      const bytes = new Uint8Array(data); // a copy: the caller's buffer may be reused
+      queue(ring, bytes);
+      // A command typed at the terminal may change the persisted files: Python syncs
+      // after a quiet spell (the guest's writes cannot be seen from here).
+      if (channel === "console" && layerStore && sinks.persist_changed && bytes.includes(13)) sinks.persist_changed();
     },
     // End of input on a channel: the module's reads past what was sent return EOF.
     close(channel) {

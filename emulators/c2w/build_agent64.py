@@ -103,6 +103,9 @@ done
 """
 
 # /init of the initramfs: find the root disk, stack a RAM overlay on it, switch.
+#: Where the guest sees the overlay's layers: a persistent layer keeps what the upper one
+#: has (what differs from the image) and puts back the lower one's (pyapptron/persist_guest.py).
+PERSIST_OVERLAY = {"upper": "/run/pyapptron/rw/upper", "lower": "/run/pyapptron/lower"}
 INITRAMFS_INIT = f"""#!/bin/sh
 # /init of the agent-x86_64 initramfs (emulators/c2w/build_agent64.py): the root is
 # a squashfs on an ATA disk, read lazily by the host, under a tmpfs overlay.
@@ -130,7 +133,9 @@ fi
 mount -t squashfs -o ro "$root" /lower
 mount -t tmpfs -o mode=755 tmpfs /rw
 mkdir -p /rw/upper /rw/work
-mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay /newroot
+# redirect_dir and metacopy off: every changed file and directory is whole in the upper
+# layer, which is what the persistent layers keep (image.json "persist_overlay").
+mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work,redirect_dir=off,metacopy=off overlay /newroot
 # The layers stay reachable under /run/pyapptron (the image's init keeps /run).
 mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /newroot/run
 mkdir -p /newroot/run/pyapptron/lower /newroot/run/pyapptron/rw
@@ -360,7 +365,8 @@ def build(out_dir: Path, cache_dir: Path, manifest: dict, force: bool = False) -
     import build_image  # noqa: E402  (image.json, as for debian-x86_64)
     build_image.write_image_record(image_dir, IMAGE, guest, cache_dir / "c2w", force=force,
                                    lazy={ROOT_DISK: disk["lazy"]}, sizes=disk["sizes"],
-                                   extra={"tools": disk["tools"], "snapshot_warmup": SNAPSHOT_WARMUP, "sources": {
+                                   extra={"tools": disk["tools"], "snapshot_warmup": SNAPSHOT_WARMUP,
+                                          "persist_overlay": PERSIST_OVERLAY, "sources": {
                                        "suite": spec["suite"], "arch": ARCH, "packages": sorted(spec["packages"]),
                                        "installed": len(installed),
                                        "npm": {n: manifest["guest_npm"][n]["version"] for n in pkgs}}})

@@ -246,6 +246,10 @@ class PersistHandle(_interface.PersistHandle):
         self._session = session
         self.restored = restored.to_py() if hasattr(restored, "to_py") else {}
 
+    @property
+    def phase(self) -> str:
+        return str(self._session.phase)
+
     @_typed_errors
     async def sync(self) -> dict:
         return (await self._session.sync()).to_py()
@@ -284,6 +288,46 @@ class PersistHandle(_interface.PersistHandle):
         return None if found is None else found.to_py()
 
 
+class LayerStoreHandle(_interface.LayerStoreHandle):
+    """The layers' store alone (emulators/common/persist_store.mjs), in Python terms."""
+
+    def __init__(self, store):
+        self._store = store
+
+    @property
+    def phase(self) -> str:
+        return str(self._store.phase)
+
+    @_typed_errors
+    async def records(self) -> dict:
+        return (await self._store.records()).to_py()
+
+    @_typed_errors
+    async def blobs(self, refs: list[str]) -> dict[str, bytes | None]:
+        found = await self._store.blobs(to_js(list(refs)))
+        out = {}
+        for ref in refs:
+            value = found.get(ref)
+            out[ref] = value.to_bytes() if getattr(value, "BYTES_PER_ELEMENT", None) == 1 else None
+        return out
+
+    @_typed_errors
+    async def write_version(self, records: dict, blobs: dict[str, bytes]) -> int:
+        pending = js.Map.new()
+        for ref, data in blobs.items():
+            pending.set(ref, to_js(data))  # one copy into the page: IndexedDB keeps it
+        return int(await self._store.writeVersion(to_js(records, dict_converter=js.Object.fromEntries), pending))
+
+    @_typed_errors
+    async def reset(self, layer: str) -> None:
+        await self._store.reset(layer)
+
+    @_typed_errors
+    async def estimate(self) -> dict | None:
+        found = await self._store.estimate()
+        return None if found is None else found.to_py()
+
+
 class EmulatorHandle(_interface.EmulatorHandle):
     """A running JS emulator adapter: bytes in, bytes out, stop."""
 
@@ -294,6 +338,8 @@ class EmulatorHandle(_interface.EmulatorHandle):
         session = getattr(adapter, "persist", None)
         present = session is not None and type(session).__name__ != "JsNull"
         self.persist = PersistHandle(session, getattr(adapter, "restored", None)) if present else None
+        store = getattr(adapter, "layerStore", None)
+        self.layer_store = LayerStoreHandle(store) if store is not None else None
 
     @property
     def engine(self):

@@ -55,6 +55,16 @@ class PersistHandle(abc.ABC):
 
     #: What the store restored at start: {"files": n, "damaged": [...], ...}.
     restored: dict
+    #: The adapter sees every write to its tree (pyapptron.persist.PersistStore).
+    through_agent = False
+
+    async def start(self, agent) -> None:
+        """The adapter restored the layers before the guest ran: nothing to do."""
+
+    @property
+    @abc.abstractmethod
+    def phase(self) -> str:
+        """"idle", or where a sync is: "walk", "blobs", "commit"."""
 
     @abc.abstractmethod
     async def sync(self) -> dict: ...
@@ -81,11 +91,42 @@ class PersistHandle(abc.ABC):
     async def estimate(self) -> dict | None: ...
 
 
+class LayerStoreHandle(abc.ABC):
+    """The persistent layers' store alone (emulators/common/persist_store.mjs), for an
+    engine whose guest keeps its own files (c2w): pyapptron.persist_guest fills it
+    through the guest agent. Its errors arrive typed (PersistQuotaExceeded, ...)."""
+
+    @property
+    @abc.abstractmethod
+    def phase(self) -> str:
+        """"idle", or where a write_version is: "blobs", "commit"."""
+
+    @abc.abstractmethod
+    async def records(self) -> dict: ...
+
+    @abc.abstractmethod
+    async def blobs(self, refs: list[str]) -> dict[str, bytes | None]:
+        """ref -> its bytes; None where the store holds something else (damaged)."""
+
+    @abc.abstractmethod
+    async def write_version(self, records: dict, blobs: dict[str, bytes]) -> int:
+        """The blobs, then the records, atomically; returns the bytes written."""
+
+    @abc.abstractmethod
+    async def reset(self, layer: str) -> None: ...
+
+    @abc.abstractmethod
+    async def estimate(self) -> dict | None: ...
+
+
 class EmulatorHandle(abc.ABC):
     """A running JS emulator adapter: bytes in, bytes out, state, stop."""
 
-    #: The adapter's persistent store, where boot(persist=...) asked for one.
+    #: The adapter's persistent store, where boot(persist=...) asked for one and the
+    #: adapter keeps the files itself (v86: its 9p tree lives in the page).
     persist: PersistHandle | None = None
+    #: The store alone, where the guest keeps the files (c2w): see LayerStoreHandle.
+    layer_store: LayerStoreHandle | None = None
 
     @property
     @abc.abstractmethod

@@ -29,6 +29,13 @@ Quirks this backend owns:
   from the state; it skips what only a cold boot loads (the kernel and initrd images).
   The lazily loaded root's unchanged chunks are not in a snapshot: they are fetched
   again on demand.
+- Persistent layers (boot(persist=...), images with the agent): the guest keeps its own
+  files, so the layers travel through the guest agent's tree commands into the store
+  every engine shares (pyapptron/persist_guest.py, emulators/common/persist_store.mjs);
+  the adapter only holds the store. On agent-x86_64, whose root is an overlay on the
+  read-only image (image.json "persist_overlay"), a layer keeps what differs from the
+  image, not the image's own /usr/local. A snapshot holds the files as they were; the
+  layers are put back from the store after a resume, as on v86.
 - A network (boot(network=...), images only): bochsrc gets an e1000 card whose frames
   Bochs hands to the worker (patch 0011, ethmod=pyapptron); the page runs v86's network
   stack for them (emulators/v86/network.mjs), so DHCP, DNS and the relay are the v86
@@ -47,6 +54,8 @@ from ..assets import Assets
 from ..errors import InvalidOption, NotSupported
 from .. import snapshots
 from ..network import RENEW_LEASE, Network, stack_options
+from ..persist import Persist
+from ..persist_guest import GuestTree
 from . import Backend, Capabilities, Sink
 
 # Guest RAM lives in the module's wasm32 memory (Bochs allocates it block by block as the
@@ -117,6 +126,7 @@ class C2WBackend(Backend):
     #: The guest device behind the interactive console (for telling it the terminal size).
     console_tty = "/dev/ttyS0"
     network_supported = True
+    persist_supported = True
     network: Network | None = None
 
     @classmethod
@@ -129,6 +139,7 @@ class C2WBackend(Backend):
         self.assets = assets
         self.image = image
         self._handle = None
+        self.persist: Persist | None = persist
         env = dict(env or {})
         bad_env = [k for k, v in env.items() if not isinstance(k, str) or not isinstance(v, str) or "=" in k]
         if bad_env:
@@ -140,6 +151,9 @@ class C2WBackend(Backend):
             if network is not None:
                 raise InvalidOption("network= is for the c2w images; a container2wasm module (wasm=) brings its "
                                     "own networking: pass its net= option instead")
+            if persist is not None:
+                raise NotSupported("persist= needs an image with the guest agent (image='agent-x86_64'); a "
+                                   "container2wasm module (wasm=) has no agent to carry its files")
             self._init_user_module(wasm, args, env, preopens, memory_mib, entrypoint, no_stdin, net, mac, arch)
         else:
             if image is None:
@@ -206,8 +220,13 @@ class C2WBackend(Backend):
                 "keep": [p for p in _DISK_PATH.findall(body) if p not in lazy],
                 "skip_on_restore": _OPTRAM_PATH.findall(body),
             }
+        if self.persist is not None:
+            if not agent:
+                raise NotSupported(f"the c2w image {image['name']!r} has no guest agent to carry the persistent "
+                                   "layers: use 'agent-x86_64' or 'debian-x86_64'")
+            self.options["persist"] = {"store": self.persist.store}
         self.capabilities = Capabilities(arch=image.get("arch", "x86_64"), exec=agent, files=agent, console=True,
-                                         snapshot=snapshot, network=network is not None)
+                                         snapshot=snapshot, network=network is not None, persist=self.persist is not None)
 
     def _init_user_module(self, wasm, args, env, preopens, memory_mib, entrypoint, no_stdin, net, mac, arch) -> None:
         if memory_mib is not None:
@@ -249,7 +268,15 @@ class C2WBackend(Backend):
                        ring_bytes=RING_BYTES)
         self._handle = await _browser.start_emulator(self.assets.require("c2w/adapter.mjs"), options,
                                                      on_console, on_agent, on_exit=self._track_exit(),
+                                                     on_persist_changed=self._persist_changed if self.persist else None,
                                                      **self._resume_arguments(resume))
+        if self.persist is not None:
+            self.persist_store = GuestTree(self._handle.layer_store, self.persist.resolved_layers(),
+                                           overlay=self.image.get("persist_overlay"))
+
+    def _persist_changed(self) -> None:
+        if self.on_persist_changed is not None:
+            self.on_persist_changed()
 
     # -- snapshots ---------------------------------------------------------------------
     def snapshot_binding(self) -> dict:
@@ -269,6 +296,7 @@ class C2WBackend(Backend):
         # The lazy disks by their chunk list (content-addressed names), not their URL.
         lazy = {guest: snapshots.digest({k: v for k, v in spec.items() if k != "base"})
                 for guest, spec in self.options["lazy"].items()}
+        # The layers come from the store after a resume: persist= is not part of the binding.
         config = {"wasm": sha(self.options["wasm"]), "args": self.options["args"], "env": self.options["env"],
                   "files": files, "lazy": lazy, "channels": self.options["channels"],
                   "hostchan": self.options.get("hostchan"), "state": self.options["state"],
