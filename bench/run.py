@@ -10,7 +10,8 @@ in blocks alternating with Python's. For the "agent" image (Debian on 9p): cold 
 to exec-ready, the image bytes fetched by then, the first `python3 -c pass`, `git
 status` in a repository of 1,000 files and `npm --version`. For persistence: boot
 with a 50 MB / 20,000-file store against boot without one, sync throughput, and the
-run("true") latency while a sync runs. For MCP: `python -m pyapptron mcp --headless`
+run("true") latency while a sync runs (v86 minimal; `--images persist64` does the same on
+c2w agent-x86_64, where the layers go through the guest agent). For MCP: `python -m pyapptron mcp --headless`
 start to the first tool result, and the MCP `exec` round trip (stdio -> bridge ->
 WebSocket -> page) against a direct vm.run on the same VM, in alternating blocks, with
 `ping` (the same path without the VM) as the hop's cost. For snapshots (both images, each

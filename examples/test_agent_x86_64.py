@@ -1,13 +1,27 @@
 """For test authors: a module whose `vm` is the 64-bit agent image (Claude Code, Gemini
 CLI, Bun, Node, zsh, tmux) on the c2w engine, chosen with the pyapptron marker. It
 resumes from the image's boot snapshot, taken after a warm-up run of `claude --version`,
-so the agent tools start at once. Run with
-`python -m pytest examples/test_agent_x86_64.py`.
+so the agent tools start at once; with persist=, what an agent installs outlives the
+machine. Run with `python -m pytest examples/test_agent_x86_64.py`.
 """
 
 import pytest
 
 pytestmark = pytest.mark.pyapptron(emulator="c2w", image="agent-x86_64")
+
+
+def test_what_an_agent_installs_is_there_for_the_next_machine(pyapptron_session):
+    # persist= keeps /root, /persist and the packages (/usr/local: npm -g; pip --user) in
+    # the browser's IndexedDB; only what differs from the image is stored.
+    vm = pyapptron_session.boot("c2w", "agent-x86_64", persist="example-tools")
+    vm.run("printf '#!/bin/sh\\necho hi from my tool\\n' > /usr/local/bin/mytool && chmod +x /usr/local/bin/mytool",
+           check=True)
+    vm.shutdown()  # syncs the layers first; vm.persist.sync() does it while running
+    vm = pyapptron_session.boot("c2w", "agent-x86_64", persist="example-tools")
+    try:
+        assert vm.run("mytool").stdout == b"hi from my tool\n"
+    finally:
+        vm.shutdown()
 
 
 def test_the_agent_tools_answer_right_after_the_resume(vm):

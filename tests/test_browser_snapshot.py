@@ -162,14 +162,15 @@ def test_restore_in_place_goes_back_and_keeps_the_console(engine, resumed):
         resumed.session.python(f"await pyapptron.snapshots.delete({name!r})")
 
 
-def test_persisted_files_after_a_resume_come_from_the_store_not_the_snapshot(session):
-    vm = session.boot("v86", "minimal", persist="snap-min")
+def test_persisted_files_after_a_resume_come_from_the_store_not_the_snapshot(session, engine):
+    store = f"snap-min-{engine.emulator}"
+    vm = session.boot(engine.emulator, engine.image, persist=store)
     vm.run("echo old > /persist/a; echo soon-gone > /persist/gone; echo in-ram > /tmp/ram")
     data = vm.snapshot(to_bytes=True)  # syncs the store first
     vm.run("echo new > /persist/a; rm /persist/gone; echo added > /persist/added")
     vm.persist.sync()
     vm.shutdown()
-    vm = session.boot("v86", "minimal", persist="snap-min", resume=data)
+    vm = session.boot(engine.emulator, engine.image, persist=store, resume=data)
     try:
         assert vm.read_file("/tmp/ram") == b"in-ram\n"  # the snapshot's machine...
         assert vm.run("cat /persist/a /persist/added; ls /persist").stdout == b"new\nadded\na\nadded\n"  # ...the store's files
@@ -197,8 +198,8 @@ def test_agent_image_resumes_by_default_and_its_cached_root_shows_the_store(sess
         vm.shutdown()
 
 
-def test_restore_in_place_goes_back_keeps_the_console_and_takes_layers_from_the_store(session):
-    vm = session.boot("v86", "minimal", persist="snap-restore")
+def test_restore_in_place_goes_back_keeps_the_console_and_takes_layers_from_the_store(session, engine):
+    vm = session.boot(engine.emulator, engine.image, persist=f"snap-restore-{engine.emulator}")
     try:
         vm.run("echo one > /tmp/state; echo p1 > /persist/p")
         vm.snapshot("t-restore")
@@ -207,7 +208,7 @@ def test_restore_in_place_goes_back_keeps_the_console_and_takes_layers_from_the_
         assert vm.resumed_from == "snapshot 't-restore'"
         assert vm.run("cat /tmp/state /persist/p").stdout == b"one\np2\n"
         vm.console.sendline("echo after-restore-$((6*7))")
-        vm.console.wait_for(rb"after-restore-42", timeout=10)
+        vm.console.wait_for(rb"after-restore-42", timeout=30)
     finally:
         vm.shutdown()
         session.python("await pyapptron.snapshots.delete('t-restore')")

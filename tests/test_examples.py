@@ -43,14 +43,14 @@ def test_embedding_page_boots_runs_uname_and_keeps_its_files_across_a_reload(pya
 
 def test_pytest_fixture_examples_pass():
     """Four modules, five machines: the default image, the agent image and the 64-bit
-    agent image (resumed, snapshot and restore) by marker, and a host-only network that
+    agent image (resumed, snapshot and restore, kept packages) by marker, and a host-only network that
     reaches one service of the host, on v86 and on c2w."""
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                         str(EXAMPLES / "test_with_vm.py"), str(EXAMPLES / "test_agent_image.py"),
                         str(EXAMPLES / "test_agent_x86_64.py"), str(EXAMPLES / "test_network.py")],
                        capture_output=True, text=True, timeout=900, cwd=EXAMPLES)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "10 passed" in r.stdout
+    assert "11 passed" in r.stdout
 
 
 def test_unit_testing_example_passes_without_a_browser():

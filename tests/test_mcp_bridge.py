@@ -263,27 +263,45 @@ def test_malformed_input_is_answered_and_an_agents_setup_survives_a_restart(tmp_
 
 
 @pytest.mark.browser
-def test_an_agent_gets_the_x86_64_agent_sandbox_with_exec_files_and_snapshots():
-    mcp = McpProcess("--headless", "--emulator", "c2w", "--image", "agent-x86_64")
+def test_an_agent_gets_the_x86_64_agent_sandbox_with_exec_files_snapshots_and_kept_packages(tmp_path):
+    profile = str(tmp_path / "profile")
+    sandbox = ("--headless", "--emulator", "c2w", "--image", "agent-x86_64", "--profile", profile, "--persist", "x86-64")
+    mcp = McpProcess(*sandbox)
     try:
         mcp.request("initialize", INIT, timeout=120)
         mcp.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         tools = {t["name"] for t in mcp.request("tools/list")["result"]["tools"]}
-        assert tools == {"exec", "read_file", "write_file", "list_dir", "snapshot", "restore", "list_snapshots"}
+        assert tools == {"exec", "read_file", "write_file", "list_dir", "snapshot", "restore", "list_snapshots",
+                         "persist_sync"}
         result = mcp.call("exec", {"command": "uname -m; node -p 'process.arch + \" \" + process.version.split(\".\")[0]'; "
                                               "echo err >&2; exit 3", "timeout": 300})
         assert result["structuredContent"]["stdout"] == "x86_64\nx64 v22\n", result
         assert (result["structuredContent"]["stderr"], result["structuredContent"]["exit_code"]) == ("err\n", 3)
-        # An agent saves the sandbox, breaks it, and goes back.
-        mcp.call("exec", {"command": "echo kept > /root/work.txt"})
+        # An agent saves the sandbox, breaks it, and goes back (outside the persistent
+        # layers: those always come from the store).
+        mcp.call("exec", {"command": "echo kept > /srv/work.txt"})
         saved = mcp.call("snapshot", {"name": "mcp-x86_64"})["structuredContent"]
         assert (saved["name"], saved["image"]) == ("mcp-x86_64", "agent-x86_64")
-        mcp.call("exec", {"command": "rm /root/work.txt"})
+        mcp.call("exec", {"command": "rm /srv/work.txt"})
         mcp.call("restore", {"name": "mcp-x86_64"})
-        back = mcp.call("exec", {"command": "cat /root/work.txt"})["structuredContent"]
+        back = mcp.call("exec", {"command": "cat /srv/work.txt"})["structuredContent"]
         assert back["stdout"] == "kept\n", back
+        # What it installs in /usr/local is kept in the profile, beside the image's own tools.
+        installed = mcp.call("exec", {"command": "printf '#!/bin/sh\\necho tool ok\\n' > /usr/local/bin/mytool && "
+                                                 "chmod +x /usr/local/bin/mytool && echo configured > /root/.agentrc"})
+        assert installed["structuredContent"]["exit_code"] == 0, installed
+        synced = mcp.call("persist_sync", {})["structuredContent"]
+        assert synced["files"] >= 2, synced
     finally:
         assert mcp.close() == 0
+    again = McpProcess(*sandbox)
+    try:
+        again.request("initialize", INIT, timeout=120)
+        back = again.call("exec", {"command": "mytool && cat /root/.agentrc && claude --version", "timeout": 300})
+        assert back["structuredContent"]["stdout"].startswith("tool ok\nconfigured\n"), back
+        assert "(Claude Code)" in back["structuredContent"]["stdout"]
+    finally:
+        assert again.close() == 0
 
 
 @pytest.mark.browser
