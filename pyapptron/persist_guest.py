@@ -31,7 +31,7 @@ import struct
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import PersistError
 
@@ -47,9 +47,8 @@ _I64 = struct.Struct("<q")
 TREE_TIMEOUT_S = 600.0
 
 
-@dataclass(frozen=True)
-class Listed:
-    """One entry of `pyapptron-agent --tree-list`."""
+class Listed(NamedTuple):
+    """One entry of `pyapptron-agent --tree-list` (a tuple: a store has many)."""
 
     kind: str  # "d" directory, "o" opaque directory, "f" file, "l" symlink, "w" whiteout
     mode: int
@@ -79,16 +78,16 @@ class Listed:
 
 def parse_listing(data: bytes) -> list[Listed]:
     out = []
-    view = memoryview(data)
+    unpack, head, u32 = _LISTED.unpack_from, _LISTED.size, _U32.unpack_from
     pos, end = 0, len(data)
     while pos < end:
-        kind, mode, uid, gid, mtime, size, ino, ctime, n = _LISTED.unpack_from(view, pos)
-        pos += _LISTED.size
-        path = bytes(view[pos:pos + n]).decode("utf-8", "surrogateescape")
+        kind, mode, uid, gid, mtime, size, ino, ctime, n = unpack(data, pos)
+        pos += head
+        path = data[pos:pos + n].decode("utf-8", "surrogateescape")
         pos += n
-        (m,) = _U32.unpack_from(view, pos)
+        (m,) = u32(data, pos)
         pos += 4
-        target = bytes(view[pos:pos + m]).decode("utf-8", "surrogateescape")
+        target = data[pos:pos + m].decode("utf-8", "surrogateescape") if m else ""
         pos += m
         out.append(Listed(chr(kind), mode, uid, gid, mtime, size, ino, ctime, path, target))
     return out
@@ -175,6 +174,15 @@ class GuestTree:
         args = ["--tree-list"] + (["--upper", self.upper, "--merged", self.merged] if self.upper else []) + list(roots)
         return parse_listing(await self._tree(args))
 
+    def _by_layer(self, listing: list[Listed]):
+        """(layer, entry) for a listing: the agent walks each root in turn, starting with
+        the root itself, and leaves a nested root for its own walk."""
+        owner = {root: name for name, paths in self.layers.items() for root in paths}
+        layer = None
+        for item in listing:
+            layer = owner.get(item.path, layer)
+            yield layer, item
+
     def _layer_of(self, path: str) -> str | None:
         best, depth = None, -1
         for name, paths in self.layers.items():
@@ -225,8 +233,8 @@ class GuestTree:
             report["damaged"] += parse_failures(out, self._layer_of)
         # What is in the guest now is what the store has: remember each file's stamp.
         committed = {name: {e[0]: e for e in record["entries"]} for name, record in usable.items()}
-        for item in await self._list([p for name in usable for p in self.layers[name]]):
-            entry = committed.get(self._layer_of(item.path) or "", {}).get(item.path)
+        for layer, item in self._by_layer(await self._list([p for name in usable for p in self.layers[name]])):
+            entry = committed.get(layer or "", {}).get(item.path)
             if item.kind == "f" and entry is not None and entry[5] == item.size and item.size:
                 self._known[item.path] = (item.stamp, entry[6])
         self._committed.update({name: record["entries"] for name, record in usable.items()})
@@ -244,8 +252,8 @@ class GuestTree:
         other_roots = [r for r in self.roots if r not in paths]
         # What the guest has there and the record has not (or not of that kind) goes first.
         gone: list[str] = []
-        for item in current:
-            if self._layer_of(item.path) != name or any(under(item.path, g) for g in gone):
+        for layer, item in self._by_layer(current):
+            if layer != name or (gone and under(item.path, gone[-1])):
                 continue
             entry = wanted.get(item.path)
             if entry is not None and kind_of(entry) == item.kind:
@@ -255,11 +263,12 @@ class GuestTree:
                     continue  # a root, or the way to another layer's: its contents are handled
             ops += encode_op("V" if self.upper else "R", item.path)
             gone.append(item.path)
+        nested = [r for r in other_roots if any(under(r, p) for p in paths)]
         files = size = 0
         for entry in wanted.values():
             path, mode, uid, gid, mtime, length, ref = entry
             kind = kind_of(entry)
-            if self._layer_of(path) != name:
+            if nested and any(under(path, r) for r in nested):
                 continue  # another layer's, nested in this one's paths
             if kind == "w":
                 ops += encode_op("R", path)
@@ -292,53 +301,55 @@ class GuestTree:
             entries: dict[str, list] = {name: [] for name in live}
             to_read: list[Listed] = []
             refs: dict[str, str] = {}
-            for item in listing:
-                name = self._layer_of(item.path)
+            known_files = self._known
+            for name, item in self._by_layer(listing):
                 if name not in entries:
                     continue
                 ref = None
                 if item.kind == "f" and item.size:
-                    known = self._known.get(item.path)
-                    if known is not None and known[0] == item.stamp:
+                    known = known_files.get(item.path)
+                    if known is not None and known[0] == (item.ino, item.ctime_ns, item.size):
                         ref = known[1]
                     else:
                         to_read.append(item)
                         ref = refs[item.path] = self._new_ref()
                 entries[name].append(item.entry(ref))
-            pending = await self._read(to_read, refs) if to_read else {}
+            data, pieces = await self._read(to_read, refs) if to_read else (b"", [])
         finally:
             self._walking = False
         # A file that vanished between the listing and the read is not in this version.
-        vanished = {item.path for item in to_read if refs[item.path] not in pending}
+        read = {ref for ref, _, _ in pieces}
+        vanished = {item.path for item in to_read if refs[item.path] not in read}
         for name in entries:
             entries[name] = [e for e in entries[name] if e[0] not in vanished]
         files = sum(1 for es in entries.values() for e in es if kind_of(e) == "f")
         size = sum(e[5] for es in entries.values() for e in es if kind_of(e) == "f")
         written = 0
-        if pending or any(self._committed.get(name) != es for name, es in entries.items()):
+        if pieces or any(self._committed.get(name) != es for name, es in entries.items()):
             now_ms = int(self._clock() * 1000)
             records = {name: {"format": FORMAT, "paths": list(live[name]), "entries": es, "committed": now_ms,
                               "delta": bool(self.upper)} for name, es in entries.items()}
-            written = await self._store.write_version(records, pending)
+            written = await self._store.write_version(records, data, pieces)
             self._committed.update(entries)
             for item in to_read:
                 if item.path not in vanished:
                     self._known[item.path] = (item.stamp, refs[item.path])
-        return {"files": files, "bytes": size, "written": written, "blobs": len(pending),
+        return {"files": files, "bytes": size, "written": written, "blobs": len(pieces),
                 "seconds": self._clock() - started}
 
-    async def _read(self, items: list[Listed], refs: dict[str, str]) -> dict[str, bytes]:
+    async def _read(self, items: list[Listed], refs: dict[str, str]) -> tuple[bytes, list[tuple[str, int, int]]]:
+        """The files' bytes as the agent sends them, and where each one is in them
+        (ref, offset, size): the store copies the pieces out, Python does not."""
         stream = b"".join(_encode(item.path) + b"\0" for item in items)
-        data = memoryview(await self._tree(["--tree-read"], stream))
-        out, pos = {}, 0
+        data = await self._tree(["--tree-read"], stream)
+        pieces, pos = [], 0
         for item in items:
             (n,) = _I64.unpack_from(data, pos)
             pos += 8
-            if n < 0:
-                continue
-            out[refs[item.path]] = bytes(data[pos:pos + n])
-            pos += n
-        return out
+            if n >= 0:
+                pieces.append((refs[item.path], pos, n))
+                pos += n
+        return data, pieces
 
     # -- the rest of pyapptron.persist.PersistStore ----------------------------------------
     async def records(self) -> dict:

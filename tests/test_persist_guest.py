@@ -50,7 +50,8 @@ class MemoryStore:
     async def blobs(self, refs):
         return {ref: self.blob_data.get(ref) for ref in refs}
 
-    async def write_version(self, records, blobs):
+    async def write_version(self, records, data, pieces):
+        blobs = {ref: bytes(data[offset:offset + size]) for ref, offset, size in pieces}
         self.blob_data.update(blobs)
         self.layers.update(copy.deepcopy(records))
         named = {e[6] for r in self.layers.values() for e in r.get("entries", []) if stat.S_ISREG(e[1]) and e[5]}

@@ -1559,20 +1559,26 @@ static bool tree_other_root(const char *path, const char *root)
     return false;
 }
 
-static void tree_walk(const char *real, const char *path, const char *root)
+/* One entry (name in the directory dirfd; at the top, AT_FDCWD and a whole path)
+ * and, for a directory, what is under it.  Relative lookups: a path walk per call
+ * is dear in an emulated guest. */
+static void tree_walk(int at, const char *name, const char *path, const char *root)
 {
     struct stat st;
-    if (lstat(real, &st) != 0)
+    if (fstatat(at, name, &st, AT_SYMLINK_NOFOLLOW) != 0)
         return; /* gone meanwhile */
     char kind;
     char target[4097] = "";
+    int fd = -1;
     if (S_ISDIR(st.st_mode)) {
+        fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         char v[2];
-        kind = tree_upper && lgetxattr(real, "trusted.overlay.opaque", v, sizeof v) == 1 && v[0] == 'y' ? 'o' : 'd';
+        kind = tree_upper && fd >= 0 && fgetxattr(fd, "trusted.overlay.opaque", v, sizeof v) == 1 && v[0] == 'y'
+            ? 'o' : 'd';
     } else if (S_ISREG(st.st_mode)) {
         kind = 'f';
     } else if (S_ISLNK(st.st_mode)) {
-        ssize_t n = readlink(real, target, sizeof target - 1);
+        ssize_t n = readlinkat(at, name, target, sizeof target - 1);
         if (n < 0)
             return;
         target[n] = '\0';
@@ -1593,11 +1599,13 @@ static void tree_walk(const char *real, const char *path, const char *root)
     tree_put_u64((uint64_t)((int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec));
     tree_put_str(path);
     tree_put_str(target);
-    if (kind != 'd' && kind != 'o')
+    if (fd < 0)
         return;
-    DIR *dir = opendir(real);
-    if (dir == NULL)
+    DIR *dir = fdopendir(fd);
+    if (dir == NULL) {
+        close(fd);
         return;
+    }
     char **names = NULL;
     size_t n = 0, cap = 0;
     struct dirent *de;
@@ -1614,22 +1622,20 @@ static void tree_walk(const char *real, const char *path, const char *root)
         }
         names[n++] = strdup(de->d_name);
     }
-    closedir(dir);
     qsort(names, n, sizeof *names, tree_cmp);
     for (size_t i = 0; i < n; i++) {
-        char *child_real, *child_path;
-        if (asprintf(&child_real, "%s/%s", real, names[i]) < 0
-            || asprintf(&child_path, "%s/%s", strcmp(path, "/") == 0 ? "" : path, names[i]) < 0) {
+        char *child_path;
+        if (asprintf(&child_path, "%s/%s", strcmp(path, "/") == 0 ? "" : path, names[i]) < 0) {
             perror("pyapptron-agent");
             exit(1);
         }
         if (!tree_other_root(child_path, root))
-            tree_walk(child_real, child_path, root);
-        free(child_real);
+            tree_walk(dirfd(dir), names[i], child_path, root);
         free(child_path);
         free(names[i]);
     }
     free(names);
+    closedir(dir);
 }
 
 static int tree_list(int argc, char **argv)
@@ -1648,7 +1654,7 @@ static int tree_list(int argc, char **argv)
             fprintf(stderr, "pyapptron-agent: %s is not under the overlay's mount point %s\n", tree_roots[r], tree_merged);
             return 2;
         }
-        tree_walk(real, tree_roots[r], tree_roots[r]);
+        tree_walk(AT_FDCWD, real, tree_roots[r], tree_roots[r]);
         free(real);
     }
     return fflush(tree_out) == 0 ? 0 : 1;
@@ -1804,25 +1810,79 @@ static int put_file(const char *path, uint32_t mode, uint32_t uid, uint32_t gid,
     return err;
 }
 
+/* Makes what `make` makes at path (it returns 0 or -1 with errno), first time
+ * lucky: the usual case (a new entry in an existing directory) costs one call.
+ * An entry in the way is removed; missing parents are made. */
+static int create_entry(const char *path, int (*make)(const char *, const void *), const void *arg)
+{
+    for (int attempt = 0; attempt < 3; attempt++) {
+        if (make(path, arg) == 0)
+            return 0;
+        if (errno == EEXIST) {
+            int err = remove_tree(path);
+            if (err)
+                return err;
+        } else if (errno == ENOENT) {
+            make_parents(path);
+        } else {
+            return errno;
+        }
+    }
+    return errno;
+}
+
+static int make_dir(const char *path, const void *mode) { return mkdir(path, *(const mode_t *)mode); }
+static int make_link(const char *path, const void *target) { return symlink(target, path); }
+struct new_file {
+    int fd;
+    mode_t perm; /* a read-only mode still gives a writable descriptor when it creates */
+};
+static int make_file(const char *path, const void *arg)
+{
+    struct new_file *f = (struct new_file *)arg;
+    f->fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, f->perm);
+    return f->fd < 0 ? -1 : 0;
+}
+
+/* The owner and the mode bits a creation under umask 0 did not set: only where needed
+ * (each call is dear in an emulated guest). */
+static int fix_owner_mode(const char *path, int fd, uint32_t mode, uint32_t uid, uint32_t gid, bool made_exact)
+{
+    if ((uid || gid) && (fd >= 0 ? fchown(fd, uid, gid) : lchown(path, uid, gid)) != 0)
+        return errno;
+    if ((!made_exact || (mode & 07000)) && (fd >= 0 ? fchmod(fd, mode & 07777) : chmod(path, mode & 07777)) != 0)
+        return errno;
+    return 0;
+}
+
 static int put_dir(const char *path, uint32_t mode, uint32_t uid, uint32_t gid, int64_t mtime)
 {
-    struct stat st;
-    if (lstat(path, &st) == 0 && !S_ISDIR(st.st_mode) && remove_tree(path) != 0)
-        return errno;
-    if (mkdir(path, 0700) != 0 && errno != EEXIST)
-        return errno;
-    if (lchown(path, uid, gid) != 0 || chmod(path, mode & 07777) != 0)
-        return errno;
+    mode_t perm = mode & 0777;
+    bool made = mkdir(path, perm) == 0;
+    if (!made) {
+        struct stat st;
+        if (errno == EEXIST && lstat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+            /* kept: a directory is there (another layer's way in, or the image's) */
+        } else {
+            int err = errno == EEXIST ? remove_tree(path) : 0;
+            if (err || (err = create_entry(path, make_dir, &perm)) != 0)
+                return err;
+            made = true;
+        }
+    }
+    int err = fix_owner_mode(path, -1, mode, uid, gid, made);
+    if (err)
+        return err;
     defer_dir_time(path, mtime);
     return 0;
 }
 
 static int put_link(const char *path, const char *target, uint32_t uid, uint32_t gid, int64_t mtime)
 {
-    int err = remove_tree(path);
+    int err = create_entry(path, make_link, target);
     if (err)
         return err;
-    if (symlink(target, path) != 0 || lchown(path, uid, gid) != 0)
+    if ((uid || gid) && lchown(path, uid, gid) != 0)
         return errno;
     set_link_times(path, mtime);
     return 0;
@@ -1880,6 +1940,7 @@ static int tree_apply(int argc, char **argv)
 {
     int i = 2;
     const char *lower = layer_option(argc, argv, &i, "--lower");
+    umask(0); /* modes as the host gives them */
     uint8_t h[33];
     while (fread(h, 1, sizeof h, stdin) == sizeof h) {
         uint8_t op = h[0];
@@ -1926,7 +1987,6 @@ static int tree_apply(int argc, char **argv)
                 free(from);
             }
         } else {
-            make_parents(path);
             if (op == 'D') {
                 what = "making the directory";
                 err = put_dir(path, mode, uid, gid, mtime);
@@ -1936,12 +1996,9 @@ static int tree_apply(int argc, char **argv)
             } else if (op == 'F') {
                 what = "writing the file";
                 /* The data follows in stdin's buffer: read it through stdio. */
-                int fd = -1;
-                struct stat st;
-                if (lstat(path, &st) == 0 && (err = remove_tree(path)) != 0) {
-                } else if ((fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600)) < 0) {
-                    err = errno;
-                }
+                struct new_file made = {-1, mode & 0777};
+                err = create_entry(path, make_file, &made);
+                int fd = made.fd;
                 static uint8_t buf[TREE_IO];
                 uint64_t left = size;
                 while (left > 0) {
@@ -1957,10 +2014,8 @@ static int tree_apply(int argc, char **argv)
                 }
                 struct timespec t[2] = {{(time_t)mtime, 0}, {(time_t)mtime, 0}};
                 if (fd >= 0) {
-                    if (!err && fchown(fd, uid, gid) != 0)
-                        err = errno;
-                    if (!err && fchmod(fd, mode & 07777) != 0)
-                        err = errno;
+                    if (!err)
+                        err = fix_owner_mode(path, fd, mode, uid, gid, true);
                     if (!err && futimens(fd, t) != 0)
                         err = errno;
                     close(fd);

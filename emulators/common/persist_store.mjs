@@ -122,6 +122,18 @@ export class LayerStore {
     return out;
   }
 
+  // refs -> {data: their bytes one after another, sizes: each one's length, -1 where the
+  // store holds no bytes (damaged)}: one crossing into Python for a whole layer, not one
+  // per file.
+  async blobsPacked(refs) {
+    const found = await this.blobs(refs);
+    const sizes = refs.map((ref) => { const b = found.get(ref); return b instanceof Uint8Array ? b.length : -1; });
+    const data = new Uint8Array(sizes.reduce((n, size) => n + Math.max(size, 0), 0));
+    let pos = 0;
+    refs.forEach((ref, i) => { if (sizes[i] > 0) { data.set(found.get(ref), pos); pos += sizes[i]; } });
+    return { data, sizes };
+  }
+
   async readBlob(ref) {
     const found = (await this.blobs([ref])).get(ref);
     return found instanceof Uint8Array ? found : null;
@@ -158,6 +170,15 @@ export class LayerStore {
       this.phase = "idle";
     }
     return written;
+  }
+
+  // writeVersion with the new files' bytes as pieces of one buffer (what a guest sent in
+  // one stream): one crossing from Python, each piece copied out here (IndexedDB would
+  // keep a view's whole buffer).
+  writeVersionPacked(records, data, refs, offsets, sizes) {
+    const pending = new Map();
+    refs.forEach((ref, i) => pending.set(ref, data.slice(offsets[i], offsets[i] + sizes[i])));
+    return this.writeVersion(records, pending);
   }
 
   // Swap layer records (a deleted name drops the layer) and drop unnamed blobs, atomically.

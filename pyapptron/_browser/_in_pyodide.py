@@ -304,19 +304,23 @@ class LayerStoreHandle(_interface.LayerStoreHandle):
 
     @_typed_errors
     async def blobs(self, refs: list[str]) -> dict[str, bytes | None]:
-        found = await self._store.blobs(to_js(list(refs)))
-        out = {}
-        for ref in refs:
-            value = found.get(ref)
-            out[ref] = value.to_bytes() if getattr(value, "BYTES_PER_ELEMENT", None) == 1 else None
+        packed = await self._store.blobsPacked(to_js(list(refs)))
+        data = memoryview(packed.data.to_bytes())
+        out, pos = {}, 0
+        for ref, size in zip(refs, packed.sizes.to_py()):
+            if size < 0:
+                out[ref] = None
+            else:
+                out[ref] = bytes(data[pos:pos + size])
+                pos += size
         return out
 
     @_typed_errors
-    async def write_version(self, records: dict, blobs: dict[str, bytes]) -> int:
-        pending = js.Map.new()
-        for ref, data in blobs.items():
-            pending.set(ref, to_js(data))  # one copy into the page: IndexedDB keeps it
-        return int(await self._store.writeVersion(to_js(records, dict_converter=js.Object.fromEntries), pending))
+    async def write_version(self, records: dict, data: bytes, pieces: list[tuple[str, int, int]]) -> int:
+        refs, offsets, sizes = (list(column) for column in zip(*pieces)) if pieces else ([], [], [])
+        return int(await self._store.writeVersionPacked(
+            to_js(records, dict_converter=js.Object.fromEntries), to_js(data), to_js(refs), to_js(offsets),
+            to_js(sizes)))
 
     @_typed_errors
     async def reset(self, layer: str) -> None:

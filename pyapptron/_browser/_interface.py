@@ -109,8 +109,9 @@ class LayerStoreHandle(abc.ABC):
         """ref -> its bytes; None where the store holds something else (damaged)."""
 
     @abc.abstractmethod
-    async def write_version(self, records: dict, blobs: dict[str, bytes]) -> int:
-        """The blobs, then the records, atomically; returns the bytes written."""
+    async def write_version(self, records: dict, data: bytes, pieces: list[tuple[str, int, int]]) -> int:
+        """The new blobs (ref, offset, size: pieces of `data`), then the records,
+        atomically; returns the bytes written."""
 
     @abc.abstractmethod
     async def reset(self, layer: str) -> None: ...
