@@ -283,7 +283,13 @@ class Machine:
         resume = await snapshots.chosen(self.backend, snapshot)
         if self._persist is not None:
             await self._persist.sync()  # what the guest wrote to the layers is kept
-        await self.backend.restore_state(resume)
+            self._persist.hold()  # until start() below: a sync now would commit the old tree
+        try:
+            await self.backend.restore_state(resume)
+        except BaseException:
+            if self._persist is not None:
+                self._persist.release()  # the state was refused: the guest is as it was
+            raise
         self._agent.restart(AgentError(f"the machine was restored to {resume.label}; the command was lost"))
         self.console.feed(b"\r\n" + resume.console_tail)
         if self.capabilities.exec:

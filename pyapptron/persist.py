@@ -167,6 +167,10 @@ class PersistStore(Protocol):
         """Once the guest agent answers: put the layers into the guest where the adapter
         has not already (after a boot, a resume, and a restore in place)."""
 
+    def hold(self, held: bool) -> None:
+        """True while the guest's tree is replaced (a restore in place), until start()
+        (or False, when the restore did not happen): no sync may commit the old tree."""
+
     async def sync(self) -> dict: ...
     async def records(self) -> dict: ...
     async def blob(self, ref: str) -> bytes | None: ...
@@ -207,12 +211,18 @@ class PersistedFiles:
         self.auto_sync_errors: list[BaseException] = []
         self.damaged: list[PersistDamaged] = []
         self.restored: dict = {}
+        self._started = False  # a sync waits until the layers are in the guest ...
+        self._changed_early = False  # ... and a change seen before then is synced after
 
     async def start(self, agent) -> None:
         """The guest is ready: the store puts the layers back where its adapter has not
         (c2w), then what came back, and what was damaged, is known."""
         async with self._lock:
             await self._store.start(agent)
+        self._started = True
+        if self._changed_early:
+            self._changed_early = False
+            self.changed()
         seen = {str(err) for err in self.damaged}
         self.damaged = damage_errors(self._store.restored or {})
         for err in self.damaged:
@@ -241,8 +251,26 @@ class PersistedFiles:
                 raise _typed(exc) from None
         return SyncResult(files=r["files"], bytes=r["bytes"], written_bytes=r["written"], seconds=r["seconds"])
 
+    def hold(self) -> None:
+        """The guest's tree is about to be replaced (a restore in place): no sync, by
+        itself or asked for, until start() puts the store's layers back (or release())."""
+        self._cancel_timer()
+        self._started = False
+        self._store.hold(True)
+
+    def release(self) -> None:
+        """The replacement did not happen: the guest's tree is the one it was."""
+        self._store.hold(False)
+        self._started = True
+        if self._changed_early:
+            self._changed_early = False
+            self.changed()
+
     def changed(self) -> None:
         """The adapter saw the guest change the tree: sync after a short quiet spell."""
+        if not self._started:
+            self._changed_early = True  # the layers are being put back: after start()
+            return
         loop = asyncio.get_event_loop()
         now = self._clock()
         if self._first_change is None:
@@ -353,6 +381,8 @@ class PersistedFiles:
             raise FileNotFoundError(2, "its directory does not exist in the persisted tree", path)
         if self._guest_sync is not None:
             await self._guest_sync(drop_caches=True)  # a guest that caches its root must read it anew
+        if self.through_agent:
+            self.changed()  # the store does not see this write by itself
 
     def _inside_layers(self, path: str) -> None:
         if not isinstance(path, str) or not path.startswith("/"):

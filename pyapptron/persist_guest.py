@@ -43,8 +43,6 @@ _LISTED = struct.Struct("<BIIIqQQqI")
 _OP = struct.Struct("<BIIIqQI")
 _U32 = struct.Struct("<I")
 _I64 = struct.Struct("<q")
-#: The agent's exec runs these commands; a store of many files takes a while to list.
-TREE_TIMEOUT_S = 600.0
 
 
 class Listed(NamedTuple):
@@ -150,6 +148,7 @@ class GuestTree:
         self._committed: dict[str, list] = {}  # layer -> entries last committed or restored
         self._detached: set[str] = set()
         self._walking = False
+        self._held = False
         self.restored: dict = {}
 
     @property
@@ -174,10 +173,11 @@ class GuestTree:
         args = ["--tree-list"] + (["--upper", self.upper, "--merged", self.merged] if self.upper else []) + list(roots)
         return parse_listing(await self._tree(args))
 
-    def _by_layer(self, listing: list[Listed]):
-        """(layer, entry) for a listing: the agent walks each root in turn, starting with
-        the root itself, and leaves a nested root for its own walk."""
-        owner = {root: name for name, paths in self.layers.items() for root in paths}
+    def _by_layer(self, listing: list[Listed], layers):
+        """(layer, entry) for a listing of `layers`' roots: the agent walks each root in
+        turn, starting with the root itself, and leaves a nested root (one it was given)
+        for its own walk; a root it was not given is walked as part of its parent."""
+        owner = {root: name for name in layers for root in self.layers[name]}
         layer = None
         for item in listing:
             layer = owner.get(item.path, layer)
@@ -195,8 +195,14 @@ class GuestTree:
     async def start(self, agent) -> None:
         """Put the store's layers into the guest (after a boot, a resume or a restore)."""
         self._agent = agent
+        self._held = False
         self._known.clear()
         self.restored = await self._restore()
+
+    def hold(self, held: bool) -> None:
+        """While the guest's tree is being replaced (a restore in place): no sync, which
+        would commit the old tree's files; start() ends it."""
+        self._held = held
 
     async def _restore(self) -> dict:
         report: dict = {"layers": {}, "damaged": []}
@@ -217,6 +223,12 @@ class GuestTree:
             elif not _valid(record):
                 report["damaged"].append({"layer": name, "path": None, "reason": "its record is not a layer record (damaged)"})
                 report["layers"][name] = {"files": 0, "bytes": 0, "restored": False}
+            elif bool(record.get("delta")) != bool(self.upper):
+                # What differs from an overlay image is not a whole tree, and the reverse.
+                report["damaged"].append({"layer": name, "path": None, "reason": (
+                    "its record was made on another kind of machine (" + ("an image" if record.get("delta") else
+                    "a whole tree") + "'s difference); it was left alone: use one store per engine and image kind")})
+                report["layers"][name] = {"files": 0, "bytes": 0, "restored": False}
             else:
                 usable[name] = record
         if not usable:
@@ -226,14 +238,15 @@ class GuestTree:
         current = await self._list([p for name in usable for p in self.layers[name]])
         ops: list[bytes] = []
         for name, record in usable.items():
-            report["layers"][name] = self._layer_ops(name, record, current, blobs, ops, report["damaged"])
+            report["layers"][name] = self._layer_ops(name, record, list(self._by_layer(current, usable)), blobs, ops,
+                                                     report["damaged"])
         if ops:
             args = ["--tree-apply"] + (["--lower", self.lower, "--merged", self.merged] if self.lower else [])
             out = await self._tree(args, b"".join(ops), failures_ok=True)
             report["damaged"] += parse_failures(out, self._layer_of)
         # What is in the guest now is what the store has: remember each file's stamp.
         committed = {name: {e[0]: e for e in record["entries"]} for name, record in usable.items()}
-        for layer, item in self._by_layer(await self._list([p for name in usable for p in self.layers[name]])):
+        for layer, item in self._by_layer(await self._list([p for name in usable for p in self.layers[name]]), usable):
             entry = committed.get(layer or "", {}).get(item.path)
             if item.kind == "f" and entry is not None and entry[5] == item.size and item.size:
                 self._known[item.path] = (item.stamp, entry[6])
@@ -246,21 +259,23 @@ class GuestTree:
             raise PersistError(f"the persistent layers' directories cannot be made in the guest: "
                                f"{r.stderr.decode(errors='replace').strip()}")
 
-    def _layer_ops(self, name: str, record: dict, current: list[Listed], blobs: dict, ops: list, damaged: list) -> dict:
+    def _layer_ops(self, name: str, record: dict, current: list, blobs: dict, ops: list, damaged: list) -> dict:
+        """The operations that make the layer's paths what `record` says; `current` is
+        (layer, entry) for what the guest has there now."""
         paths = self.layers[name]
         wanted = {e[0]: e for e in record["entries"] if any(under(e[0], r) for r in paths)}
         other_roots = [r for r in self.roots if r not in paths]
-        # What the guest has there and the record has not (or not of that kind) goes first.
+        # What the guest has there and the record has not goes first. (Where the record
+        # has the path, its own operation replaces what is there.)
         gone: list[str] = []
-        for layer, item in self._by_layer(current):
-            if layer != name or (gone and under(item.path, gone[-1])):
+        for layer, item in current:
+            if layer != name or (gone and under(item.path, gone[-1])) or item.path in wanted:
                 continue
-            entry = wanted.get(item.path)
-            if entry is not None and kind_of(entry) == item.kind:
+            if item.kind == "d" and (self.upper or item.path in paths or any(under(r, item.path) for r in other_roots)):
+                # A root, the way to another layer's, or (on an overlay) a directory the
+                # image may have: its entries are put back one by one, not the whole
+                # image's directory copied into the overlay.
                 continue
-            if any(under(r, item.path) for r in other_roots) or item.path in paths:
-                if entry is None and item.kind in ("d", "o"):
-                    continue  # a root, or the way to another layer's: its contents are handled
             ops += encode_op("V" if self.upper else "R", item.path)
             gone.append(item.path)
         nested = [r for r in other_roots if any(under(r, p) for p in paths)]
@@ -293,6 +308,9 @@ class GuestTree:
 
     # -- sync ---------------------------------------------------------------------------
     async def sync(self) -> dict:
+        if self._agent is None or self._held:
+            raise PersistError("the persistent layers are not in the guest yet (the machine is starting or being "
+                               "restored); sync once boot() or restore() has returned")
         started = self._clock()
         self._walking = True
         try:
@@ -302,7 +320,7 @@ class GuestTree:
             to_read: list[Listed] = []
             refs: dict[str, str] = {}
             known_files = self._known
-            for name, item in self._by_layer(listing):
+            for name, item in self._by_layer(listing, live):
                 if name not in entries:
                     continue
                 ref = None
@@ -317,11 +335,16 @@ class GuestTree:
             data, pieces = await self._read(to_read, refs) if to_read else (b"", [])
         finally:
             self._walking = False
-        # A file that vanished between the listing and the read is not in this version.
-        read = {ref for ref, _, _ in pieces}
+        # A file that vanished between the listing and the read is not in this version;
+        # one that changed size meanwhile is kept as read (its stamp is not: the next
+        # sync reads it again).
+        read = {ref: size for ref, _, size in pieces}
         vanished = {item.path for item in to_read if refs[item.path] not in read}
+        resized = {item.path: read[refs[item.path]] for item in to_read
+                   if item.path not in vanished and read[refs[item.path]] != item.size}
         for name in entries:
-            entries[name] = [e for e in entries[name] if e[0] not in vanished]
+            entries[name] = [e if e[0] not in resized else e[:5] + [resized[e[0]], e[6]]
+                             for e in entries[name] if e[0] not in vanished]
         files = sum(1 for es in entries.values() for e in es if kind_of(e) == "f")
         size = sum(e[5] for es in entries.values() for e in es if kind_of(e) == "f")
         written = 0
@@ -332,7 +355,7 @@ class GuestTree:
             written = await self._store.write_version(records, data, pieces)
             self._committed.update(entries)
             for item in to_read:
-                if item.path not in vanished:
+                if item.path not in vanished and item.path not in resized:
                     self._known[item.path] = (item.stamp, refs[item.path])
         return {"files": files, "bytes": size, "written": written, "blobs": len(pieces),
                 "seconds": self._clock() - started}

@@ -300,3 +300,54 @@ def test_on_an_overlay_root_a_layer_keeps_only_what_differs_from_the_image(agent
     again = GuestTree(store, layers, overlay=spec)
     run(again.start(LocalAgent(agent_binary)))
     assert snapshot_tree(merged / "root", merged / "usr" / "local", merged / "persist") == want
+
+
+def test_after_a_nested_layer_is_reset_the_outer_layer_keeps_all_of_its_files(agent_binary, tmp_path):
+    store = MemoryStore()
+    guest = tmp_path / "guest"
+    make_files(guest)
+    (guest / "root" / "zzz-after-local.txt").write_text("sorts after .local\n")
+    tree = GuestTree(store, layers_under(guest))
+    run(tree.start(LocalAgent(agent_binary)))
+    run(tree.sync())
+    run(tree.reset("packages"))  # /root/.local is now just part of /root
+    run(tree.sync())
+    home = {os.path.relpath(e[0], guest) for e in store.layers["home"]["entries"]}
+    assert {"root/all-bytes.bin", "root/zzz-after-local.txt", "root/.local/lib/pkg.py"} <= home
+
+
+def test_a_file_that_grows_between_the_listing_and_the_read_is_kept_as_read(agent_binary, tmp_path):
+    store = MemoryStore()
+    guest = tmp_path / "guest"
+    make_files(guest)
+    (guest / "persist" / "grow").write_bytes(b"start ")
+    tree = GuestTree(store, layers_under(guest))
+    agent = LocalAgent(agent_binary)
+    run(tree.start(agent))
+    real_exec = agent.exec
+
+    async def exec_growing_the_file(argv, input=None):
+        if argv[1:2] == ["--tree-read"]:  # a command still running appends meanwhile
+            with open(guest / "persist" / "grow", "ab") as f:
+                f.write(b"late bytes")
+        return await real_exec(argv, input)
+
+    agent.exec = exec_growing_the_file
+    run(tree.sync())
+    entry = next(e for e in store.layers["persist"]["entries"] if e[0].endswith("/grow"))
+    assert entry[5] == len(b"start late bytes") and store.blob_data[entry[6]] == b"start late bytes"
+    agent.exec = real_exec
+    shutil.rmtree(guest / "persist")
+    fresh = GuestTree(store, layers_under(guest))
+    run(fresh.start(LocalAgent(agent_binary)))
+    assert fresh.restored["damaged"] == [] and (guest / "persist" / "grow").read_bytes() == b"start late bytes"
+
+
+def test_a_record_of_another_kind_of_machine_is_left_alone_and_reported(agent_binary, tmp_path):
+    store = MemoryStore()
+    store.layers["persist"] = {"format": 1, "paths": [f"{tmp_path}/persist"], "committed": 0, "delta": True,
+                               "entries": [[f"{tmp_path}/persist/x", WHITEOUT_MODE, 0, 0, 0, 0, None]]}
+    tree = GuestTree(store, layers_under(tmp_path))  # a plain tree, not an overlay's difference
+    run(tree.start(LocalAgent(agent_binary)))
+    (damage,) = tree.restored["damaged"]
+    assert damage["layer"] == "persist" and "another kind of machine" in damage["reason"]

@@ -34,6 +34,9 @@ class FakeStore:
     async def start(self, agent):
         self.started_with = agent
 
+    def hold(self, held):
+        self.held = held
+
     async def sync(self):
         if self.fail:
             raise self.fail
@@ -215,6 +218,7 @@ def test_changes_are_synced_after_a_quiet_spell_not_once_per_change(monkeypatch)
     async def scenario():
         store = FakeStore()
         files = P.PersistedFiles(P.Persist(), store)
+        await files.start(agent=None)
         for _ in range(5):
             files.changed()
             await asyncio.sleep(0.01)
@@ -226,6 +230,34 @@ def test_changes_are_synced_after_a_quiet_spell_not_once_per_change(monkeypatch)
             files.changed()
             await asyncio.sleep(0.01)
         assert store.syncs >= 2
+        await files.close()
+
+    run(scenario())
+
+
+def test_no_sync_runs_while_the_layers_are_put_back_and_what_changed_meanwhile_is_synced_after(monkeypatch):
+    monkeypatch.setattr(P, "AUTO_SYNC_DELAY_S", 0.02)
+
+    async def scenario():
+        store = FakeStore()
+        files = P.PersistedFiles(P.Persist(), store)
+        files.changed()  # the guest wrote during its boot, before the layers were back
+        await asyncio.sleep(0.05)
+        assert store.syncs == 0
+        await files.start(agent=None)
+        await asyncio.sleep(0.05)
+        assert store.syncs == 1
+        # A restore in place: the old tree must not be committed while it is replaced.
+        files.changed()
+        files.hold()
+        assert store.held is True
+        files.changed()
+        await asyncio.sleep(0.05)
+        assert store.syncs == 1
+        files.release()  # the snapshot was refused: the tree is the one it was
+        assert store.held is False
+        await asyncio.sleep(0.05)
+        assert store.syncs == 2
         await files.close()
 
     run(scenario())

@@ -1789,16 +1789,13 @@ static int copy_fd(int in, int out, uint64_t size, bool pad)
 static int put_file(const char *path, uint32_t mode, uint32_t uid, uint32_t gid, int64_t mtime,
                     int in, uint64_t size, bool pad)
 {
-    struct stat st;
-    if (lstat(path, &st) == 0 && remove_tree(path) != 0)
-        return errno;
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        int err = errno;
-        copy_fd(in, -1, size, pad); /* keep the stream in step */
+    int err = remove_tree(path);
+    if (err)
         return err;
-    }
-    int err = copy_fd(in, fd, size, pad);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return errno;
+    err = copy_fd(in, fd, size, pad);
     if (!err && fchown(fd, uid, gid) != 0)
         err = errno;
     if (!err && fchmod(fd, mode & 07777) != 0)
@@ -1848,7 +1845,8 @@ static int make_file(const char *path, const void *arg)
  * (each call is dear in an emulated guest). */
 static int fix_owner_mode(const char *path, int fd, uint32_t mode, uint32_t uid, uint32_t gid, bool made_exact)
 {
-    if ((uid || gid) && (fd >= 0 ? fchown(fd, uid, gid) : lchown(path, uid, gid)) != 0)
+    /* made here (by root): owned by 0:0 already; one that was there may not be */
+    if ((uid || gid || !made_exact) && (fd >= 0 ? fchown(fd, uid, gid) : lchown(path, uid, gid)) != 0)
         return errno;
     if ((!made_exact || (mode & 07000)) && (fd >= 0 ? fchmod(fd, mode & 07777) : chmod(path, mode & 07777)) != 0)
         return errno;
@@ -1942,7 +1940,8 @@ static int tree_apply(int argc, char **argv)
     const char *lower = layer_option(argc, argv, &i, "--lower");
     umask(0); /* modes as the host gives them */
     uint8_t h[33];
-    while (fread(h, 1, sizeof h, stdin) == sizeof h) {
+    size_t got_header;
+    while ((got_header = fread(h, 1, sizeof h, stdin)) == sizeof h) {
         uint8_t op = h[0];
         uint32_t mode = get_u32(h + 1), uid = get_u32(h + 5), gid = get_u32(h + 9);
         int64_t mtime = (int64_t)((uint64_t)get_u32(h + 13) | (uint64_t)get_u32(h + 17) << 32);
@@ -1964,7 +1963,8 @@ static int tree_apply(int argc, char **argv)
         target[link_len] = '\0';
         int err = 0;
         const char *what = "";
-        if (path[0] != '/' || strstr(path, "/../") != NULL) {
+        size_t plen = strlen(path);
+        if (path[0] != '/' || strstr(path, "/../") != NULL || (plen >= 3 && strcmp(path + plen - 3, "/..") == 0)) {
             err = EINVAL;
             what = "not an absolute path";
             if (op == 'F' && !skip_input(size))
@@ -2030,7 +2030,7 @@ static int tree_apply(int argc, char **argv)
         free(path);
         free(target);
     }
-    if (!feof(stdin)) {
+    if (got_header != 0 || !feof(stdin)) {
         fprintf(stderr, "pyapptron-agent: --tree-apply: the operations end mid-record\n");
         return 2;
     }

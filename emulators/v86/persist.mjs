@@ -121,6 +121,13 @@ export class PersistSession {
           report.layers[layer.name] = { files: 0, bytes: 0, restored: false };
           continue;
         }
+        if (record.delta) {
+          // What differs from an overlay image (c2w agent-x86_64) is not a whole tree.
+          report.damaged.push({ layer: layer.name, path: null, reason: "its record was made on another kind of " +
+            "machine (an image's difference); it was left alone: use one store per engine and image kind" });
+          report.layers[layer.name] = { files: 0, bytes: 0, restored: false };
+          continue;
+        }
         const blobs = await this.blobs(fileRefs(record.entries));
         report.layers[layer.name] = this.applyRecord(layer, record, blobs, report.damaged);
       }

@@ -61,6 +61,9 @@ class PersistHandle(abc.ABC):
     async def start(self, agent) -> None:
         """The adapter restored the layers before the guest ran: nothing to do."""
 
+    def hold(self, held: bool) -> None:
+        """The adapter replaces its tree and the layers together (restore_state)."""
+
     @property
     @abc.abstractmethod
     def phase(self) -> str:
