@@ -326,7 +326,7 @@ class GuestTree:
                 ref = None
                 if item.kind == "f" and item.size:
                     known = known_files.get(item.path)
-                    if known is not None and known[0] == (item.ino, item.ctime_ns, item.size):
+                    if known is not None and known[0] == item.stamp:
                         ref = known[1]
                     else:
                         to_read.append(item)

@@ -127,6 +127,17 @@ def make_files(base: Path) -> None:
     os.utime(base / "persist" / "deep" / "link", (1400000000, 1400000000), follow_symlinks=False)
 
 
+def synced_tree(agent_binary: Path, tmp_path: Path):
+    """make_files' tree in a guest directory, started and synced once: (store, guest, tree)."""
+    store = MemoryStore()
+    guest = tmp_path / "guest"
+    make_files(guest)
+    tree = GuestTree(store, layers_under(guest))
+    run(tree.start(LocalAgent(agent_binary)))
+    run(tree.sync())
+    return store, guest, tree
+
+
 def layers_under(base: Path) -> dict:
     return {"home": (f"{base}/root",), "packages": (f"{base}/root/.local", f"{base}/usr/local"),
             "persist": (f"{base}/persist",)}
@@ -177,12 +188,7 @@ def test_a_sync_reads_only_what_changed_and_writes_nothing_when_nothing_did(agen
 
 
 def test_a_reset_layer_is_no_longer_kept_and_the_others_stay(agent_binary, tmp_path):
-    store = MemoryStore()
-    guest = tmp_path / "guest"
-    make_files(guest)
-    tree = GuestTree(store, layers_under(guest))
-    run(tree.start(LocalAgent(agent_binary)))
-    run(tree.sync())
+    store, guest, tree = synced_tree(agent_binary, tmp_path)
     run(tree.reset("home"))
     (guest / "root" / "later").write_text("x")
     run(tree.sync())
@@ -190,12 +196,7 @@ def test_a_reset_layer_is_no_longer_kept_and_the_others_stay(agent_binary, tmp_p
 
 
 def test_damaged_data_is_reported_and_the_rest_comes_back(agent_binary, tmp_path):
-    store = MemoryStore()
-    guest = tmp_path / "guest"
-    make_files(guest)
-    tree = GuestTree(store, layers_under(guest))
-    run(tree.start(LocalAgent(agent_binary)))
-    run(tree.sync())
+    store, guest, tree = synced_tree(agent_binary, tmp_path)
     ref = next(e[6] for e in store.layers["home"]["entries"] if e[0].endswith("all-bytes.bin"))
     store.blob_data[ref] = b"short"
     store.layers["persist"] = {"garbage": True}
