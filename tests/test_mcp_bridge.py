@@ -105,10 +105,12 @@ def _ws_and_token(url: str) -> tuple[str, str, str]:
 
 
 class FakePage:
-    """A page on the bridge's WebSocket, run by hand (no browser): for the relay's logic only."""
+    """A page on the bridge's WebSocket, run by hand (no browser): for the relay's logic only.
+    Frames are "CHANNEL\nJSON"; `answer` replies on the channel the request came on."""
 
     def __init__(self, ws_url, token, origin):
         self.args = (ws_url, token, origin)
+        self.channel_of: dict = {}
 
     async def __aenter__(self):
         ws_url, token, origin = self.args
@@ -118,20 +120,32 @@ class FakePage:
         return self
 
     async def recv(self) -> dict:
-        return json.loads(await asyncio.wait_for(self.ws.recv(), 30))
+        channel, _, text = (await asyncio.wait_for(self.ws.recv(), 30)).partition("\n")
+        message = json.loads(text)
+        self.channel_of[json.dumps(message.get("id"))] = channel
+        return message
 
     async def answer(self, request: dict, result: dict) -> None:
-        await self.ws.send(json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": result}))
+        channel = self.channel_of[json.dumps(request["id"])]
+        await self.ws.send(channel + "\n" + json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": result}))
 
     async def __aexit__(self, *exc):
         await self.ws.close()
 
 
-def test_without_a_page_a_request_is_refused_with_the_url_to_open():
+def test_the_handshake_is_answered_at_once_and_without_a_page_a_call_is_refused_with_the_url_to_open():
     mcp = McpProcess("--connect-timeout", "1")
     try:
         url = mcp.page_url()
-        response = mcp.request("initialize", INIT, timeout=30)
+        started = time.monotonic()
+        hello = mcp.request("initialize", INIT, timeout=30)["result"]
+        assert time.monotonic() - started < 1, "a client's connect timeout must not race the page's boot"
+        assert hello["protocolVersion"] == "2025-11-25" and "still booting" in hello["instructions"]
+        assert set(hello["capabilities"]) == {"tools", "resources", "logging"}
+        mcp.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        assert mcp.request("ping", timeout=5)["result"] == {}
+        assert mcp.request("logging/setLevel", {"level": "info"}, timeout=5)["result"] == {}
+        response = mcp.request("tools/list", timeout=30)
         assert response["error"]["code"] == -32000
         message = response["error"]["message"]
         assert "no pyapptron page is connected" in message and url in message and "--headless" in message
@@ -171,18 +185,18 @@ def test_a_reloaded_page_gets_the_clients_handshake_again_and_requests_in_flight
         args = _ws_and_token(mcp.page_url())
         mcp.send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT})
         mcp.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        assert mcp.recv()["result"]["serverInfo"]["name"] == "pyapptron"  # answered before any page came
 
         async def first_page():
             async with FakePage(*args) as page:
                 init = await page.recv()
-                assert init["method"] == "initialize"
+                assert init["method"] == "initialize" and init["params"] == INIT
                 await page.answer(init, {"protocolVersion": "2025-11-25", "serverInfo": {"name": "p1"}})
                 assert (await page.recv())["method"] == "notifications/initialized"
                 mcp.send({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
                 assert (await page.recv())["id"] == 2  # ...and the page "reloads" before answering
 
         asyncio.run(first_page())
-        assert mcp.recv()["result"]["serverInfo"] == {"name": "p1"}
         gone = mcp.recv()
         assert gone["id"] == 2 and gone["error"]["code"] == -32000 and "went away" in gone["error"]["message"]
 

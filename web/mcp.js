@@ -146,36 +146,69 @@ export async function connectMcp(target = globalThis, { targetOrigin = location.
 
 /**
  * Dial the desktop bridge (`python -m pyapptron mcp`): present the token, report boot
- * progress, then carry JSON-RPC between the bridge and the VM's MCP server.
+ * progress, then carry JSON-RPC between the bridge's clients and the VM's MCP server.
+ *
+ * The bridge may serve several clients (stdio, and one per Streamable HTTP session or
+ * stateless request): each is a channel, and each channel gets its own MCP connection.
+ * A frame is "CHANNEL\nJSON" both ways; "CHANNEL\n" alone from the bridge closes one.
+ * Control frames are JSON objects ({"pyapptron": ...}).
  */
 export function connectBridge(url, token, sandboxPromise, { onStatus = () => {} } = {}) {
   const ws = new WebSocket(url);
-  let connection = null;
+  const channels = new Map();  // channel -> {connection, early: [text]}
+  let alive = true;
   const say = (message) => ws.readyState === WebSocket.OPEN && ws.send(JSON.stringify(message));
   const failed = (e) => {
     // A Python error's message is its whole traceback: the client gets the last line.
     const text = String(e && e.message || e).trim();
     say({ pyapptron: "failed", error: text.split("\n").pop(), detail: text });
   };
+  const open = (channel) => {
+    const entry = { connection: null, early: [] };
+    channels.set(channel, entry);
+    const prefix = channel + "\n";
+    pythonConnection(sandboxPromise, (text) => ws.readyState === WebSocket.OPEN && ws.send(prefix + text)).then(
+      (connection) => {
+        if (!alive || channels.get(channel) !== entry) { connection.close(); connection.destroy(); return; }
+        entry.connection = connection;
+        for (const text of entry.early) connection.receive(text);
+        entry.early = [];
+      },
+      failed);
+    return entry;
+  };
+  const close = (channel) => {
+    const entry = channels.get(channel);
+    channels.delete(channel);
+    if (entry && entry.connection) { entry.connection.close(); entry.connection.destroy(); }
+  };
   ws.onopen = async () => {
     say({ pyapptron: "hello", token });
     try {
-      connection = await pythonConnection(sandboxPromise, (text) => ws.readyState === WebSocket.OPEN && ws.send(text));
+      await loadPyapptron();  // MCP is served once Python is up; the VM may still be booting
     } catch (e) {
       failed(e);
       return;
     }
-    say({ pyapptron: "ready" });  // MCP is served from here on; the VM may still be booting
+    say({ pyapptron: "ready" });
     onStatus("MCP bridge connected");
     Promise.resolve(sandboxPromise).then(
       ({ vm }) => say({ pyapptron: "status", text: `VM ${vm.emulator}/${vm.image} booted in ${vm.boot_seconds.toFixed(1)} s` }),
       (e) => say({ pyapptron: "status", text: "the VM did not boot: " + String(e && e.message || e).trim().split("\n").pop() }));
   };
   ws.onmessage = (e) => {
-    if (connection) connection.receive(e.data);
+    const frame = String(e.data);
+    const cut = frame.indexOf("\n");
+    if (cut < 0) return;
+    const channel = frame.slice(0, cut);
+    const text = frame.slice(cut + 1);
+    if (!text) { close(channel); return; }
+    const entry = channels.get(channel) || open(channel);
+    if (entry.connection) entry.connection.receive(text); else entry.early.push(text);
   };
   ws.onclose = (e) => {
-    if (connection) { connection.close(); connection.destroy(); connection = null; }
+    alive = false;
+    for (const channel of [...channels.keys()]) close(channel);
     onStatus(e.code === 4003 ? "MCP bridge refused this page: wrong token" : "MCP bridge disconnected");
   };
   return ws;

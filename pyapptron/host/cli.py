@@ -254,11 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="boot a VM headless and show uname -a and a file round trip")
     _browser_args(p)
     p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("mcp", help="a stdio MCP server for AI agents, bridged to a VM in a browser page",
-                       description="Speak MCP on stdin/stdout (start it from an MCP client's config). The VM "
-                                   "runs in a page that connects back over a loopback WebSocket; --headless "
-                                   "opens that page in headless Chromium, otherwise the page URL is printed "
-                                   "on stderr.")
+    p = sub.add_parser("mcp", help="an MCP server for AI agents (stdio, or Streamable HTTP with --http), "
+                                    "bridged to a VM in a browser page",
+                       description="Speak MCP on stdin/stdout (start it from an MCP client's config), or over "
+                                   "Streamable HTTP with --http PORT. The VM runs in a page that connects back "
+                                   "over a loopback WebSocket; --headless opens that page in headless Chromium, "
+                                   "otherwise the page URL is printed on stderr.")
     _browser_args(p)
     p.add_argument("--headless", action="store_true", help="open the page in headless Chromium (no window needed)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -274,6 +275,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="another page origin allowed to connect (repeatable)")
     p.add_argument("--max-message-bytes", type=int, default=None, metavar="N",
                    help="refuse larger JSON-RPC messages with an error (default 64 MiB)")
+    p.add_argument("--http", type=int, default=None, metavar="PORT",
+                   help="serve MCP Streamable HTTP at http://127.0.0.1:PORT/mcp instead of stdio (0: any free port); "
+                        "the URL, key included, is printed on stderr")
+    p.add_argument("--key", default=None, metavar="KEY",
+                   help="with --http: the key every request must carry (Authorization: Bearer KEY or ?key=KEY); "
+                        "default $PYAPPTRON_MCP_KEY, else a random one per run")
+    p.add_argument("--host", default="127.0.0.1", metavar="ADDRESS",
+                   help="with --http: the address to listen on (default 127.0.0.1; another address also drops the "
+                        "Host check, so the key is the only guard)")
     p.set_defaults(func=cmd_mcp)
     args = parser.parse_args(argv)
     return args.func(args)

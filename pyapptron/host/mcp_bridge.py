@@ -1,8 +1,11 @@
-"""`python -m pyapptron mcp`: a stdio MCP server for desktop agents, bridged to the page.
+"""`python -m pyapptron mcp`: an MCP server for agents, bridged to the page.
 
 The MCP server runs in the browser page next to the VM (pyapptron.mcp). This process
 only carries its JSON-RPC messages: one per line on stdin/stdout (MCP's stdio
-transport) <-> one per frame on a WebSocket that the page dials.
+transport), or Streamable HTTP with --http (host/mcp_http.py) <-> frames on a WebSocket
+that the page dials, one channel (one MCP connection in the page) per client. It
+answers the handshake itself while the page is still loading, so a client's connect
+timeout never races a boot.
 
 Security: the WebSocket listens on 127.0.0.1 only, checks the page's Origin, and
 serves nothing until the page presents the random per-run token (passed in the page
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -60,79 +64,194 @@ class BridgeConfig:
     max_message_bytes: int = MAX_MESSAGE_BYTES
 
 
-class Bridge:
-    """Carries messages between the stdio client and at most one page."""
+#: What the bridge answers itself, at once, before (and without) a page: the handshake and
+#: the calls that need no VM. The page's own connection gets the state-setting ones replayed.
+_LOCAL = {"initialize", "ping", "server/discover", "logging/setLevel"}
+_REPLAYED = {"initialize", "logging/setLevel"}
 
-    def __init__(self, config: BridgeConfig, write_out):
-        self.config = config
-        self._write_out = write_out  # bytes -> None: one line to the client
-        self.page = None  # the connected, ready page's WebSocket
-        self.page_info: dict = {}
-        self.failed: str | None = None
-        self._waiting: list[tuple[str, object]] = []  # (text, id) queued until a page is ready
-        self._wait_timer: asyncio.TimerHandle | None = None
+
+class Channel:
+    """One client of the bridge: the stdio client, a Streamable HTTP session, or one
+    stateless HTTP request. In the page it has an MCP connection of its own.
+
+    `deliver(text)` carries each JSON-RPC message to the client. The handshake is answered
+    here while no page is ready (a client's connect timeout is shorter than a boot), and
+    replayed to the page's connection when it comes (and again after a reload).
+    """
+
+    def __init__(self, bridge: Bridge, number: int, deliver):
+        from ..mcp.server import McpServer
+        from ..mcp.tools import MachineTools
+
+        self.bridge = bridge
+        self.number = number
+        self.deliver = deliver
+        self.closed = False
         self._pending: dict[object, str] = {}  # request id -> method, sent to the page
-        self._initialize: str | None = None  # replayed to a page that connects later (a reload)
-        self._initialized_note: str | None = None
+        self._waiting: list[tuple[str, object]] = []  # (text, id) queued until a page is ready
+        self._replay: list[tuple[object, str]] = []  # (id or None, text): the client's set-up, for a new page
         self._swallow: set[object] = set()  # ids of replayed requests: their answers are not the client's
-        self.ready_event = asyncio.Event()
-        self.url_for_humans = ""
-        self.client_gone = False
+        self._local_answers: set[object] = set()  # ids the local connection answers to the client
+        # The same core the page runs, without a VM: its handshake says the VM is still booting.
+        self._local = McpServer(MachineTools(None)).connect(self._from_local)
+        self.wait_timer: asyncio.TimerHandle | None = None
 
-    # -- client side ---------------------------------------------------------------
+    # -- from the client ---------------------------------------------------------------
     def from_client(self, text: str) -> None:
-        """One line from the stdio client."""
+        if self.closed:
+            return
         try:
             message = json.loads(text)
         except ValueError:
             message = None
         request_id = None
+        method = None
         if isinstance(message, dict):
             method = message.get("method")
             request_id = message.get("id")
-            if method == "initialize":
-                self._initialize = text
-            elif method == "notifications/initialized":
-                self._initialized_note = text
-            elif method == "notifications/cancelled" and isinstance(message.get("params"), dict):
+            if method == "notifications/initialized":
+                self._replay.append((None, text))  # a page that comes later gets it with the handshake
+                if self.bridge.page is not None:
+                    self._to_page(text)
+                return
+            if method == "notifications/cancelled" and isinstance(message.get("params"), dict):
                 # A cancelled request gets no answer: not from the page, not from us.
                 self._pending.pop(_key(message["params"].get("requestId")), None)
-            if method is not None and request_id is not None:
-                self._pending[_key(request_id)] = method
+        if isinstance(method, str) and method in _LOCAL and request_id is not None:
+            page_ready = self.bridge.page is not None
+            if method != "ping" and page_ready:
+                self._local_quietly(text, request_id)  # keep the local state; the page answers
+            else:
+                self._local_answers.add(_key(request_id))
+                self._local.receive(text)
+                if method not in _REPLAYED:
+                    return
+                # Answered here; the page's connection gets it too, and its answer is dropped.
+                self._replay.append((request_id, text))
+                return
+            if method in _REPLAYED:
+                self._replay.append((request_id, text))
+        if method is not None and request_id is not None:
+            self._pending[_key(request_id)] = method
         # Everything else (malformed JSON included) is the page's to answer: one validator.
-        if self.page is not None:
-            asyncio.ensure_future(self._send_page(text))
+        if self.bridge.page is not None:
+            self._to_page(text)
+        elif self.bridge.failed:
+            self._refuse(request_id, self.bridge.failed)
+        else:
+            self._waiting.append((text, request_id))
+            self.bridge.wait_for_page(self)
+
+    def _local_quietly(self, text: str, request_id) -> None:
+        self._local_answers.discard(_key(request_id))
+        self._local.receive(text)
+
+    def _from_local(self, text: str) -> None:
+        message = json.loads(text)
+        key = _key(message.get("id"))
+        if key in self._local_answers:
+            self._local_answers.discard(key)
+            self.deliver(text)
+
+    def answer_error(self, request_id, code: int, message: str) -> None:
+        self.deliver(json.dumps({"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}))
+
+    def _refuse(self, request_id, message: str) -> None:
+        if request_id is not None:
+            self._pending.pop(_key(request_id), None)
+            self.answer_error(request_id, NO_PAGE, message)
+
+    def give_up(self, message: str) -> None:
+        """No page came (or it cannot boot its VM): what waits is refused, saying why."""
+        waiting, self._waiting = self._waiting, []
+        for _, request_id in waiting:
+            self._refuse(request_id, message)
+
+    def close(self) -> None:
+        """The client is gone: the page's connection for it closes (its calls are cancelled)."""
+        if self.closed:
             return
-        if self.failed:
-            self._refuse(request_id, self.failed)
+        self.closed = True
+        self._local.close()
+        self._waiting.clear()
+        self._pending.clear()
+        self.bridge.close_channel(self)
+
+    # -- the page's side ---------------------------------------------------------------
+    def _to_page(self, text: str) -> None:
+        self.bridge.send_page(self, text)
+
+    def page_ready(self) -> None:
+        """A page (the first, or a reloaded one) is there: bring it to the client's state."""
+        for request_id, text in self._replay:
+            if request_id is not None:
+                self._swallow.add(_key(request_id))
+            self._to_page(text)
+        waiting, self._waiting = self._waiting, []
+        for text, _ in waiting:
+            self._to_page(text)
+
+    def from_page(self, text: str) -> None:
+        if self.closed:
             return
-        self._waiting.append((text, request_id))
+        try:
+            message = json.loads(text)
+        except ValueError:
+            return
+        if isinstance(message, dict) and "method" not in message and "id" in message:
+            key = _key(message["id"])
+            if key in self._swallow:
+                self._swallow.discard(key)
+                return
+            self._pending.pop(key, None)
+        self.deliver(text)
+
+    def page_gone(self) -> None:
+        self._swallow.clear()
+        pending, self._pending = self._pending, {}
+        for key, method in pending.items():
+            self.answer_error(key[1], NO_PAGE, f"{method}: the page went away (reloaded or closed) while "
+                                               "this request ran; the command may not have finished")
+
+
+class Bridge:
+    """Carries messages between its clients (channels) and at most one page."""
+
+    def __init__(self, config: BridgeConfig):
+        self.config = config
+        self.page = None  # the connected, ready page's WebSocket
+        self.page_info: dict = {}
+        self.failed: str | None = None
+        self.channels: dict[int, Channel] = {}
+        self._numbers = itertools.count(1)
+        self._wait_timer: asyncio.TimerHandle | None = None
+        self.ready_event = asyncio.Event()
+        self.url_for_humans = ""
+        self.stopping = False
+
+    def open_channel(self, deliver) -> Channel:
+        channel = Channel(self, next(self._numbers), deliver)
+        self.channels[channel.number] = channel
+        return channel
+
+    def close_channel(self, channel: Channel) -> None:
+        if self.channels.pop(channel.number, None) is not None and self.page is not None:
+            asyncio.ensure_future(self._send(f"{channel.number}\n"))
+
+    # -- waiting for a page --------------------------------------------------------------
+    def wait_for_page(self, channel: Channel) -> None:
         if self._wait_timer is None:
             self._wait_timer = asyncio.get_running_loop().call_later(self.config.connect_timeout, self._give_up)
 
-    def too_large(self, size: int) -> None:
-        self._answer_error(None, INVALID_REQUEST,
-                           f"message of {size} bytes refused: the limit is {self.config.max_message_bytes}")
-
     def _give_up(self) -> None:
         self._wait_timer = None
-        waiting, self._waiting = self._waiting, []
-        for _, request_id in waiting:
-            self._refuse(request_id, self.no_page_message())
+        for channel in list(self.channels.values()):
+            channel.give_up(self.no_page_message())
 
     def no_page_message(self) -> str:
         return (f"no pyapptron page is connected to this MCP bridge (waited {self.config.connect_timeout:g} s). "
                 f"Open {self.url_for_humans} in Chromium, or start the bridge with --headless so it "
                 "opens one itself")
-
-    def _refuse(self, request_id, message: str) -> None:
-        if request_id is not None:
-            self._pending.pop(_key(request_id), None)
-            self._answer_error(request_id, NO_PAGE, message)
-
-    def _answer_error(self, request_id, code: int, message: str) -> None:
-        self._write_out(json.dumps({"jsonrpc": "2.0", "id": request_id,
-                                    "error": {"code": code, "message": message}}).encode())
 
     # -- page side -----------------------------------------------------------------
     async def handle_page(self, ws) -> None:
@@ -147,14 +266,14 @@ class Bridge:
                 if self.page is ws:
                     self._from_page(frame)
                 else:
-                    await self._control(ws, frame)
+                    self._control(ws, frame)
         except Exception as exc:  # the connection broke; what was in flight is answered below
             log(f"page connection lost: {exc}")
         finally:
             if self.page is ws:
                 self._page_gone()
 
-    async def _control(self, ws, frame) -> None:
+    def _control(self, ws, frame) -> None:
         try:
             message = json.loads(frame)
         except ValueError:
@@ -165,69 +284,52 @@ class Bridge:
         elif kind == "failed":
             self.failed = f"the page could not start its VM: {message.get('error')}"
             log(f"{self.failed}\n{message.get('detail') or ''}")
-            self._give_up_with(self.failed)
+            self._stop_waiting()
+            for channel in list(self.channels.values()):
+                channel.give_up(self.failed)
         elif kind == "ready":
             self.page_info = {k: v for k, v in message.items() if k != "pyapptron"}
             log(f"page ready: {self.page_info}")
             self.page = ws
             self.failed = None
-            if self._wait_timer is not None:
-                self._wait_timer.cancel()
-                self._wait_timer = None
-            replay = []
-            init_waiting = any(text == self._initialize for text, _ in self._waiting)
-            if self._initialize and not init_waiting:
-                # A reloaded page: bring its fresh server to the state the client set up.
-                self._swallow.add(_key(json.loads(self._initialize).get("id")))
-                replay.append(self._initialize)
-                if self._initialized_note:
-                    replay.append(self._initialized_note)
-            waiting, self._waiting = self._waiting, []
-            for text in replay + [text for text, _ in waiting]:
-                await self._send_page(text)
+            self._stop_waiting()
+            for channel in list(self.channels.values()):
+                channel.page_ready()
             self.ready_event.set()
 
-    def _give_up_with(self, message: str) -> None:
+    def _stop_waiting(self) -> None:
         if self._wait_timer is not None:
             self._wait_timer.cancel()
             self._wait_timer = None
-        waiting, self._waiting = self._waiting, []
-        for _, request_id in waiting:
-            self._refuse(request_id, message)
 
     def _from_page(self, frame) -> None:
         text = frame if isinstance(frame, str) else frame.decode()
-        try:
-            message = json.loads(text)
-        except ValueError:
+        number, sep, body = text.partition("\n")
+        if not sep:
+            self._control(self.page, text)  # a status line from a ready page
             return
-        if isinstance(message, dict) and "method" not in message and "id" in message:
-            key = _key(message["id"])
-            if key in self._swallow:
-                self._swallow.discard(key)
-                return
-            self._pending.pop(key, None)
-        self._write_out(text.encode())
+        channel = self.channels.get(int(number)) if number.isdigit() else None
+        if channel is not None:
+            channel.from_page(body)
 
     def _page_gone(self) -> None:
         self.page = None
         self.ready_event.clear()
-        self._swallow.clear()
-        pending, self._pending = self._pending, {}
-        if self.client_gone:
-            return  # nobody to tell: the client closed stdin, so we are stopping
+        if self.stopping:
+            return  # nobody to tell: the clients are gone, so we are stopping
         log("the page disconnected (reloaded or closed); waiting for it to come back")
-        for key, method in pending.items():
-            self._answer_error(key[1], NO_PAGE, f"{method}: the page went away (reloaded or closed) while "
-                                                "this request ran; the command may not have finished")
+        for channel in list(self.channels.values()):
+            channel.page_gone()
 
-    async def _send_page(self, text: str) -> None:
+    def send_page(self, channel: Channel, text: str) -> None:
+        asyncio.ensure_future(self._send(f"{channel.number}\n{text}"))
+
+    async def _send(self, frame: str) -> None:
         page = self.page
         if page is None:
-            self._waiting.append((text, None))
-            return
+            return  # the page went: page_gone answered what was pending
         try:
-            await page.send(text)
+            await page.send(frame)
         except Exception:
             pass  # the close handler answers what is pending
 
@@ -257,7 +359,7 @@ def _protocol_stdout():
     return write
 
 
-def _stdin_lines(loop, bridge: Bridge, done: asyncio.Event) -> None:
+def _stdin_lines(loop, bridge: Bridge, channel: Channel, done: asyncio.Event) -> None:
     """Read stdin in a thread (works for pipes, files and ttys alike)."""
     limit = bridge.config.max_message_bytes
     stdin = sys.stdin.buffer
@@ -273,20 +375,22 @@ def _stdin_lines(loop, bridge: Bridge, done: asyncio.Event) -> None:
                     size += len(rest)
                     if not rest or rest.endswith(b"\n"):
                         break
-                loop.call_soon_threadsafe(bridge.too_large, size)
+                loop.call_soon_threadsafe(channel.answer_error, None, INVALID_REQUEST,
+                                          f"message of {size} bytes refused: the limit is {limit}")
                 continue
             text = line.decode("utf-8", "replace").strip()
             if text:
-                loop.call_soon_threadsafe(bridge.from_client, text)
+                loop.call_soon_threadsafe(channel.from_client, text)
     finally:
-        bridge.client_gone = True
+        bridge.stopping = True
         loop.call_soon_threadsafe(done.set)
 
 
 async def serve(args) -> int:
     from .server import PageServer, profile_port
 
-    write_out = _protocol_stdout()
+    http_mode = args.http is not None
+    write_out = None if http_mode else _protocol_stdout()
     port = 0
     if args.persist:
         if not args.profile:
@@ -303,7 +407,7 @@ async def serve(args) -> int:
     config = BridgeConfig(origins=[page_origin, f"http://localhost:{page_server.port}", *args.allow_origin],
                           connect_timeout=args.connect_timeout,
                           max_message_bytes=args.max_message_bytes or MAX_MESSAGE_BYTES)
-    bridge = Bridge(config, write_out)
+    bridge = Bridge(config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -312,7 +416,8 @@ async def serve(args) -> int:
     browser = None
     started = time.monotonic()
     try:
-        async with listen(bridge.handle_page, config.origins, args.port) as ws_server:
+        async with contextlib.AsyncExitStack() as stack:
+            ws_server = await stack.enter_async_context(listen(bridge.handle_page, config.origins, args.port))
             ws_port = ws_server.sockets[0].getsockname()[1]
             query = [f"mcp-bridge=ws://127.0.0.1:{ws_port}/", f"emulator={args.emulator}"]
             if args.image:  # else the emulator's default image
@@ -329,8 +434,18 @@ async def serve(args) -> int:
                 query += [f"host_port={port}" for port in network["host_ports"]]
             query += boot_query
             bridge.url_for_humans = f"{page_origin}/web/index.html?{'&'.join(query)}#mcp-token={config.token}"
-            threading.Thread(target=_stdin_lines, args=(loop, bridge, stop), daemon=True,
-                             name="pyapptron-mcp-stdin").start()
+            if http_mode:
+                from .mcp_http import HttpTransport, http_key
+
+                http = HttpTransport(bridge, key=http_key(args.key), host=args.host, port=args.http,
+                                     allow_origins=args.allow_origin)
+                await http.start()
+                stack.push_async_callback(http.stop)
+                log(f"serving MCP (Streamable HTTP) at {http.endpoint_with_key}")
+            else:
+                channel = bridge.open_channel(lambda text: write_out(text.encode()))
+                threading.Thread(target=_stdin_lines, args=(loop, bridge, channel, stop), daemon=True,
+                                 name="pyapptron-mcp-stdin").start()
             if args.headless:
                 browser = await loop.run_in_executor(None, _open_browser, args, bridge.url_for_humans)
                 log(f"opened the page in headless Chromium ({time.monotonic() - started:.1f} s)")
@@ -338,6 +453,7 @@ async def serve(args) -> int:
                 log(f"open this page to connect a VM: {bridge.url_for_humans}")
             log(f"waiting for the page on ws://127.0.0.1:{ws_port}/ (pid {os.getpid()})")
             await stop.wait()
+            bridge.stopping = True
     finally:
         if browser is not None:
             await loop.run_in_executor(None, browser.close)

@@ -40,6 +40,13 @@ UNSUPPORTED_PROTOCOL_VERSION = -32022
 #: Larger messages are refused (with an error) before they are parsed.
 MAX_MESSAGE_BYTES = 64 << 20
 
+#: The specification's log levels (RFC 5424's), least severe first.
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+#: What a client that never sent `logging/setLevel` gets: problems, not chatter.
+DEFAULT_LOG_LEVEL = "warning"
+_PY_LEVELS = ((logging.CRITICAL, "critical"), (logging.ERROR, "error"), (logging.WARNING, "warning"),
+              (logging.INFO, "info"), (logging.NOTSET, "debug"))
+
 _NEEDS_MACHINE = {"tools/list", "tools/call", "resources/list", "resources/templates/list", "resources/read"}
 # Results a 2026-07-28 client may cache: they carry cacheScope and ttlMs.
 _CACHEABLE = {"server/discover", "tools/list", "resources/list", "resources/templates/list", "resources/read"}
@@ -63,12 +70,15 @@ class McpServer:
     """What the server offers: `tools` is a provider like MachineTools (tools, resources)."""
 
     def __init__(self, tools, *, name: str = "pyapptron", version: str | None = None,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES):
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, forward_logs: bool = False):
+        """`forward_logs`: pyapptron's own warnings (its `logging` records and Python
+        warnings) go to every connection as `notifications/message`."""
         if version is None:
             from .. import __version__ as version
         self.tools = tools
         self.info = {"name": name, "title": "pyapptron Linux VM", "version": version}
         self.max_message_bytes = max_message_bytes
+        self.forward_logs = forward_logs
 
     def connect(self, send: Send) -> McpConnection:
         """A new client connection; `send(text)` carries one JSON-RPC message to the client."""
@@ -87,6 +97,13 @@ class McpConnection:
         self.client_info: dict | None = None
         self._in_flight: dict[Any, asyncio.Task] = {}
         self.closed = False
+        self.log_level = DEFAULT_LOG_LEVEL  # set by `logging/setLevel`
+        self._log_handler = None
+        self._on_close: list[Callable[[], None]] = []
+        if server.forward_logs:
+            self._log_handler = _LogForwarder(self)
+            for name in ("pyapptron", "py.warnings"):
+                logging.getLogger(name).addHandler(self._log_handler)
 
     # -- input ---------------------------------------------------------------------
     def receive(self, text: str | bytes) -> None:
@@ -143,6 +160,31 @@ class McpConnection:
         self.closed = True
         for task in list(self._in_flight.values()):
             task.cancel()
+        if self._log_handler is not None:
+            for name in ("pyapptron", "py.warnings"):
+                logging.getLogger(name).removeHandler(self._log_handler)
+            self._log_handler = None
+        callbacks, self._on_close = self._on_close, []
+        for callback in callbacks:
+            callback()
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` when the transport goes away (a log source unsubscribes)."""
+        if self.closed:
+            callback()
+        else:
+            self._on_close.append(callback)
+
+    # -- logging (the `logging` capability) ------------------------------------------
+    def wants_log(self, level: str) -> bool:
+        """Whether a message at `level` would reach the client (check before building one)."""
+        return not self.closed and LOG_LEVELS.index(level) >= LOG_LEVELS.index(self.log_level)
+
+    def log(self, level: str, data: Any, logger: str = "pyapptron") -> None:
+        """A `notifications/message` to the client, if its level is at or above the one it set."""
+        if self.wants_log(level):
+            self._write({"jsonrpc": "2.0", "method": "notifications/message",
+                         "params": {"level": level, "logger": logger, "data": data}})
 
     def _notification(self, method: str, params: Any) -> None:
         if not isinstance(params, dict):
@@ -200,6 +242,12 @@ class McpConnection:
                     "serverInfo": self.server.info, "instructions": tools.instructions()}
         if method == "ping":
             return {}
+        if method == "logging/setLevel":
+            level = params.get("level")
+            if level not in LOG_LEVELS:
+                raise McpError(INVALID_PARAMS, f"logging/setLevel: level {level!r} is not one of {', '.join(LOG_LEVELS)}")
+            self.log_level = level
+            return {}
         if method in _NEEDS_MACHINE:
             await tools.ready()
         if method == "tools/list":
@@ -244,7 +292,8 @@ class McpConnection:
 
     @staticmethod
     def _capabilities() -> dict:
-        return {"tools": {"listChanged": False}, "resources": {"listChanged": False, "subscribe": False}}
+        return {"tools": {"listChanged": False}, "resources": {"listChanged": False, "subscribe": False},
+                "logging": {}}
 
     def _modern_envelope(self, method: str, result: dict) -> dict:
         result = dict(result)
@@ -288,6 +337,28 @@ class McpConnection:
             self._send(json.dumps(message, ensure_ascii=False, separators=(",", ":")))
         except Exception:  # the transport is gone; the next close() cleans up
             log.exception("MCP send failed")
+
+
+class _LogForwarder(logging.Handler):
+    """pyapptron's `logging` records (warnings and worse) as one connection's log messages."""
+
+    def __init__(self, connection: McpConnection):
+        super().__init__(logging.WARNING)
+        self.connection = connection
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = log_level_of(record.levelno)
+        if record.name == "pyapptron.mcp" or not self.connection.wants_log(level):
+            return  # the server's own send failures must not feed back into sends
+        try:
+            self.connection.log(level, record.getMessage(), logger=record.name)
+        except Exception:  # noqa: BLE001 - logging must never raise into the code that logged
+            pass
+
+
+def log_level_of(levelno: int) -> str:
+    """A Python logging level as the specification's level name."""
+    return next(name for number, name in _PY_LEVELS if levelno >= number)
 
 
 def _id_of(message) -> Any:
