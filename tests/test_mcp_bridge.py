@@ -199,6 +199,9 @@ def test_a_reloaded_page_gets_the_clients_handshake_again_and_requests_in_flight
         asyncio.run(first_page())
         gone = mcp.recv()
         assert gone["id"] == 2 and gone["error"]["code"] == -32000 and "went away" in gone["error"]["message"]
+        warning = mcp.recv()  # and the bridge says so in a log message (the default level is warning)
+        assert warning["method"] == "notifications/message" and warning["params"]["level"] == "warning"
+        assert "page went away" in warning["params"]["data"]
 
         async def second_page():
             async with FakePage(*args) as page:

@@ -148,10 +148,17 @@ class Channel:
 
     def _from_local(self, text: str) -> None:
         message = json.loads(text)
+        if "id" not in message:  # a log message of the bridge's own (warn())
+            self.deliver(text)
+            return
         key = _key(message.get("id"))
         if key in self._local_answers:
             self._local_answers.discard(key)
             self.deliver(text)
+
+    def warn(self, text: str) -> None:
+        """The bridge's own trouble as a log message, at the level the client set."""
+        self._local.log("warning", text, logger="pyapptron.bridge")
 
     def answer_error(self, request_id, code: int, message: str) -> None:
         self.deliver(json.dumps({"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}))
@@ -166,6 +173,8 @@ class Channel:
         waiting, self._waiting = self._waiting, []
         for _, request_id in waiting:
             self._refuse(request_id, message)
+        if waiting:
+            self.warn(message)
 
     def close(self) -> None:
         """The client is gone: the page's connection for it closes (its calls are cancelled)."""
@@ -212,6 +221,7 @@ class Channel:
         for key, method in pending.items():
             self.answer_error(key[1], NO_PAGE, f"{method}: the page went away (reloaded or closed) while "
                                                "this request ran; the command may not have finished")
+        self.warn("the VM's page went away (reloaded or closed); calls wait for it to come back")
 
 
 class Bridge:
