@@ -796,6 +796,7 @@ def bench_mcp_http(rounds: int, clients: int = 4) -> dict:
     the same over stdio (bench_mcp's) and a direct vm.run on the same VM, and `clients`
     sessions calling exec at once."""
     import asyncio
+    import contextlib
 
     import aiohttp
 
@@ -803,8 +804,7 @@ def bench_mcp_http(rounds: int, clients: int = 4) -> dict:
     from mcp_clients import McpHttpServer
 
     accept = {"Accept": "application/json, text/event-stream"}
-    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-            "params": {"name": "exec", "arguments": {"command": "true"}}}
+    ids = iter(range(1, 1 << 30))  # ids are never reused in a session
 
     async def session(http, url):
         init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": INIT}
@@ -813,9 +813,12 @@ def bench_mcp_http(rounds: int, clients: int = 4) -> dict:
             return {**accept, "Mcp-Session-Id": r.headers["Mcp-Session-Id"], "MCP-Protocol-Version": "2025-11-25"}
 
     async def exec_true(http, url, headers) -> float:
+        call = {"jsonrpc": "2.0", "id": next(ids), "method": "tools/call",
+                "params": {"name": "exec", "arguments": {"command": "true"}}}
         t = time.perf_counter()
         async with http.post(url, json=call, headers=headers) as r:
-            answer = await r.json()
+            body = await r.text()  # a call is answered as an SSE stream: its answer is the last event
+        answer = json.loads(body.rsplit("data: ", 1)[1]) if "data: " in body else json.loads(body)
         assert answer["result"]["structuredContent"]["exit_code"] == 0, answer
         return (time.perf_counter() - t) * 1000
 
@@ -831,14 +834,16 @@ def bench_mcp_http(rounds: int, clients: int = 4) -> dict:
             await exec_true(http, server.url, headers)
             return initialized, time.perf_counter() - started
 
-    initialized_s, first_result_s = asyncio.run(first_result())
-    server.close()
+    try:
+        initialized_s, first_result_s = asyncio.run(first_result())
+    finally:
+        server.close()
 
     # 2. Round trips on a page this process also drives directly (same VM, alternating blocks),
     #    and several clients at once.
     server = McpHttpServer()
     page_url = server.wait_for_stderr(r"open this page to connect a VM: (\S+)").group(1)
-    with Browser() as browser:
+    with contextlib.closing(server), Browser() as browser:
         remote = RemoteSession(browser, page_url, autoboot=True)
         vm = remote.page_machine()
 
@@ -864,7 +869,6 @@ def bench_mcp_http(rounds: int, clients: int = 4) -> dict:
                 return http_ms, direct_ms, [ms for one in together for ms in one], wall
 
         http_ms, direct_ms, together_ms, wall_s = asyncio.run(measure())
-    server.close()
     med = statistics.median
     return {
         "headless_start_to_listening_s": round(listening_s, 3),

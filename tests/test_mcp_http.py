@@ -20,6 +20,8 @@ import aiohttp
 import pytest
 from mcp_clients import CONFORMANCE, GEMINI, INSPECTOR, REPO, McpHttpServer, gemini_home, node
 from test_mcp_bridge import FakePage, _ws_and_token
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}
 ACCEPT = {"Accept": "application/json, text/event-stream"}
@@ -64,7 +66,7 @@ def test_every_request_needs_the_key_a_local_host_and_a_local_origin(pageless):
                 assert r.status == 401
             async with http.post(pageless.url_with_key, json=body,
                                  headers={**ACCEPT, "Origin": "http://evil.example"}) as r:
-                assert r.status == 403 and "--allow-origin" in (await r.json())["error"]["message"]
+                assert r.status == 403 and "--http-allow-origin" in (await r.json())["error"]["message"]
             async with http.post(pageless.url_with_key, json=body,
                                  headers={**ACCEPT, "Host": "evil.example:80"}) as r:
                 assert r.status == 403  # DNS rebinding: a name that resolved to the loopback
@@ -188,10 +190,92 @@ def test_each_session_is_its_own_connection_and_each_message_takes_its_own_strea
                                                    headers={**modern, "Mcp-Method": "tools/call"}))
             await page.recv()
             hung_up = page.channel_of[json.dumps(2)]
-            call.cancel()
+            (await call).close()  # a call streams: its headers came; the client drops the stream
             assert await asyncio.wait_for(page.ws.recv(), 10) == f"{hung_up}\n"
 
     asyncio.run(probe())
+
+
+def test_a_bad_id_a_cancelled_call_and_a_streamed_handshake_leave_no_client_waiting(pageless):
+    """What the review found hanging: a request id that cannot be answered, a request the
+    client cancels (no answer comes), a handshake asked for as a stream."""
+
+    async def probe():
+        async with FakePage(*pageless.page) as page, \
+                aiohttp.ClientSession(headers={"Authorization": f"Bearer {pageless.key}"},
+                                      timeout=aiohttp.ClientTimeout(total=20)) as http:
+            url = pageless.url
+            for bad in (1.5, True, {"a": 1}, None):
+                async with http.post(url, json={"jsonrpc": "2.0", "id": bad, "method": "ping"}, headers=ACCEPT) as r:
+                    assert r.status == 400 and "string or an integer" in (await r.json())["error"]["message"]
+            # A handshake with a progress token, from a client that takes only SSE: still JSON + session id.
+            call = asyncio.ensure_future(http.post(url, json=rpc(1, "initialize", {**INIT, "_meta": {"progressToken": 1}}),
+                                                   headers={"Accept": "text/event-stream"}))
+            handshake = await page.recv()
+            await page.answer(handshake, {"protocolVersion": "2025-11-25"})
+            response = await call
+            assert response.headers["Content-Type"].startswith("application/json") and response.headers["Mcp-Session-Id"]
+            session = {**ACCEPT, "Mcp-Session-Id": response.headers["Mcp-Session-Id"]}
+            for accept in ("application/json", "application/json, text/event-stream"):
+                call = asyncio.ensure_future(http.post(url, json=rpc(5, "tools/list"), headers={**session, "Accept": accept}))
+                await page.recv()
+                async with http.post(url, json=rpc(None, "notifications/cancelled", {"requestId": 5}), headers=session) as r:
+                    assert r.status == 202
+                assert (await page.recv())["method"] == "notifications/cancelled"
+                response = await call
+                assert response.status in (200, 204)  # ended: a stream with no message, or no content
+                assert [m async for m in sse_messages(response)] == []
+
+    asyncio.run(probe())
+
+
+def test_a_second_page_cannot_take_the_clients_from_the_first():
+    server = McpHttpServer("--connect-timeout", "60")
+    try:
+        page_args = _ws_and_token(server.wait_for_stderr(r"open this page to connect a VM: (\S+)").group(1))
+
+        async def probe():
+            ws_url, token, origin = page_args
+            async with connect(ws_url, origin=origin) as second, FakePage(*page_args) as first:
+                await second.send(json.dumps({"pyapptron": "hello", "token": token}))
+                await second.send(json.dumps({"pyapptron": "ready"}))  # ready after the first: refused
+                with pytest.raises(ConnectionClosed) as closed:
+                    await asyncio.wait_for(second.recv(), 10)
+                assert closed.value.rcvd.code == 4009
+                async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {server.key}"}) as http:
+                    call = asyncio.ensure_future(http.post(server.url, json=rpc(1, "initialize", INIT), headers=ACCEPT))
+                    handshake = await first.recv()  # the first page still serves
+                    await first.answer(handshake, {"protocolVersion": "2025-11-25"})
+                    assert (await call).status == 200
+
+        asyncio.run(probe())
+    finally:
+        server.close()
+
+
+def test_each_request_waits_for_a_page_its_own_connect_timeout():
+    server = McpHttpServer("--connect-timeout", "2")
+    try:
+        async def probe():
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {server.key}"}) as http:
+                async with http.post(server.url, json=rpc(1, "initialize", INIT), headers=ACCEPT) as r:
+                    session = {**ACCEPT, "Mcp-Session-Id": r.headers["Mcp-Session-Id"], "MCP-Protocol-Version": "2025-11-25"}
+
+                async def timed(request_id, delay):
+                    await asyncio.sleep(delay)
+                    started = time.monotonic()
+                    async with http.post(server.url, json=rpc(request_id, "tools/list"), headers=session) as r:
+                        answer = await r.json()
+                    return time.monotonic() - started, answer
+
+                (early, first), (late, second) = await asyncio.gather(timed(2, 0), timed(3, 1.5))
+                for answer in (first, second):
+                    assert answer["error"]["code"] == -32000 and "waited 2 s" in answer["error"]["message"]
+                assert early >= 1.9 and late >= 1.9  # the later one got its whole wait, not the rest of the first's
+
+        asyncio.run(probe())
+    finally:
+        server.close()
 
 
 # -- a real VM, and clients nobody here wrote ---------------------------------------------
@@ -341,14 +425,14 @@ async def _session(http: aiohttp.ClientSession, server: McpHttpServer) -> dict:
     return headers
 
 
-async def _exec(http, server, headers, command: str, request_id=1, **meta) -> dict:
+async def _exec(http, server, headers, command: str, request_id=1, **meta) -> list[dict]:
+    """An exec call: every message its POST brought (a call streams), its answer last."""
     params = {"name": "exec", "arguments": {"command": command}}
     if meta:
         params["_meta"] = meta
     async with http.post(server.url, json=rpc(request_id, "tools/call", params), headers=headers) as r:
-        if r.headers["Content-Type"].startswith("text/event-stream"):
-            return [m async for m in sse_messages(r)]
-        return (await r.json())["result"]["structuredContent"]
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        return [m async for m in sse_messages(r)]
 
 
 @pytest.mark.browser
@@ -363,8 +447,8 @@ def test_several_clients_share_one_vm_and_their_calls_run_side_by_side(served):
                         "echo 1", "echo 2", "touch /tmp/side-by-side; echo 3"]
 
             async def client(headers, command):
-                result = await _exec(http, served, headers, command)
-                done.append(result["stdout"].strip())
+                answer = (await _exec(http, served, headers, command))[-1]
+                done.append(answer["result"]["structuredContent"]["stdout"].strip())
 
             await asyncio.wait_for(asyncio.gather(*map(client, sessions, commands)), 120)
             assert sorted(done) == ["0", "1", "2", "3"] and done[-1] == "0"

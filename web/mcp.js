@@ -31,6 +31,31 @@ async function pythonConnection(sandboxPromise, onMessage) {
 }
 
 /**
+ * pythonConnection, usable at once: messages that come before Python is up wait for it.
+ * `opened` settles when the connection is there (or could not be made); `close()` ends it.
+ */
+function bufferedConnection(sandboxPromise, onMessage) {
+  let connection = null;
+  let closed = false;
+  let early = [];
+  const opened = pythonConnection(sandboxPromise, onMessage).then((made) => {
+    if (closed) { made.close(); made.destroy(); return; }
+    connection = made;
+    for (const text of early) made.receive(text);
+    early = [];
+  });
+  return {
+    opened,
+    receive(text) { if (connection) connection.receive(text); else if (!closed) early.push(text); },
+    close() {
+      closed = true;
+      early = [];
+      if (connection) { connection.close(); connection.destroy(); connection = null; }
+    },
+  };
+}
+
+/**
  * Serve MCP to clients that post {type: "pyapptron-mcp-connect"} with a MessagePort to
  * this window. Only `allowedOrigins` (default: this page's own origin) may connect.
  * Call it early: connections that arrive while the sandbox still boots wait for it.
@@ -46,22 +71,17 @@ export function exposeMcp(sandboxOrPromise, { allowedOrigins = [location.origin]
       port.close();
       return;
     }
-    let connection = null;
-    const early = [];
-    port.onmessage = (e) => {
-      const text = typeof e.data === "string" ? e.data : JSON.stringify(e.data);
-      if (connection) connection.receive(text); else early.push(text);
-    };
+    const connection = bufferedConnection(ready, (text) => port.postMessage(JSON.parse(text)));
+    port.onmessage = (e) => connection.receive(typeof e.data === "string" ? e.data : JSON.stringify(e.data));
     port.start();
     try {
-      connection = await pythonConnection(ready, (text) => port.postMessage(JSON.parse(text)));
+      await connection.opened;
     } catch (e) {
       port.postMessage({ type: ACCEPTED, error: "pyapptron did not load: " + (e && e.message || e) });
       port.close();
       return;
     }
     port.postMessage({ type: ACCEPTED });
-    for (const text of early) connection.receive(text);
   };
   target.addEventListener("message", onConnect);
   return () => target.removeEventListener("message", onConnect);
@@ -155,8 +175,7 @@ export async function connectMcp(target = globalThis, { targetOrigin = location.
  */
 export function connectBridge(url, token, sandboxPromise, { onStatus = () => {} } = {}) {
   const ws = new WebSocket(url);
-  const channels = new Map();  // channel -> {connection, early: [text]}
-  let alive = true;
+  const channels = new Map();  // channel -> its bufferedConnection
   const say = (message) => ws.readyState === WebSocket.OPEN && ws.send(JSON.stringify(message));
   const failed = (e) => {
     // A Python error's message is its whole traceback: the client gets the last line.
@@ -164,23 +183,20 @@ export function connectBridge(url, token, sandboxPromise, { onStatus = () => {} 
     say({ pyapptron: "failed", error: text.split("\n").pop(), detail: text });
   };
   const open = (channel) => {
-    const entry = { connection: null, early: [] };
-    channels.set(channel, entry);
     const prefix = channel + "\n";
-    pythonConnection(sandboxPromise, (text) => ws.readyState === WebSocket.OPEN && ws.send(prefix + text)).then(
-      (connection) => {
-        if (!alive || channels.get(channel) !== entry) { connection.close(); connection.destroy(); return; }
-        entry.connection = connection;
-        for (const text of entry.early) connection.receive(text);
-        entry.early = [];
-      },
-      failed);
-    return entry;
+    const connection = bufferedConnection(sandboxPromise, (text) => ws.readyState === WebSocket.OPEN && ws.send(prefix + text));
+    channels.set(channel, connection);
+    connection.opened.catch((e) => {
+      // This client's requests are refused by the bridge; its next message tries again.
+      if (channels.get(channel) === connection) channels.delete(channel);
+      say({ pyapptron: "channel-failed", channel: Number(channel), error: String(e && e.message || e).trim().split("\n").pop() });
+    });
+    return connection;
   };
   const close = (channel) => {
-    const entry = channels.get(channel);
+    const connection = channels.get(channel);
     channels.delete(channel);
-    if (entry && entry.connection) { entry.connection.close(); entry.connection.destroy(); }
+    if (connection) connection.close();
   };
   ws.onopen = async () => {
     say({ pyapptron: "hello", token });
@@ -194,7 +210,7 @@ export function connectBridge(url, token, sandboxPromise, { onStatus = () => {} 
     onStatus("MCP bridge connected");
     Promise.resolve(sandboxPromise).then(
       ({ vm }) => say({ pyapptron: "status", text: `VM ${vm.emulator}/${vm.image} booted in ${vm.boot_seconds.toFixed(1)} s` }),
-      (e) => say({ pyapptron: "status", text: "the VM did not boot: " + String(e && e.message || e).trim().split("\n").pop() }));
+      (e) => say({ pyapptron: "boot-failed", error: String(e && e.message || e).trim().split("\n").pop() }));
   };
   ws.onmessage = (e) => {
     const frame = String(e.data);
@@ -203,11 +219,9 @@ export function connectBridge(url, token, sandboxPromise, { onStatus = () => {} 
     const channel = frame.slice(0, cut);
     const text = frame.slice(cut + 1);
     if (!text) { close(channel); return; }
-    const entry = channels.get(channel) || open(channel);
-    if (entry.connection) entry.connection.receive(text); else entry.early.push(text);
+    (channels.get(channel) || open(channel)).receive(text);
   };
   ws.onclose = (e) => {
-    alive = false;
     for (const channel of [...channels.keys()]) close(channel);
     onStatus(e.code === 4003 ? "MCP bridge refused this page: wrong token" : "MCP bridge disconnected");
   };

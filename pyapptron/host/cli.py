@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connect-timeout", type=float, default=120.0, metavar="S",
                    help="how long a request waits for the page before it is refused (default 120)")
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
-                   help="another page origin allowed to connect (repeatable)")
+                   help="another page origin allowed to connect to the bridge's WebSocket (repeatable)")
     p.add_argument("--max-message-bytes", type=int, default=None, metavar="N",
                    help="refuse larger JSON-RPC messages with an error (default 64 MiB)")
     p.add_argument("--http", type=int, default=None, metavar="PORT",
@@ -281,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--key", default=None, metavar="KEY",
                    help="with --http: the key every request must carry (Authorization: Bearer KEY or ?key=KEY); "
                         "default $PYAPPTRON_MCP_KEY, else a random one per run")
+    p.add_argument("--http-allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="with --http: a web client's origin allowed to call the endpoint (CORS; repeatable)")
     p.add_argument("--host", default="127.0.0.1", metavar="ADDRESS",
                    help="with --http: the address to listen on (default 127.0.0.1; another address also drops the "
                         "Host check, so the key is the only guard)")

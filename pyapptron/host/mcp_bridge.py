@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-from ..mcp.server import INVALID_REQUEST, MAX_MESSAGE_BYTES
+from ..mcp.server import INVALID_REQUEST, MAX_MESSAGE_BYTES, error_message, id_key, valid_id
 from .page_socket import accept_hello, listen, new_token
 
 #: JSON-RPC error code for "no page can answer" (implementation-defined server error).
@@ -88,13 +88,14 @@ class Channel:
         self.deliver = deliver
         self.closed = False
         self._pending: dict[object, str] = {}  # request id -> method, sent to the page
-        self._waiting: list[tuple[str, object]] = []  # (text, id) queued until a page is ready
-        self._replay: list[tuple[object, str]] = []  # (id or None, text): the client's set-up, for a new page
+        self._waiting: list[tuple[str, object, float]] = []  # (text, id, deadline) until a page is ready
+        self._replay: list[tuple[object, str, str]] = []  # (id or None, method, text): set-up for a new page
         self._swallow: set[object] = set()  # ids of replayed requests: their answers are not the client's
         self._local_answers: set[object] = set()  # ids the local connection answers to the client
         # The same core the page runs, without a VM: its handshake says the VM is still booting.
         self._local = McpServer(MachineTools(None)).connect(self._from_local)
         self.wait_timer: asyncio.TimerHandle | None = None
+        self.on_cancelled = lambda request_id: None  # the transport's hook: a request that gets no answer
 
     # -- from the client ---------------------------------------------------------------
     def from_client(self, text: str) -> None:
@@ -109,41 +110,71 @@ class Channel:
         if isinstance(message, dict):
             method = message.get("method")
             request_id = message.get("id")
+            if "id" in message and isinstance(method, str) and not valid_id(request_id):
+                # Answered here: an answer with a null id would find no caller to go back to.
+                self.answer_error(None, INVALID_REQUEST, "a request id must be a string or an integer")
+                return
             if method == "notifications/initialized":
-                self._replay.append((None, text))  # a page that comes later gets it with the handshake
+                self._remember(None, method, text)  # a page that comes later gets it with the handshake
                 if self.bridge.page is not None:
                     self._to_page(text)
                 return
             if method == "notifications/cancelled" and isinstance(message.get("params"), dict):
                 # A cancelled request gets no answer: not from the page, not from us.
-                self._pending.pop(_key(message["params"].get("requestId")), None)
+                cancelled = message["params"].get("requestId")
+                self._pending.pop(id_key(cancelled), None)
+                self.on_cancelled(cancelled)
         if isinstance(method, str) and method in _LOCAL and request_id is not None:
             page_ready = self.bridge.page is not None
+            if method in _REPLAYED:
+                self._remember(request_id, method, text)
             if method != "ping" and page_ready:
                 self._local_quietly(text, request_id)  # keep the local state; the page answers
             else:
-                self._local_answers.add(_key(request_id))
+                self._local_answers.add(id_key(request_id))
                 self._local.receive(text)
-                if method not in _REPLAYED:
-                    return
-                # Answered here; the page's connection gets it too, and its answer is dropped.
-                self._replay.append((request_id, text))
-                return
-            if method in _REPLAYED:
-                self._replay.append((request_id, text))
+                return  # answered here; a page that comes later gets the replayed ones
         if method is not None and request_id is not None:
-            self._pending[_key(request_id)] = method
+            self._pending[id_key(request_id)] = method
         # Everything else (malformed JSON included) is the page's to answer: one validator.
         if self.bridge.page is not None:
             self._to_page(text)
         elif self.bridge.failed:
             self._refuse(request_id, self.bridge.failed)
         else:
-            self._waiting.append((text, request_id))
-            self.bridge.wait_for_page(self)
+            self._queue(text, request_id)
+
+    def _remember(self, request_id, method: str, text: str) -> None:
+        """The client's latest set-up message of this kind, replayed to each new page."""
+        self._replay = [entry for entry in self._replay if entry[1] != method]
+        self._replay.append((request_id, method, text))
+
+    def _queue(self, text: str, request_id) -> None:
+        """Hold a message until a page is ready; a request waits at most --connect-timeout."""
+        timeout = self.bridge.config.connect_timeout
+        self._waiting.append((text, request_id, time.monotonic() + timeout))
+        if self.wait_timer is None:
+            self.wait_timer = asyncio.get_running_loop().call_later(timeout, self._expire)
+
+    def _expire(self) -> None:
+        self.wait_timer = None
+        now = time.monotonic()
+        due = [entry for entry in self._waiting if entry[2] <= now]
+        self._waiting = [entry for entry in self._waiting if entry[2] > now]
+        for _, request_id, _ in due:
+            self._refuse(request_id, self.bridge.no_page_message())
+        if due:
+            self.warn(self.bridge.no_page_message())
+        if self._waiting:
+            self.wait_timer = asyncio.get_running_loop().call_later(self._waiting[0][2] - now, self._expire)
+
+    def _stop_waiting(self) -> None:
+        if self.wait_timer is not None:
+            self.wait_timer.cancel()
+            self.wait_timer = None
 
     def _local_quietly(self, text: str, request_id) -> None:
-        self._local_answers.discard(_key(request_id))
+        self._local_answers.discard(id_key(request_id))
         self._local.receive(text)
 
     def _from_local(self, text: str) -> None:
@@ -151,7 +182,7 @@ class Channel:
         if "id" not in message:  # a log message of the bridge's own (warn())
             self.deliver(text)
             return
-        key = _key(message.get("id"))
+        key = id_key(message.get("id"))
         if key in self._local_answers:
             self._local_answers.discard(key)
             self.deliver(text)
@@ -161,26 +192,31 @@ class Channel:
         self._local.log("warning", text, logger="pyapptron.bridge")
 
     def answer_error(self, request_id, code: int, message: str) -> None:
-        self.deliver(json.dumps({"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}))
+        self.deliver(json.dumps(error_message(request_id, code, message)))
 
     def _refuse(self, request_id, message: str) -> None:
         if request_id is not None:
-            self._pending.pop(_key(request_id), None)
+            self._pending.pop(id_key(request_id), None)
             self.answer_error(request_id, NO_PAGE, message)
 
     def give_up(self, message: str) -> None:
-        """No page came (or it cannot boot its VM): what waits is refused, saying why."""
+        """The page cannot serve this channel (or boot its VM): what waits or runs is refused,
+        saying why, and the client is told in a log message too."""
+        self._stop_waiting()
         waiting, self._waiting = self._waiting, []
-        for _, request_id in waiting:
+        for _, request_id, _ in waiting:
             self._refuse(request_id, message)
-        if waiting:
-            self.warn(message)
+        pending, self._pending = self._pending, {}
+        for key in pending:
+            self.answer_error(key[1], NO_PAGE, message)
+        self.warn(message)
 
     def close(self) -> None:
         """The client is gone: the page's connection for it closes (its calls are cancelled)."""
         if self.closed:
             return
         self.closed = True
+        self._stop_waiting()
         self._local.close()
         self._waiting.clear()
         self._pending.clear()
@@ -192,12 +228,13 @@ class Channel:
 
     def page_ready(self) -> None:
         """A page (the first, or a reloaded one) is there: bring it to the client's state."""
-        for request_id, text in self._replay:
+        self._stop_waiting()
+        for request_id, _, text in self._replay:
             if request_id is not None:
-                self._swallow.add(_key(request_id))
+                self._swallow.add(id_key(request_id))
             self._to_page(text)
         waiting, self._waiting = self._waiting, []
-        for text, _ in waiting:
+        for text, _, _ in waiting:
             self._to_page(text)
 
     def from_page(self, text: str) -> None:
@@ -208,7 +245,7 @@ class Channel:
         except ValueError:
             return
         if isinstance(message, dict) and "method" not in message and "id" in message:
-            key = _key(message["id"])
+            key = id_key(message["id"])
             if key in self._swallow:
                 self._swallow.discard(key)
                 return
@@ -234,7 +271,6 @@ class Bridge:
         self.failed: str | None = None
         self.channels: dict[int, Channel] = {}
         self._numbers = itertools.count(1)
-        self._wait_timer: asyncio.TimerHandle | None = None
         self.ready_event = asyncio.Event()
         self.url_for_humans = ""
         self.stopping = False
@@ -249,15 +285,6 @@ class Bridge:
             asyncio.ensure_future(self._send(f"{channel.number}\n"))
 
     # -- waiting for a page --------------------------------------------------------------
-    def wait_for_page(self, channel: Channel) -> None:
-        if self._wait_timer is None:
-            self._wait_timer = asyncio.get_running_loop().call_later(self.config.connect_timeout, self._give_up)
-
-    def _give_up(self) -> None:
-        self._wait_timer = None
-        for channel in list(self.channels.values()):
-            channel.give_up(self.no_page_message())
-
     def no_page_message(self) -> str:
         return (f"no pyapptron page is connected to this MCP bridge (waited {self.config.connect_timeout:g} s). "
                 f"Open {self.url_for_humans} in Chromium, or start the bridge with --headless so it "
@@ -294,23 +321,28 @@ class Bridge:
         elif kind == "failed":
             self.failed = f"the page could not start its VM: {message.get('error')}"
             log(f"{self.failed}\n{message.get('detail') or ''}")
-            self._stop_waiting()
             for channel in list(self.channels.values()):
                 channel.give_up(self.failed)
+        elif kind == "boot-failed":  # Python is up and answers, but the VM is not there
+            log(f"page: the VM did not boot: {message.get('error')}")
+            for channel in list(self.channels.values()):
+                channel.warn(f"the VM did not boot: {message.get('error')}")
+        elif kind == "channel-failed":
+            channel = self.channels.get(message.get("channel"))
+            if channel is not None:
+                channel.give_up(f"the page could not serve this client: {message.get('error')}")
         elif kind == "ready":
+            if self.page is not None and self.page is not ws:
+                # Two pages raced to connect: the first one ready keeps the clients.
+                asyncio.ensure_future(ws.close(4009, "another page is already connected to this bridge"))
+                return
             self.page_info = {k: v for k, v in message.items() if k != "pyapptron"}
             log(f"page ready: {self.page_info}")
             self.page = ws
             self.failed = None
-            self._stop_waiting()
             for channel in list(self.channels.values()):
                 channel.page_ready()
             self.ready_event.set()
-
-    def _stop_waiting(self) -> None:
-        if self._wait_timer is not None:
-            self._wait_timer.cancel()
-            self._wait_timer = None
 
     def _from_page(self, frame) -> None:
         text = frame if isinstance(frame, str) else frame.decode()
@@ -342,11 +374,6 @@ class Bridge:
             await page.send(frame)
         except Exception:
             pass  # the close handler answers what is pending
-
-
-def _key(request_id):
-    """Ids 1 and "1" are different requests; True is not an id."""
-    return (type(request_id).__name__, request_id)
 
 
 # -- the process ---------------------------------------------------------------------
@@ -448,7 +475,7 @@ async def serve(args) -> int:
                 from .mcp_http import HttpTransport, http_key
 
                 http = HttpTransport(bridge, key=http_key(args.key), host=args.host, port=args.http,
-                                     allow_origins=args.allow_origin)
+                                     allow_origins=args.http_allow_origin)
                 await http.start()
                 stack.push_async_callback(http.stop)
                 log(f"serving MCP (Streamable HTTP) at {http.endpoint_with_key}")

@@ -35,6 +35,9 @@ from ..mcp.server import (
     MODERN_VERSIONS,
     PARSE_ERROR,
     SUPPORTED_VERSIONS,
+    error_message,
+    id_key,
+    valid_id,
 )
 
 #: A session nobody has used for this long is ended (its id then gets 404).
@@ -43,7 +46,9 @@ SESSION_IDLE_S = 3600.0
 KEEPALIVE_S = 15.0
 #: JSON-RPC error for a routing header that contradicts the body (2026-07-28).
 HEADER_MISMATCH = -32020
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+#: The loopback's names, as a bind address and as they appear in a Host or Origin header.
+_LOOPBACK_BIND = ("127.0.0.1", "localhost", "::1")
+_LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache, no-transform",
                 "X-Accel-Buffering": "no"}
 
@@ -54,18 +59,27 @@ def http_key(given: str | None) -> str:
 
 
 def _rpc_error(status: int, code: int, message: str, request_id=None, headers=None) -> web.Response:
-    body = {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
-    return web.json_response(body, status=status, headers=headers)
+    return web.json_response(error_message(request_id, code, message), status=status, headers=headers)
 
 
-def _key(request_id):
-    """Ids 1 and "1" are different requests."""
-    return (type(request_id).__name__, request_id)
-
-
-def _sse_event(text: str) -> bytes:
-    # JSON text has no raw newlines: one `data:` line per message.
-    return b"event: message\ndata: " + text.encode() + b"\n\n"
+async def _event_stream(request: web.Request, next_message) -> web.StreamResponse:
+    """An SSE response carrying each message `next_message()` gives, until it gives None.
+    A silent stream gets a comment every KEEPALIVE_S (proxies and clients time out idle reads)."""
+    response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+    await response.prepare(request)
+    while True:
+        try:
+            text = await asyncio.wait_for(next_message(), KEEPALIVE_S)
+        except asyncio.TimeoutError:
+            await response.write(b": keepalive\n\n")
+            continue
+        if text is None:
+            break
+        # JSON text has no raw newlines: one `data:` line per message.
+        await response.write(b"event: message\ndata: " + text.encode() + b"\n\n")
+    with contextlib.suppress(ConnectionError):
+        await response.write_eof()
+    return response
 
 
 class _Exchange:
@@ -75,14 +89,23 @@ class _Exchange:
         self.request_id = request_id
         self.progress_token = progress_token
         self.streaming = streaming
-        self.queue: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()  # (message, is the answer)
+        self.queue: asyncio.Queue[tuple[str | None, bool]] = asyncio.Queue()  # (message, is the answer)
+        self.finished = False
 
     def notify(self, text: str) -> None:
         if self.streaming:
             self.queue.put_nowait((text, False))
 
-    def answer(self, text: str) -> None:
+    def answer(self, text: str | None) -> None:
+        """The answer (None: the client cancelled the request, so none comes)."""
         self.queue.put_nowait((text, True))
+
+    async def next_message(self) -> str | None:
+        """For the SSE stream: each message, then the answer, then None."""
+        if self.finished:
+            return None
+        text, self.finished = await self.queue.get()
+        return text
 
 
 class Session:
@@ -92,6 +115,7 @@ class Session:
         self.id = session_id
         self.transport = transport
         self.channel = transport.bridge.open_channel(self._deliver)
+        self.channel.on_cancelled = self._cancelled
         self.exchanges: dict[object, _Exchange] = {}
         self.streams: list[asyncio.Queue] = []  # open GET streams, newest last
         self.last_used = time.monotonic()
@@ -106,7 +130,7 @@ class Session:
         if not isinstance(message, dict):
             return
         if "method" not in message:
-            exchange = self.exchanges.pop(_key(message.get("id")), None)
+            exchange = self.exchanges.pop(id_key(message.get("id")), None)
             if exchange is not None:
                 exchange.answer(text)
             return  # an answer nobody waits for (its POST went away): the client left it
@@ -114,7 +138,7 @@ class Session:
         if message["method"] == "notifications/progress":
             token = params.get("progressToken")
             for exchange in self.exchanges.values():
-                if exchange.progress_token is not None and _key(exchange.progress_token) == _key(token):
+                if exchange.progress_token is not None and id_key(exchange.progress_token) == id_key(token):
                     exchange.notify(text)
             return
         if self.streams:  # a message of no request: the session's GET stream, if one is open
@@ -122,8 +146,15 @@ class Session:
 
     def expect(self, request_id, progress_token, streaming: bool) -> _Exchange:
         exchange = _Exchange(request_id, progress_token, streaming)
-        self.exchanges[_key(request_id)] = exchange
+        self.exchanges[id_key(request_id)] = exchange
         return exchange
+
+    def _cancelled(self, request_id) -> None:
+        """The client cancelled a request: no answer will come, so its POST ends without one."""
+        if valid_id(request_id):
+            exchange = self.exchanges.pop(id_key(request_id), None)
+            if exchange is not None:
+                exchange.answer(None)
 
     def close(self, reason: str) -> None:
         if self.closed:
@@ -132,8 +163,7 @@ class Session:
         self.channel.close()
         exchanges, self.exchanges = self.exchanges, {}
         for exchange in exchanges.values():
-            exchange.answer(json.dumps({"jsonrpc": "2.0", "id": exchange.request_id,
-                                        "error": {"code": INVALID_REQUEST, "message": reason}}))
+            exchange.answer(json.dumps(error_message(exchange.request_id, INVALID_REQUEST, reason)))
         for stream in self.streams:
             stream.put_nowait(None)
 
@@ -143,6 +173,7 @@ class HttpTransport:
 
     def __init__(self, bridge, *, key: str, host: str = "127.0.0.1", port: int = 0,
                  allow_origins: list[str] | tuple[str, ...] = ()):
+        """`allow_origins`: web clients' origins admitted besides the server's own (CORS)."""
         self.bridge = bridge
         self.key = key
         self.host = host
@@ -194,14 +225,13 @@ class HttpTransport:
 
     # -- the checks ------------------------------------------------------------------------
     def _allowed_origins(self) -> set[str]:
-        own = {f"http://{name}:{self.port}" for name in ("127.0.0.1", "localhost", "[::1]")}
+        own = {f"http://{name}:{self.port}" for name in _LOOPBACK_NAMES}
         return own | set(self.allow_origins)
 
     def _host_ok(self, host: str) -> bool:
-        if self.host not in _LOOPBACK:
+        if self.host not in _LOOPBACK_BIND:
             return True  # served beyond the loopback on purpose: the key is the guard
-        names = {"127.0.0.1", "localhost", "[::1]"}
-        return host.lower() in names | {f"{name}:{self.port}" for name in names}
+        return host.lower() in {*_LOOPBACK_NAMES, *(f"{name}:{self.port}" for name in _LOOPBACK_NAMES)}
 
     def _key_ok(self, request: web.Request) -> bool:
         offered = request.query.get("key")
@@ -215,7 +245,7 @@ class HttpTransport:
         origin = request.headers.get("Origin")
         if origin is not None and origin not in self._allowed_origins():
             return _rpc_error(403, INVALID_REQUEST, f"Origin {origin} may not use this MCP server "
-                                                    "(start it with --allow-origin ORIGIN to allow a web client)")
+                                                    "(start it with --http-allow-origin ORIGIN to allow a web client)")
         if not self._host_ok(request.host):
             return _rpc_error(403, INVALID_REQUEST, f"Host {request.host!r} is not this server's: requests must "
                                                     f"name 127.0.0.1:{self.port} or localhost:{self.port}")
@@ -288,6 +318,8 @@ class HttpTransport:
         method = message.get("method")
         request_id = message.get("id")
         is_request = isinstance(method, str) and "id" in message
+        if is_request and not valid_id(request_id):
+            return _rpc_error(400, INVALID_REQUEST, "a request id must be a string or an integer")
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
         meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
         stateless = (version in MODERN_VERSIONS or meta.get(META_VERSION) in MODERN_VERSIONS
@@ -309,17 +341,22 @@ class HttpTransport:
         if not is_request:  # a notification (or a response): the page takes it, nothing comes back
             session.channel.from_client(text)
             return web.Response(status=202)
-        if _key(request_id) in session.exchanges:
+        if id_key(request_id) in session.exchanges:
             return _rpc_error(409, INVALID_REQUEST, f"request id {request_id!r} is already in use in this session",
                               request_id)
         token = meta.get("progressToken")
-        streaming = takes_sse and (token is not None or not takes_json)
+        # A call streams (its progress, and keepalives that outlast a client's read timeout);
+        # the handshake never does (its answer carries the session id in a header).
+        streaming = method != "initialize" and takes_sse and (
+            method == "tools/call" or token is not None or not takes_json)
         exchange = session.expect(request_id, token, streaming)
         try:
             session.channel.from_client(text)
             if streaming:
-                return await self._stream_answer(request, exchange)
+                return await _event_stream(request, exchange.next_message)
             answer, _ = await exchange.queue.get()
+            if answer is None:
+                return web.Response(status=204)  # the client cancelled it: no answer is due
             headers = {}
             if session.id is not None and method == "initialize":
                 if '"error"' in answer and "error" in json.loads(answer):
@@ -329,25 +366,9 @@ class HttpTransport:
                     headers["Mcp-Session-Id"] = session.id
             return web.Response(text=answer, content_type="application/json", headers=headers)
         finally:
-            session.exchanges.pop(_key(request_id), None)
+            session.exchanges.pop(id_key(request_id), None)
             if session.id is None or session.id not in self.sessions:
                 session.close("the request ended")  # stateless: its channel goes (a call still running stops)
-
-    async def _stream_answer(self, request: web.Request, exchange: _Exchange) -> web.StreamResponse:
-        response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
-        await response.prepare(request)
-        while True:
-            try:
-                text, final = await asyncio.wait_for(exchange.queue.get(), KEEPALIVE_S)
-            except asyncio.TimeoutError:
-                await response.write(b": keepalive\n\n")
-                continue
-            await response.write(_sse_event(text))
-            if final:
-                break
-        with contextlib.suppress(ConnectionError):
-            await response.write_eof()
-        return response
 
     async def _get(self, request: web.Request, version: str | None) -> web.StreamResponse:
         if version in MODERN_VERSIONS:
@@ -360,22 +381,9 @@ class HttpTransport:
             return session
         stream: asyncio.Queue = asyncio.Queue()
         session.streams.append(stream)
-        response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
         try:
-            await response.prepare(request)
-            while True:
-                try:
-                    text = await asyncio.wait_for(stream.get(), KEEPALIVE_S)
-                except asyncio.TimeoutError:
-                    await response.write(b": keepalive\n\n")
-                    continue
-                if text is None:  # the session ended
-                    break
-                await response.write(_sse_event(text))
+            return await _event_stream(request, stream.get)
         finally:
             if stream in session.streams:
                 session.streams.remove(stream)
             session.last_used = time.monotonic()
-        with contextlib.suppress(ConnectionError):
-            await response.write_eof()
-        return response

@@ -142,7 +142,7 @@ class McpConnection:
             self._notification(method, params)
             return
         request_id = message["id"]
-        if isinstance(request_id, bool) or not isinstance(request_id, (str, int)):
+        if not valid_id(request_id):
             self._error(None, INVALID_REQUEST, "a request id must be a string or an integer")
             return
         if request_id in self._in_flight:
@@ -325,10 +325,7 @@ class McpConnection:
 
     # -- output --------------------------------------------------------------------
     def _error(self, request_id, code: int, message: str, data: Any = None) -> None:
-        error = {"code": code, "message": message}
-        if data is not None:
-            error["data"] = data
-        self._write({"jsonrpc": "2.0", "id": request_id, "error": error})
+        self._write(error_message(request_id, code, message, data))
 
     def _write(self, message: dict) -> None:
         if self.closed:
@@ -361,10 +358,28 @@ def log_level_of(levelno: int) -> str:
     return next(name for number, name in _PY_LEVELS if levelno >= number)
 
 
+def error_message(request_id, code: int, message: str, data: Any = None) -> dict:
+    """A JSON-RPC error response (every transport's refusals are made here)."""
+    error = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return {"jsonrpc": "2.0", "id": request_id, "error": error}
+
+
+def valid_id(request_id) -> bool:
+    """JSON-RPC ids MCP allows: a string or an integer (not a boolean, a float, null)."""
+    return isinstance(request_id, (str, int)) and not isinstance(request_id, bool)
+
+
+def id_key(request_id):
+    """A request id as a dict key: 1 and "1" are different requests."""
+    return (type(request_id).__name__, request_id)
+
+
 def _id_of(message) -> Any:
     if isinstance(message, dict):
         request_id = message.get("id")
-        if isinstance(request_id, (str, int)) and not isinstance(request_id, bool):
+        if valid_id(request_id):
             return request_id
     return None
 
