@@ -842,7 +842,7 @@ def bench_mcp_http(rounds: int, clients: int = 4) -> dict:
     # 2. Round trips on a page this process also drives directly (same VM, alternating blocks),
     #    and several clients at once.
     server = McpHttpServer()
-    page_url = server.wait_for_stderr(r"open this page to connect a VM: (\S+)").group(1)
+    page_url = server.page_url()
     with contextlib.closing(server), Browser() as browser:
         remote = RemoteSession(browser, page_url, autoboot=True)
         vm = remote.page_machine()

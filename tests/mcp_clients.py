@@ -31,20 +31,13 @@ def node(script: Path, *args: str, timeout: float = 300, **kwargs) -> subprocess
                           **kwargs)
 
 
-class McpHttpServer:
-    """`python -m pyapptron mcp --http 0 --key KEY [args]`: the URL it prints, stderr kept."""
+class McpCommand:
+    """`python -m pyapptron mcp ARGS` as a subprocess, its stderr kept for what it says."""
 
-    def __init__(self, *args: str, key: str = "test-key"):
-        self.key = key
-        self.errors = tempfile.NamedTemporaryFile("w+", prefix="mcp-http-stderr-", suffix=".log")
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "pyapptron", "mcp", "--http", "0", "--key", key, *args],
-                                     cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=self.errors)
-        match = self.wait_for_stderr(r"serving MCP \(Streamable HTTP\) at (http://\S+)/mcp\?key=")
-        self.base = match.group(1)
-        self.url = f"{self.base}/mcp"
-        self.url_with_key = f"{self.url}?key={key}"
+    def __init__(self, *args: str, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL):
+        self.errors = tempfile.NamedTemporaryFile("w+", prefix="mcp-stderr-", suffix=".log")
+        self.proc = subprocess.Popen([sys.executable, "-m", "pyapptron", "mcp", *args], cwd=REPO,
+                                     stdin=stdin, stdout=stdout, stderr=self.errors)
 
     def stderr(self) -> str:
         self.errors.flush()
@@ -59,7 +52,23 @@ class McpHttpServer:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.05)
-        raise AssertionError(f"`pyapptron mcp --http` never said {pattern!r}; stderr:\n{self.stderr()}")
+        raise AssertionError(f"`pyapptron mcp` never said {pattern!r}; stderr:\n{self.stderr()}")
+
+    def page_url(self) -> str:
+        """The page it asks a browser to open (it prints it without --headless)."""
+        return self.wait_for_stderr(r"open this page to connect a VM: (\S+)").group(1)
+
+
+class McpHttpServer(McpCommand):
+    """`python -m pyapptron mcp --http 0 --key KEY [args]`: the URL it prints, stderr kept."""
+
+    def __init__(self, *args: str, key: str = "test-key"):
+        super().__init__("--http", "0", "--key", key, *args)
+        self.key = key
+        match = self.wait_for_stderr(r"serving MCP \(Streamable HTTP\) at (http://\S+)/mcp\?key=")
+        self.base = match.group(1)
+        self.url = f"{self.base}/mcp"
+        self.url_with_key = f"{self.url}?key={key}"
 
     def wait_for_vm(self, timeout: float = 300) -> None:
         self.wait_for_stderr(r"page: VM \S+ booted", timeout)
@@ -80,6 +89,9 @@ def gemini_home(tmp: Path, servers: dict) -> tuple[dict, Path]:
     home, work = tmp / "home", tmp / "work"
     (home / ".gemini").mkdir(parents=True, exist_ok=True)
     work.mkdir(exist_ok=True)
-    (home / ".gemini" / "settings.json").write_text(json.dumps({"mcpServers": servers}, indent=2))
+    # Nothing leaves this machine: no update check, no usage statistics.
+    offline = {"general": {"enableAutoUpdate": False, "enableAutoUpdateNotification": False},
+               "privacy": {"usageStatisticsEnabled": False}, "telemetry": {"enabled": False}}
+    (home / ".gemini" / "settings.json").write_text(json.dumps({**offline, "mcpServers": servers}, indent=2))
     (home / ".gemini" / "trustedFolders.json").write_text(json.dumps({str(work): "TRUST_FOLDER"}))
     return {**os.environ, "HOME": str(home), "NO_COLOR": "1"}, work

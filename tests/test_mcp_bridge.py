@@ -11,13 +11,12 @@ import json
 import queue
 import re
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from mcp_clients import McpCommand
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -25,13 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}
 
 
-class McpProcess:
+class McpProcess(McpCommand):
     """The bridge as a subprocess: JSON-RPC lines in, lines out, stderr kept for messages."""
 
     def __init__(self, *args: str):
-        self.errors = tempfile.NamedTemporaryFile("w+", prefix="mcp-stderr-", suffix=".log")
-        self.proc = subprocess.Popen([sys.executable, "-m", "pyapptron", "mcp", *args], cwd=REPO,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors)
+        super().__init__(*args, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         self._ids = iter(range(1, 1 << 30))
@@ -67,22 +64,6 @@ class McpProcess:
         response = self.request("tools/call", {"name": name, "arguments": arguments})
         assert "result" in response, response
         return response["result"]
-
-    def stderr(self) -> str:
-        self.errors.flush()
-        return Path(self.errors.name).read_text()
-
-    def wait_for_stderr(self, pattern: str, timeout: float = 60) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = re.search(pattern, self.stderr())
-            if match:
-                return match
-            time.sleep(0.05)
-        raise AssertionError(f"the bridge never said {pattern!r}; stderr:\n{self.stderr()}")
-
-    def page_url(self) -> str:
-        return self.wait_for_stderr(r"open this page to connect a VM: (\S+)").group(1)
 
     def close(self) -> int:
         """Close stdin, as a client does when it is done: the bridge exits cleanly."""

@@ -46,8 +46,7 @@ def pageless():
     """A server with no page yet (the URL a page would open is printed); one per test, as a
     page that connects is brought every earlier session's handshake."""
     server = McpHttpServer("--connect-timeout", "60")
-    page_url = server.wait_for_stderr(r"open this page to connect a VM: (\S+)").group(1)
-    server.page = _ws_and_token(page_url)
+    server.page = _ws_and_token(server.page_url())
     yield server
     server.close()
 
@@ -232,7 +231,7 @@ def test_a_bad_id_a_cancelled_call_and_a_streamed_handshake_leave_no_client_wait
 def test_a_second_page_cannot_take_the_clients_from_the_first():
     server = McpHttpServer("--connect-timeout", "60")
     try:
-        page_args = _ws_and_token(server.wait_for_stderr(r"open this page to connect a VM: (\S+)").group(1))
+        page_args = _ws_and_token(server.page_url())
 
         async def probe():
             ws_url, token, origin = page_args
